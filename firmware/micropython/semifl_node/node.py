@@ -1,0 +1,157 @@
+"""The semifl MCU node: a CL uploader for computing-limited sensors.
+
+MicroPython subset (runs on an ESP32 as flashed, and under CPython in the virtual fleet). The MQTT
+client is umqtt.simple's MQTTClient (or anything with its interface); radio and battery are objects
+with rssi(round)/delay(n)/drops(round) and level()/transmit(n), real on a board, simulated in the fleet.
+Local samples live in flash as two files: samples.bin (n x 784 uint8) and labels.bin (n uint8), and are
+streamed from there in chunks, so a 1.4 MB upload fits a 110 KB heap.
+"""
+import gc
+import json
+import os
+import time
+
+try:
+    import wire
+    import sampling
+except ImportError:  # CPython with the host package installed
+    from semifl.protocol import sampling, wire
+
+FIRMWARE = "semifl-mcu/0.1"
+ROW = 784
+
+
+def file_size(path):
+    return os.stat(path)[6]
+
+
+def cpu_score(iterations=20000):
+    """A timed integer loop, scaled so an ESP32 at 240 MHz scores in the single digits."""
+    ticks = getattr(time, "ticks_ms", None)
+    t0 = ticks() if ticks else time.time() * 1000
+    acc = 0
+    for i in range(iterations):
+        acc = (acc + i * 7) ^ (acc >> 3)
+    t1 = ticks() if ticks else time.time() * 1000
+    ms = (time.ticks_diff(t1, t0) if ticks else t1 - t0) or 1
+    return round(iterations / ms / 100, 2)
+
+
+class Node:
+    def __init__(self, cfg, client, radio, battery):
+        self.cfg = cfg
+        self.id = cfg["id"]
+        self.c = client
+        self.radio = radio
+        self.battery = battery
+        self.samples_path = cfg["samples"]
+        self.labels_path = cfg["labels"]
+        self.n = file_size(self.labels_path)
+        self.max_chunk = int(cfg.get("max_chunk", 4096))
+        self.queue = []
+        self.stopped = False
+        self.bytes_up = 0
+
+    def topic(self, leaf):
+        return wire.dev_topic(self.id, leaf)
+
+    def publish(self, topic, payload, retain=False):
+        self.radio.delay(len(payload))
+        self.battery.transmit(len(payload))
+        self.bytes_up += len(payload)
+        self.c.publish(topic, payload, retain, 1)
+
+    def histogram(self, n_classes=10):
+        hist = [0] * n_classes
+        with open(self.labels_path, "rb") as f:
+            while True:
+                block = f.read(512)
+                if not block:
+                    break
+                for b in block:
+                    if b < n_classes:
+                        hist[b] += 1
+        return hist
+
+    def capabilities(self):
+        mem_free = getattr(gc, "mem_free", None)
+        try:
+            st = os.statvfs("/")
+            flash = st[0] * st[4]
+        except (AttributeError, OSError):
+            flash = 0
+        return {"v": wire.VERSION, "id": self.id, "class": "mcu", "fw": FIRMWARE, "proto": [wire.VERSION],
+                "ram": int(self.cfg.get("ram") or (mem_free() if mem_free else 0)), "flash": flash,
+                "cpu_score": cpu_score(), "battery": self.battery.level(), "rssi": self.radio.rssi(0),
+                "n_samples": self.n, "hist": self.histogram(), "raw_ok": bool(self.cfg.get("raw_ok", True)),
+                "max_chunk": self.max_chunk, "roles": ["cl"]}
+
+    def status(self, msg):
+        msg["v"] = wire.VERSION
+        self.publish(self.topic(wire.T_STATUS), wire.encode_json(msg))
+
+    def on_message(self, topic, msg):
+        # umqtt calls this inside wait_msg(); queue it and act outside, where publishing is safe
+        self.queue.append((topic.decode() if isinstance(topic, bytes) else topic, msg))
+
+    def handle(self, topic, msg):
+        if not msg:
+            return  # an empty retained message clears the announcement
+        obj = wire.decode_json(msg)
+        if topic == wire.host_topic("round"):
+            if obj.get("stop"):
+                self.stopped = True
+            elif not self.radio.drops(obj["round"]):
+                self.status({"kind": "ready", "round": obj["round"], "rssi": self.radio.rssi(obj["round"]),
+                             "battery": self.battery.level()})
+        elif topic == self.topic(wire.T_TASK):
+            if obj.get("role") == "cl":
+                self.upload_samples(obj)
+
+    def upload_samples(self, task):
+        """Stream ceil(fraction*n) samples chosen by the task's seed, straight from flash."""
+        idx = sampling.select(self.n, sampling.ceil_fraction(self.n, task["fraction"]), task["seed"])
+        k = len(idx)
+        meta = {"kind": "samples", "round": task["round"], "task": task["task"], "device": self.id, "n": k}
+        head, total = wire.blob_head(meta, [("uint8", (k, ROW), 1.0, 0), ("uint8", (k,), 1.0, 0)])
+        topic = self.topic(wire.T_UP)
+        w = wire.ChunkWriter(wire.KIND_SAMPLES, task["round"], total, self.max_chunk,
+                             lambda p: self.publish(topic, p))
+        w.write(head)
+        w.write(wire.tensor_header("uint8", (k, ROW)))
+        with open(self.samples_path, "rb") as f:
+            for i in idx:
+                f.seek(i * ROW)
+                w.write(f.read(ROW))
+        w.write(wire.tensor_header("uint8", (k,)))
+        with open(self.labels_path, "rb") as f:
+            labels = f.read()
+            for i in idx:
+                w.write(labels[i:i + 1])
+        w.close()
+        gc.collect()
+
+    def run(self):
+        c = self.c
+        c.set_callback(self.on_message)
+        c.set_last_will(self.topic(wire.T_PRESENCE), b"offline", True, 1)
+        c.connect()
+        c.subscribe(wire.host_topic("round"), 1)
+        c.subscribe(self.topic(wire.T_TASK), 1)
+        self.publish(self.topic(wire.T_PRESENCE), b"online", retain=True)
+        self.publish(self.topic(wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)
+        while not self.stopped:
+            c.wait_msg()
+            while self.queue:
+                topic, msg = self.queue.pop(0)
+                try:
+                    self.handle(topic, msg)
+                except ValueError as e:  # WireError and bad JSON: log and keep serving
+                    print("semifl-node: rejected", topic, e)
+        self.publish(self.topic(wire.T_PRESENCE), b"offline", retain=True)
+        c.disconnect()
+
+
+def load_config(path="config.json"):
+    with open(path) as f:
+        return json.load(f)

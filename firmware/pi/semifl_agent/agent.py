@@ -1,0 +1,176 @@
+"""The Pi agent: an FL client over MQTT (paho-mqtt 2.x).
+
+Message flow (docs/protocol.md): the host announces a round on host/round -> the agent answers
+`ready` with its link report; a `fl` task -> train on the global model of that round and report the
+update norm; an `upload` task -> send the update as chunks on dev/<id>/up. Paho's callbacks only
+enqueue; the agent's own thread does the work, so keep-alives never stall behind training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from semifl.protocol import wire
+from semifl.protocol.tensors import decode_arrays, encode_arrays
+
+from . import hardware
+from .train import local_update
+
+log = logging.getLogger("semifl.agent")
+FIRMWARE = "semifl-pi/0.1"
+
+
+class PiAgent:
+    def __init__(self, config: dict, x: np.ndarray, y: np.ndarray, radio=None, battery=None):
+        self.cfg = config
+        self.id = config["id"]
+        self.x, self.y = x, y
+        self.radio = radio or hardware.Radio()
+        self.battery = battery or hardware.Battery()
+        self.max_chunk = int(config.get("max_chunk", 65536))
+        self.inbox: queue.Queue = queue.Queue()
+        self.models: dict[int, list[np.ndarray]] = {}   # round -> global params (last few)
+        self._assembling: dict[int, wire.Assembler] = {}
+        self.pending_tasks: list[dict] = []
+        self.results: dict[int, tuple] = {}              # round -> (delta, n, norm)
+        self.bytes_up = self.bytes_down = 0
+        self._stop = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
+        self.client.max_inflight_messages_set(64)
+        self.client.will_set(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
+
+    # --- paho callbacks: subscribe and enqueue, nothing else -------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe([(wire.host_topic("round"), 1), (wire.host_topic(wire.T_MODEL), 1),
+                          (wire.dev_topic(self.id, wire.T_TASK), 1)])
+        self.inbox.put(("_connected", b""))
+
+    # --- publishing --------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
+        self.radio.delay(len(payload))
+        self.battery.transmit(len(payload))
+        self.bytes_up += len(payload)
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def status(self, msg: dict):
+        msg["v"] = wire.VERSION
+        self.publish(wire.dev_topic(self.id, wire.T_STATUS), wire.encode_json(msg))
+
+    def capabilities(self) -> dict:
+        hist = np.bincount(self.y, minlength=int(self.cfg.get("n_classes", 10))).tolist()
+        return {"v": wire.VERSION, "id": self.id, "class": "pi", "fw": FIRMWARE, "proto": [wire.VERSION],
+                "ram": hardware.ram_bytes(), "flash": hardware.flash_bytes(), "cpu_score": hardware.cpu_score(),
+                "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
+                "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
+                "roles": ["fl"]}
+
+    # --- message handling (agent thread) -----------------------------------------------------------
+    def handle(self, topic: str, payload: bytes):
+        if topic == "_connected":
+            self.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"online", retain=True)
+            self.publish(wire.dev_topic(self.id, wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)
+        elif topic == wire.host_topic("round"):
+            self.bytes_down += len(payload)
+            if not payload:
+                return  # the host cleared its retained announcement
+            ann = wire.decode_json(payload)
+            rnd = ann["round"]
+            if ann.get("stop"):
+                self._stop.set()
+                return
+            if self.radio.drops(rnd):
+                return  # the simulated link lost this round: the host must cope without us
+            self.status({"kind": "ready", "round": rnd, "rssi": self.radio.rssi(rnd), "battery": self.battery.level()})
+        elif topic == wire.host_topic(wire.T_MODEL):
+            self.bytes_down += len(payload)
+            self._on_model_chunk(payload)
+        elif topic == wire.dev_topic(self.id, wire.T_TASK):
+            self.bytes_down += len(payload)
+            self.pending_tasks.append(wire.decode_json(payload))
+        self._run_tasks()
+
+    def _on_model_chunk(self, payload: bytes):
+        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, 64 << 20)
+        if blob_id in self.models:
+            return
+        asm = self._assembling.get(blob_id)
+        if asm is None:
+            asm = self._assembling[blob_id] = wire.Assembler(kind, blob_id, count, blob_len)
+        if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
+            del self._assembling[blob_id]
+            meta, arrays = decode_arrays(bytes(asm.buf))
+            self.models[meta["round"]] = [a.copy() for a in arrays]
+            for old in [r for r in self.models if r < meta["round"] - 1]:
+                del self.models[old]
+
+    def _run_tasks(self):
+        still = []
+        for task in self.pending_tasks:
+            rnd = task["round"]
+            if task["role"] == "fl":
+                if rnd not in self.models:
+                    still.append(task)  # the model of this round is still arriving
+                    continue
+                t0 = time.perf_counter()
+                delta, n, norm = local_update(self.models[rnd], self.x, self.y, task)
+                self.battery.compute(time.perf_counter() - t0)
+                self.results = {rnd: (delta, n, norm)}
+                self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm})
+            elif task["role"] == "upload":
+                if rnd not in self.results:
+                    log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)
+                    continue
+                delta, n, _ = self.results[rnd]
+                blob = encode_arrays({"kind": "update", "round": rnd, "task": task["task"], "device": self.id, "n": n}, delta)
+                for chunk in wire.iter_chunks(wire.KIND_UPDATE, rnd, blob, self.max_chunk):
+                    self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
+            else:
+                log.warning("%s: role %r is not one this agent plays", self.id, task["role"])
+        self.pending_tasks = still
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def run(self, timeout: float | None = None):
+        url = urlparse(self.cfg["broker"])
+        self.client.connect(url.hostname, url.port or 1883, keepalive=30)
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                try:
+                    topic, payload = self.inbox.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                try:
+                    self.handle(topic, payload)
+                except wire.WireError as e:
+                    log.warning("%s: rejected message on %s: %s", self.id, topic, e)
+        finally:
+            self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)
+            self.client.loop_stop()
+            self.client.disconnect()
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="semifl-agent", description="semifl Pi agent (FL client)")
+    ap.add_argument("--config", required=True, help="config.json: id, broker, data (.npz with x, y), raw_ok, sim")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with open(args.config) as f:
+        cfg = json.load(f)
+    data = np.load(cfg["data"])
+    radio = battery = None
+    if cfg.get("sim"):
+        from semifl.sim.link import SimBattery, SimRadio  # only virtual devices need the simulator
+        radio, battery = SimRadio(cfg["sim"]), SimBattery(cfg["sim"])
+    PiAgent(cfg, data["x"], data["y"], radio, battery).run()

@@ -1,0 +1,167 @@
+"""The `semifl` command. Thin: parse, then call the service."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--broker", help="mqtt://host:port of an external broker (Mosquitto); default: embedded")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _run_flags(p: argparse.ArgumentParser):
+    p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
+    p.add_argument("--name")
+    p.add_argument("--strategy", choices=["fedavg", "semifl"])
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
+    p.add_argument("--fl-devices", type=int)
+    p.add_argument("--cl-devices", type=int)
+    p.add_argument("--fl-uploaders", type=int, help="K: FL devices that upload per round (top by update norm)")
+    p.add_argument("--cl-uploaders", type=int, help="N: CL devices that upload per round (top by channel)")
+    p.add_argument("--prune", type=float, help="P: pruning rate of the FL clients' local model")
+    p.add_argument("--fl-fraction", type=float)
+    p.add_argument("--cl-fraction", type=float, help="S: share of samples a CL uploader sends")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
+    p.add_argument("--out", help="output folder (default runs/<name>)")
+    p.add_argument("--drop", type=float, help="probability a virtual device misses a round")
+    p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
+    _common(p)
+
+
+def _load_config(args):
+    from semifl.config import RunConfig
+
+    over = {k: getattr(args, k, None) for k in ("name", "strategy", "rounds", "fl_devices", "cl_devices", "fl_uploaders",
+                                               "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
+                                               "out", "drop", "plot", "broker", "seed")}
+    if getattr(args, "devices", None):
+        over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
+        over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]
+    return RunConfig.load(args.config, **over)
+
+
+def _progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                    TimeElapsedColumn())
+    task = prog.add_task("", total=total)
+
+    def on_round(m):
+        prog.update(task, completed=m["round"], description=f"acc {100 * m['accuracy']:.2f}%  loss {m['loss']:.3f}")
+    return prog, on_round
+
+
+def cmd_run(args):
+    from semifl.learn.data import DataNotFound
+    from semifl.service.experiment import run_experiment
+
+    cfg = _load_config(args)
+    prog, on_round = _progress(cfg.rounds)
+    try:
+        with prog:
+            summary = run_experiment(cfg, on_round=on_round)
+    except DataNotFound as e:
+        print(f"semifl: {e}", file=sys.stderr)
+        return 2
+    out = cfg.out or f"runs/{cfg.name}"
+    print(f"final accuracy {100 * summary['final_accuracy']:.2f}% after {cfg.rounds} rounds; "
+          f"rejected: {summary['rejected'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
+    return 0
+
+
+def cmd_broker(args):
+    from semifl.transport.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(args.host, args.port).start()
+    print(f"embedded MQTT broker on {b.url} (Ctrl-C stops it)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        b.stop()
+    return 0
+
+
+def cmd_serve(args):
+    """The host service alone: resumes from its state database at the last completed round."""
+    from semifl.learn.data import load_idx_dataset
+    from semifl.service.experiment import build_engine
+    from semifl.service.store import Store
+    from semifl.transport.mqtt import HostLink
+
+    cfg = _load_config(args)
+    if not cfg.broker:
+        print("semifl serve: --broker mqtt://host:port is required (start one with `semifl broker`)", file=sys.stderr)
+        return 2
+    ds = load_idx_dataset(cfg.data)
+    store = Store(args.state)
+    link = HostLink(cfg.broker).connect()
+    engine = build_engine(cfg, ds, store, link)
+    if not engine.wait_for_devices(args.wait_devices, timeout=args.wait_s):
+        print(f"semifl serve: {len(engine.registry.online)} of {args.wait_devices} devices online", file=sys.stderr)
+        return 1
+    engine.run(cfg.rounds, on_round=lambda m: print(f"round {m['round']}: acc {m['accuracy']:.4f} "
+                                                    f"fl {m['participants']['fl']} cl {m['participants']['cl']}", flush=True))
+    engine.stop_fleet()
+    link.close()
+    store.close()
+    return 0
+
+
+def cmd_fleet(args):
+    from pathlib import Path
+
+    from semifl.learn.data import load_idx_dataset
+    from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
+
+    cfg = _load_config(args)
+    if not cfg.broker:
+        print("semifl fleet: --broker mqtt://host:port is required", file=sys.stderr)
+        return 2
+    ds = load_idx_dataset(cfg.data)
+    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
+                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    fleet = VirtualFleet(Path(args.root), specs, ds, cfg.broker).start()
+    print(f"{len(specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
+    try:
+        fleet.stop(timeout=10 ** 9)   # devices exit when the host ends the run
+    except KeyboardInterrupt:
+        fleet.stop(timeout=0)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="semifl", description="Semi-federated learning on IoT fleets over MQTT")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="broker + host + virtual fleet: one SemiFL experiment end to end")
+    _run_flags(p)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("broker", help="start the embedded MQTT broker")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.set_defaults(fn=cmd_broker)
+    p = sub.add_parser("serve", help="the host service (round engine) against --broker")
+    _run_flags(p)
+    p.add_argument("--state", default="semifl-state.db", help="SQLite state; a restart resumes from it")
+    p.add_argument("--wait-devices", type=int, default=1, help="devices to wait for before round 1")
+    p.add_argument("--wait-s", type=float, default=300)
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("fleet", help="start virtual devices (real device code) against --broker")
+    _run_flags(p)
+    p.add_argument("--root", default="fleet", help="where each device's flash (data, config) goes")
+    p.set_defaults(fn=cmd_fleet)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""One typed run configuration; defaults reproduce the SemiFL seed's setup. Load from TOML, override
+with flags (`semifl run --config run.toml --rounds 50`)."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+
+from semifl.fleet.planner import PlannerConfig
+from semifl.service.engine import EngineConfig
+
+
+@dataclass
+class RunConfig:
+    name: str = "semifl"
+    strategy: str = "semifl"      # fedavg | semifl
+    rounds: int = 20
+    fl_devices: int = 6           # Pi-class FL clients (classes 0..5)
+    cl_devices: int = 4           # MCU-class CL uploaders (classes 6..9)
+    fl_uploaders: int = 3         # K: top-K FL devices by update norm upload
+    cl_uploaders: int = 2         # N: top-N CL devices by channel upload
+    prune: float = 0.3            # P: magnitude-pruning rate of the FL clients' local model
+    fl_fraction: float = 0.3      # share of local data in an FL client's batch
+    cl_fraction: float = 0.3      # S: share of a CL uploader's samples sent per round
+    lr: float = 0.1
+    epochs: int = 1
+    seed: int = 0
+    data: str | None = None       # IDX folder; default Debian's Fashion-MNIST
+    broker: str | None = None     # mqtt://host:port; default: an embedded broker
+    out: str | None = None        # default runs/<name>
+    ready_timeout_s: float = 10.0
+    collect_timeout_s: float = 120.0
+    latency_s: float = 0.0        # simulated link of every virtual device
+    bandwidth_bps: float = 0.0
+    drop: float = 0.0
+    plot: bool = True
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides) -> "RunConfig":
+        values = {}
+        if path:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+            unknown = set(values) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def engine(self) -> EngineConfig:
+        return EngineConfig(seed=self.seed, lr=self.lr, epochs=self.epochs, prune=self.prune,
+                            fl_fraction=self.fl_fraction, cl_fraction=self.cl_fraction,
+                            planner=PlannerConfig(cl_uploaders=self.cl_uploaders, fl_uploaders=self.fl_uploaders),
+                            ready_timeout_s=self.ready_timeout_s, collect_timeout_s=self.collect_timeout_s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

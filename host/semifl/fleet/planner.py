@@ -1,0 +1,67 @@
+"""Role planner: SemiFL's stage 1 as a pure function of capabilities and channel reports.
+
+Computing-limited devices whose privacy policy allows raw samples to leave are CL candidates, and
+the top-N by channel upload this round; capable devices are FL clients, and after local training
+the top-K by update norm upload (`select_fl_uploaders`).
+"""
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass, field
+
+CL, FL, IDLE = "cl", "fl", "idle"
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    cl_uploaders: int = 2          # N: CL devices that upload per round (top by channel)
+    fl_uploaders: int = 3          # K: FL devices that upload per round (top by update norm)
+    min_cpu_score: float = 50.0    # below this a device counts as computing-limited
+    min_ram: int = 8 << 20         # bytes; an MCU with 520 KB is computing-limited
+    min_battery: float = 0.05      # below this a device sits the round out
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    cl: list[str] = field(default_factory=list)   # CL uploaders this round
+    fl: list[str] = field(default_factory=list)   # FL clients that train this round
+    idle: dict[str, str] = field(default_factory=dict)  # device -> why it sits out
+
+
+def is_capable(caps: dict, cfg: PlannerConfig) -> bool:
+    return caps.get("class") != "mcu" and caps.get("cpu_score", 0) >= cfg.min_cpu_score and caps.get("ram", 0) >= cfg.min_ram
+
+
+def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True) -> RoundPlan:
+    """devices: id -> latest capabilities merged with this round's link report ("rssi", "battery")."""
+    plan = RoundPlan(rnd)
+    cl_candidates = []
+    for dev_id in sorted(devices):
+        caps = devices[dev_id]
+        if caps.get("battery", 1.0) < cfg.min_battery:
+            plan.idle[dev_id] = "battery"
+        elif is_capable(caps, cfg):
+            plan.fl.append(dev_id)
+        elif not use_cl:
+            plan.idle[dev_id] = "strategy uses no CL"
+        elif not caps.get("raw_ok", False):
+            plan.idle[dev_id] = "privacy policy keeps raw samples on device"
+        else:
+            cl_candidates.append(dev_id)
+    # strongest channel first; ties broken by id so the plan is deterministic
+    ranked = sorted(cl_candidates, key=lambda d: (-devices[d].get("rssi", -200.0), d))
+    plan.cl = sorted(ranked[:cfg.cl_uploaders])
+    for d in ranked[cfg.cl_uploaders:]:
+        plan.idle[d] = "weaker channel"
+    return plan
+
+
+def select_fl_uploaders(norms: dict[str, float], k: int) -> list[str]:
+    """Top-K devices by update norm (seed: get_selected_FL_devices); ties by id."""
+    return sorted(sorted(norms, key=lambda d: (-norms[d], d))[:k])
+
+
+def task_seed(run_seed: int, rnd: int, device_id: str) -> int:
+    """The per-round, per-device sampling seed carried in a task (uint32, stable across runtimes)."""
+    return (binascii.crc32(device_id.encode()) ^ (run_seed * 1000003 + rnd * 7919)) & 0xFFFFFFFF

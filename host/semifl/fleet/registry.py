@@ -1,0 +1,69 @@
+"""Fleet registry: who is there (presence via last will), what each can do (capability reports, with
+history in the store), and what each said about its link this round."""
+from __future__ import annotations
+
+import time
+
+from semifl.protocol import wire
+
+REQUIRED_CAPS = {"id": str, "class": str, "ram": int, "flash": int, "cpu_score": (int, float),
+                 "battery": (int, float), "n_samples": int, "hist": list, "raw_ok": bool, "max_chunk": int}
+DEVICE_CLASSES = ("mcu", "pi")
+
+
+def validate_caps(dev_id: str, caps: dict) -> dict:
+    for key, typ in REQUIRED_CAPS.items():
+        if not isinstance(caps.get(key), typ) or isinstance(caps.get(key), bool) and typ is int:
+            raise wire.WireError("schema", f"caps.{key} missing or not {typ}")
+    if caps["id"] != dev_id:
+        raise wire.WireError("schema", f"caps.id {caps['id']!r} does not match topic id {dev_id!r}")
+    if caps["class"] not in DEVICE_CLASSES:
+        raise wire.WireError("schema", f"caps.class must be one of {DEVICE_CLASSES}")
+    if wire.VERSION not in caps.get("proto", [wire.VERSION]):
+        raise wire.WireError("version", f"device speaks {caps.get('proto')}, host speaks v{wire.VERSION}")
+    if not 256 <= caps["max_chunk"] <= 1 << 20:
+        raise wire.WireError("schema", "caps.max_chunk out of 256..1 MiB")
+    return caps
+
+
+class Registry:
+    def __init__(self, store):
+        self.store = store
+        self.devices = {d: v["caps"] for d, v in store.devices().items()}
+        self.online = {d for d, v in store.devices().items() if v["online"]}
+        self.link: dict[str, dict] = {}      # device -> latest {"round", "rssi", "battery"}
+        self.last_seen: dict[str, float] = {}
+
+    def on_caps(self, dev_id: str, caps: dict) -> None:
+        validate_caps(dev_id, caps)
+        self.devices[dev_id] = caps
+        self.online.add(dev_id)
+        self.last_seen[dev_id] = time.time()
+        self.store.upsert_device(dev_id, caps)
+
+    def on_presence(self, dev_id: str, payload: bytes) -> None:
+        if payload not in (b"online", b"offline"):
+            raise wire.WireError("malformed", "presence must be online|offline")
+        if dev_id not in self.devices:
+            return  # presence may precede caps; the caps report registers the device
+        up = payload == b"online"
+        (self.online.add if up else self.online.discard)(dev_id)
+        self.store.set_online(dev_id, up)
+
+    def on_ready(self, dev_id: str, msg: dict) -> None:
+        self.link[dev_id] = {"round": msg["round"], "rssi": msg.get("rssi"), "battery": msg.get("battery", 1.0)}
+        self.last_seen[dev_id] = time.time()
+
+    def known(self, dev_id: str) -> bool:
+        return dev_id in self.devices
+
+    def view(self, rnd: int) -> dict[str, dict]:
+        """Online devices that answered this round's announcement: caps merged with the link report."""
+        out = {}
+        for d in self.online:
+            link = self.link.get(d)
+            if link and link["round"] == rnd:
+                merged = dict(self.devices[d])
+                merged.update({k: v for k, v in link.items() if v is not None})
+                out[d] = merged
+        return out

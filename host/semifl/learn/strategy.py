@@ -1,0 +1,91 @@
+"""Strategies: small classes that turn accepted contributions into the next global model.
+
+Transport-free (numpy in, numpy out) and shared by the in-process simulator and the MQTT service.
+The round engine calls `aggregate` once per round; nothing else changes the global model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import aggregate, mlp
+from .data import to_float
+
+
+@dataclass
+class FLUpdate:
+    """A device's model change for one round: delta = local - global (pruned entries are 0)."""
+    device: str
+    delta: list[np.ndarray]
+    n: int  # samples the device trained on
+
+
+@dataclass
+class CLBatch:
+    """Raw samples a CL uploader sent this round (uint8 pixels, int labels)."""
+    device: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Strategy:
+    name = "base"
+    uses_cl = False
+
+    def aggregate(self, params: list[np.ndarray], fl: list[FLUpdate], cl: list[CLBatch]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class FedAvg(Strategy):
+    """McMahan et al.: the sample-weighted mean of the FL updates. CL uploads are not used."""
+    name = "fedavg"
+
+    def aggregate(self, params, fl, cl):
+        if not fl:
+            return params
+        fl = sorted(fl, key=lambda u: u.device)
+        return aggregate.apply_delta(params, aggregate.weighted_average([u.delta for u in fl], [u.n for u in fl]))
+
+
+class SemiFL(Strategy):
+    """Ni et al. (SemiFL): one step on the mix of the FL updates and the host's own gradient on the
+    CL uploaders' samples, weighted by sample counts (seed code: gradient_combine)."""
+    name = "semifl"
+    uses_cl = True
+
+    def __init__(self, lr: float = 0.1):
+        self.lr = lr
+
+    def cl_delta(self, params, cl: list[CLBatch]) -> tuple[list[np.ndarray], int]:
+        cl = sorted(cl, key=lambda b: b.device)
+        x = to_float(np.concatenate([b.x for b in cl]))
+        y = np.concatenate([b.y for b in cl]).astype(np.int64)
+        _, g = mlp.loss_and_grad(params, x, y)
+        return [np.float32(-self.lr) * gi for gi in g], len(y)
+
+    def aggregate(self, params, fl, cl):
+        fl = sorted(fl, key=lambda u: u.device)
+        parts, weights = [], []
+        if fl:
+            n_fl = sum(u.n for u in fl)
+            parts.append(aggregate.weighted_average([u.delta for u in fl], [u.n for u in fl]))
+            weights.append(n_fl)
+        if cl:
+            d, n_cl = self.cl_delta(params, cl)
+            parts.append(d)
+            weights.append(n_cl)
+        if not parts:
+            return params
+        return aggregate.apply_delta(params, aggregate.weighted_average(parts, weights))
+
+
+STRATEGIES = {"fedavg": FedAvg, "semifl": SemiFL}
+
+
+def make_strategy(name: str, lr: float) -> Strategy:
+    if name == "fedavg":
+        return FedAvg()
+    if name == "semifl":
+        return SemiFL(lr=lr)
+    raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")

@@ -1,0 +1,324 @@
+"""The round engine: the one place a round advances and the global model changes.
+
+Per round (SemiFL's three stages, docs/protocol.md):
+  1. announce the round; devices answer `ready` with link and battery; plan roles (fleet.planner)
+  2. publish the global model and tasks; FL clients train and report update norms, CL uploaders send
+     samples; the top-K FL clients by norm are asked to upload; collect until done or the deadline
+  3. strategy.aggregate -> evaluate -> persist (store) -> next round
+Every inbound message passes `_dispatch` (topic -> codec -> validation); a bad one is rejected with
+a reason that is logged, stored and counted in the round's metrics, and the round goes on.
+"""
+from __future__ import annotations
+
+import binascii
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from semifl.fleet.planner import PlannerConfig, RoundPlan, plan_round, select_fl_uploaders, task_seed
+from semifl.fleet.registry import Registry
+from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
+from semifl.protocol import wire
+from semifl.protocol.tensors import decode_arrays, encode_arrays
+
+log = logging.getLogger("semifl.engine")
+ROW = 784
+
+
+@dataclass
+class EngineConfig:
+    seed: int = 0
+    lr: float = 0.1
+    epochs: int = 1
+    prune: float = 0.3
+    fl_fraction: float = 0.3
+    cl_fraction: float = 0.3
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    ready_timeout_s: float = 10.0
+    collect_timeout_s: float = 120.0
+    max_blob: int = 32 << 20
+    max_blobs_in_flight: int = 4      # per device: bounds the memory a misbehaving device can pin
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class RoundEngine:
+    def __init__(self, link, store, strategy: Strategy, cfg: EngineConfig, init_params, evaluate, n_classes: int = 10):
+        self.link, self.store, self.strategy, self.cfg = link, store, strategy, cfg
+        self.registry = Registry(store)
+        self.evaluate = evaluate
+        self.n_classes = n_classes
+        self.run_id = store.get_meta("run_id")
+        if self.run_id is None:
+            self.run_id = int.from_bytes(np.random.default_rng().bytes(4), "little")
+            store.set_meta("run_id", self.run_id)
+        last = store.last_completed_round()
+        self.params = store.checkpoint(last) if last else [np.asarray(p, np.float32) for p in init_params]
+        self.shapes = [p.shape for p in self.params]
+        self.round = 0
+        self.plan: RoundPlan | None = None
+        self.norms: dict[str, float] = {}
+        self.trained_n: dict[str, int] = {}
+        self.uploaders: list[str] | None = None
+        self.accepted: set[tuple[str, str]] = set()
+        self.rejected: Counter = Counter()
+        self.bytes_up: Counter = Counter()
+        self.bytes_down: Counter = Counter()
+        self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
+
+    # --- tasks --------------------------------------------------------------------------------------
+    def task_id(self, rnd: int, dev: str) -> int:
+        return binascii.crc32(f"{self.run_id}/{rnd}/{dev}".encode()) & 0x7FFFFFFF
+
+    def _send(self, dev: str, obj: dict):
+        payload = wire.encode_json(dict(obj, v=wire.VERSION))
+        self.bytes_down[dev] += len(payload)
+        self.link.publish(wire.dev_topic(dev, wire.T_TASK), payload)
+
+    def _broadcast(self, leaf: str, payload: bytes, to: list[str], retain: bool = False, blob=None):
+        if blob is None:
+            self.link.publish(wire.host_topic(leaf), payload, retain=retain)
+            sent = len(payload)
+        else:
+            sent = self.link.publish_blob(wire.host_topic(leaf), *blob)
+        for d in to:
+            self.bytes_down[d] += sent
+
+    # --- inbound ------------------------------------------------------------------------------------
+    def pump(self, until, timeout: float) -> bool:
+        """Dispatch inbound messages until `until()` holds or `timeout` passes; returns until()."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            msg = self.link.get(min(left, 0.5))
+            if msg is not None:
+                self._dispatch(msg)
+        return True
+
+    def _reject(self, dev, reason, detail):
+        self.rejected[reason] += 1
+        self.store.reject(self.round, dev, reason, detail)
+        log.warning("rejected from %s: %s (%s)", dev, reason, detail)
+
+    def _dispatch(self, msg):
+        if msg[0] == "_rejected":   # refused by the transport before decoding (oversized)
+            _, topic, reason, size = msg
+            try:
+                dev = wire.parse_dev_topic(topic)[0]
+            except ValueError:
+                dev = None
+            return self._reject(dev, reason, f"{size} bytes on {topic}")
+        topic, payload = msg
+        dev = None
+        try:
+            dev, leaf = wire.parse_dev_topic(topic)
+            if leaf in (wire.T_STATUS, wire.T_UP):
+                self.bytes_up[dev] += len(payload)
+            if leaf == wire.T_CAPS:
+                if payload:  # an empty retained payload clears a device's report
+                    self.registry.on_caps(dev, wire.decode_json(payload))
+            elif leaf == wire.T_PRESENCE:
+                self.registry.on_presence(dev, bytes(payload))
+            elif not self.registry.known(dev):
+                raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
+            elif leaf == wire.T_STATUS:
+                self._on_status(dev, wire.decode_json(payload))
+            elif leaf == wire.T_UP:
+                self._on_chunk(dev, payload)
+            elif leaf != wire.T_TASK:  # our own tasks echo back through the wildcard subscription
+                raise Rejected("malformed", f"unknown topic leaf {leaf!r}")
+        except wire.WireError as e:
+            self._reject(dev, e.reason, str(e))
+        except Rejected as e:
+            self._reject(dev, e.reason, e.detail)
+        except ValueError as e:
+            self._reject(dev, "malformed", str(e))
+
+    def _check_round(self, dev, rnd, what):
+        if rnd != self.round:
+            raise Rejected("stale_round", f"{what} for round {rnd} during round {self.round}")
+
+    def _on_status(self, dev: str, msg: dict):
+        kind, rnd = msg.get("kind"), msg.get("round")
+        if not isinstance(rnd, int):
+            raise Rejected("schema", "status without an integer round")
+        self._check_round(dev, rnd, f"status {kind!r}")
+        if kind == "ready":
+            self.registry.on_ready(dev, msg)
+        elif kind == "trained":
+            if self.plan is None or dev not in self.plan.fl:
+                raise Rejected("unexpected", f"{dev} is not an FL client this round")
+            if msg.get("task") != self.task_id(rnd, dev):
+                raise Rejected("replay", f"task {msg.get('task')} is not this round's task")
+            norm, n = msg.get("norm"), msg.get("n")
+            if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
+                raise Rejected("schema", "trained status needs a finite norm and a positive n")
+            self.norms[dev], self.trained_n[dev] = float(norm), n
+        else:
+            raise Rejected("schema", f"unknown status kind {kind!r}")
+
+    def _on_chunk(self, dev: str, payload: bytes):
+        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.cfg.max_blob)
+        if blob_id != self.round:
+            raise Rejected("stale_round", f"chunk of round {blob_id} during round {self.round}")
+        key = (kind, blob_id)
+        asm = self._asm[dev].get(key)
+        if asm is None:
+            if len(self._asm[dev]) >= self.cfg.max_blobs_in_flight:
+                raise Rejected("oversized", f"{dev} has {len(self._asm[dev])} blobs in flight")
+            asm = self._asm[dev][key] = wire.Assembler(kind, blob_id, count, blob_len)
+        try:
+            complete = asm.add(kind, blob_id, seq, count, blob_len, bcrc, data)
+        except wire.WireError:
+            del self._asm[dev][key]   # a broken blob is dropped whole; the device may send it again
+            raise
+        if complete:
+            del self._asm[dev][key]
+            self._on_blob(dev, kind, bytes(asm.buf))
+
+    def _on_blob(self, dev: str, kind: int, blob: bytes):
+        meta, tensors = wire.decode_blob(blob)
+        rnd = meta.get("round")
+        self._check_round(dev, rnd, "blob")
+        if meta.get("device") != dev:
+            raise Rejected("schema", f"blob says device {meta.get('device')!r}, topic says {dev!r}")
+        if meta.get("task") != self.task_id(rnd, dev):
+            raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
+        n = meta.get("n")
+        if not isinstance(n, int) or n <= 0:
+            raise Rejected("schema", "blob needs a positive integer n")
+        if kind == wire.KIND_UPDATE:
+            self._accept_update(dev, rnd, meta, tensors, blob)
+        elif kind == wire.KIND_SAMPLES:
+            self._accept_samples(dev, rnd, meta, tensors, blob)
+        else:
+            raise Rejected("malformed", f"devices do not send blob kind {kind}")
+
+    def _accept_update(self, dev, rnd, meta, tensors, blob):
+        if meta.get("kind") != "update":
+            raise Rejected("schema", "update chunk carrying a non-update blob")
+        if not self.uploaders or dev not in self.uploaders:
+            raise Rejected("unexpected", f"{dev} was not asked to upload in round {rnd}")
+        if (dev, "update") in self.accepted:
+            raise Rejected("replay", f"{dev} already delivered its round {rnd} update")
+        got = [(t[0], tuple(t[1])) for t in tensors]
+        want = [("float32", tuple(s)) for s in self.shapes]
+        if got != want:
+            raise Rejected("shape", f"update tensors {got[:3]}... do not match the model {want[:3]}...")
+        _, arrays = decode_arrays(blob)
+        for a in arrays:
+            if not np.isfinite(a).all():
+                raise Rejected("nonfinite", "update contains NaN or Inf")
+        if meta["n"] > self.registry.devices[dev]["n_samples"]:
+            raise Rejected("schema", f"n={meta['n']} exceeds the device's {self.registry.devices[dev]['n_samples']} samples")
+        self.store.accept(rnd, dev, "update", meta["n"], blob)
+        self.accepted.add((dev, "update"))
+
+    def _accept_samples(self, dev, rnd, meta, tensors, blob):
+        if meta.get("kind") != "samples":
+            raise Rejected("schema", "samples chunk carrying a non-samples blob")
+        if self.plan is None or dev not in self.plan.cl:
+            raise Rejected("unexpected", f"{dev} is not a CL uploader in round {rnd}")
+        if (dev, "samples") in self.accepted:
+            raise Rejected("replay", f"{dev} already delivered its round {rnd} samples")
+        k = meta["n"]
+        if [(t[0], tuple(t[1])) for t in tensors] != [("uint8", (k, ROW)), ("uint8", (k,))]:
+            raise Rejected("shape", f"samples must be uint8 ({k}, {ROW}) and uint8 ({k},)")
+        if k > self.registry.devices[dev]["n_samples"]:
+            raise Rejected("schema", f"{k} samples exceed the device's {self.registry.devices[dev]['n_samples']}")
+        if max(bytes(tensors[1][4]), default=0) >= self.n_classes:
+            raise Rejected("schema", f"label out of range 0..{self.n_classes - 1}")
+        self.store.accept(rnd, dev, "samples", k, blob)
+        self.accepted.add((dev, "samples"))
+
+    # --- the round ------------------------------------------------------------------------------------
+    def wait_for_devices(self, n: int, timeout: float) -> bool:
+        """Block until n devices have reported capabilities and are online (the fleet is up)."""
+        return self.pump(lambda: len(self.registry.online & set(self.registry.devices)) >= n, timeout)
+
+    def run_round(self, rnd: int) -> dict:
+        t0 = time.time()
+        self.round, self.rejected = rnd, Counter()
+        self.norms, self.trained_n = {}, {}
+        up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
+        row = self.store.round_row(rnd)
+        online = sorted(self.registry.online)
+
+        # stage 1: announce; devices answer with their link; plan
+        self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
+        self.pump(lambda: all(self.registry.link.get(d, {}).get("round") == rnd for d in self.registry.online),
+                  self.cfg.ready_timeout_s)
+        if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
+            self.plan = RoundPlan(**row["plan"])
+        else:
+            self.plan = plan_round(rnd, self.registry.view(rnd), self.cfg.planner, use_cl=self.strategy.uses_cl)
+            self.store.begin_round(rnd, asdict(self.plan))
+        self.uploaders = row["uploaders"] if row else None
+        self.accepted = {(d, k) for d, k, _, _ in self.store.contributions(rnd)}
+
+        # stage 2: model and tasks out, norms and samples in, then the top-K upload
+        fl_todo = [d for d in self.plan.fl if self.uploaders is None]
+        if fl_todo:
+            chunk = min(self.registry.devices[d]["max_chunk"] for d in fl_todo)
+            blob = encode_arrays({"kind": "model", "round": rnd}, self.params)
+            pis = [d for d in online if self.registry.devices[d]["class"] == "pi"]
+            self._broadcast(wire.T_MODEL, b"", pis, blob=(wire.KIND_MODEL, rnd, blob, chunk))
+        common = {"round": rnd, "lr": self.cfg.lr}
+        for d in fl_todo:
+            self._send(d, dict(common, role="fl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
+                               prune=self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs))
+        for d in self.plan.cl:
+            if (d, "samples") not in self.accepted:
+                self._send(d, dict(common, role="cl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
+                                   fraction=self.cfg.cl_fraction))
+        deadline = time.monotonic() + self.cfg.collect_timeout_s
+        cl_done = lambda: all((d, "samples") in self.accepted for d in self.plan.cl)
+        if self.uploaders is None:
+            self.pump(lambda: len(self.norms) == len(self.plan.fl), deadline - time.monotonic())
+            self.uploaders = select_fl_uploaders(self.norms, self.cfg.planner.fl_uploaders)
+            self.store.set_uploaders(rnd, self.uploaders)
+        for d in self.uploaders:
+            if (d, "update") not in self.accepted:
+                self._send(d, {"round": rnd, "role": "upload", "task": self.task_id(rnd, d)})
+        self.pump(lambda: cl_done() and all((d, "update") in self.accepted for d in self.uploaders),
+                  deadline - time.monotonic())
+        self._asm.clear()   # whatever did not complete by the deadline is dropped
+
+        # stage 3: aggregate what was accepted (read back from the store: the durable copy)
+        fl, cl = [], []
+        for dev, kind, n, blob in self.store.contributions(rnd):
+            meta, arrays = decode_arrays(blob)
+            if kind == "update":
+                fl.append(FLUpdate(dev, [a.copy() for a in arrays], n))
+            else:
+                cl.append(CLBatch(dev, arrays[0], arrays[1]))
+        self.params = self.strategy.aggregate(self.params, fl, cl)
+        acc, loss = self.evaluate(self.params)
+        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
+                   "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
+                   "trained": sorted(self.norms), "idle": self.plan.idle,
+                   "rejected": dict(self.rejected),
+                   "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values())}
+        self.store.finish_round(rnd, self.params, metrics)
+        return metrics
+
+    def run(self, rounds: int, on_round=None) -> list[np.ndarray]:
+        for rnd in range(self.store.last_completed_round() + 1, rounds + 1):
+            m = self.run_round(rnd)
+            if on_round:
+                on_round(m)
+        return self.params
+
+    def stop_fleet(self):
+        """Tell devices the run is over (not retained) and clear the retained announcement."""
+        self.link.publish(wire.host_topic("round"), wire.encode_json({"v": wire.VERSION, "round": self.round, "stop": True}))
+        self.link.publish(wire.host_topic("round"), b"", retain=True)

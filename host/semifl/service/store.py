@@ -1,0 +1,121 @@
+"""The host's state in SQLite (WAL): devices, capability history, rounds, accepted contributions,
+checkpoints, rejections. A restarted host reads everything back from here and resumes."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import numpy as np
+
+from semifl.protocol.tensors import decode_arrays, encode_arrays
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, caps TEXT NOT NULL, online INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS caps_history (id TEXT NOT NULL, t REAL NOT NULL, caps TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, state TEXT NOT NULL, plan TEXT,
+    uploaders TEXT, metrics TEXT, started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS contributions (round INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL,
+    n INTEGER NOT NULL, blob BLOB NOT NULL, accepted REAL NOT NULL, PRIMARY KEY (round, device, kind));
+CREATE TABLE IF NOT EXISTS checkpoints (round INTEGER PRIMARY KEY, params BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rejections (t REAL NOT NULL, round INTEGER, device TEXT, reason TEXT NOT NULL,
+    detail TEXT);
+"""
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses no committed round
+        self.db.executescript(SCHEMA)
+
+    def close(self):
+        self.db.close()
+
+    # --- meta -------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    # --- devices ----------------------------------------------------------------------------------
+    def upsert_device(self, dev_id: str, caps: dict) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT INTO devices VALUES (?, ?, 1, ?, ?) ON CONFLICT(id) DO UPDATE SET caps=excluded.caps, "
+                            "online=1, last_seen=excluded.last_seen", (dev_id, json.dumps(caps), now, now))
+            self.db.execute("INSERT INTO caps_history VALUES (?, ?, ?)", (dev_id, now, json.dumps(caps)))
+
+    def set_online(self, dev_id: str, online: bool) -> None:
+        self.db.execute("UPDATE devices SET online=?, last_seen=? WHERE id=?", (int(online), time.time(), dev_id))
+
+    def devices(self) -> dict[str, dict]:
+        return {r[0]: {"caps": json.loads(r[1]), "online": bool(r[2]), "first_seen": r[3], "last_seen": r[4]}
+                for r in self.db.execute("SELECT id, caps, online, first_seen, last_seen FROM devices")}
+
+    def caps_history(self, dev_id: str) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT caps FROM caps_history WHERE id=? ORDER BY t", (dev_id,))]
+
+    # --- rounds -----------------------------------------------------------------------------------
+    def begin_round(self, rnd: int, plan: dict) -> None:
+        self.db.execute("INSERT INTO rounds (round, state, plan, started) VALUES (?, 'collecting', ?, ?) "
+                        "ON CONFLICT(round) DO UPDATE SET plan=excluded.plan", (rnd, json.dumps(plan), time.time()))
+
+    def round_row(self, rnd: int) -> dict | None:
+        r = self.db.execute("SELECT state, plan, uploaders, metrics FROM rounds WHERE round=?", (rnd,)).fetchone()
+        if not r:
+            return None
+        return {"state": r[0], "plan": json.loads(r[1]) if r[1] else None,
+                "uploaders": json.loads(r[2]) if r[2] else None, "metrics": json.loads(r[3]) if r[3] else None}
+
+    def set_uploaders(self, rnd: int, uploaders: list[str]) -> None:
+        self.db.execute("UPDATE rounds SET uploaders=? WHERE round=?", (json.dumps(uploaders), rnd))
+
+    def accept(self, rnd: int, device: str, kind: str, n: int, blob: bytes) -> None:
+        """An accepted update or sample batch is durable before the device hears back."""
+        self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?)", (rnd, device, kind, n, blob, time.time()))
+
+    def contributions(self, rnd: int) -> list[tuple[str, str, int, bytes]]:
+        return self.db.execute("SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind",
+                               (rnd,)).fetchall()
+
+    def has_contribution(self, rnd: int, device: str, kind: str) -> bool:
+        return self.db.execute("SELECT 1 FROM contributions WHERE round=? AND device=? AND kind=?",
+                               (rnd, device, kind)).fetchone() is not None
+
+    def finish_round(self, rnd: int, params: list[np.ndarray], metrics: dict) -> None:
+        """The new global model and the round's metrics land in one transaction."""
+        blob = encode_arrays({"round": rnd}, params)
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (rnd, blob))
+            self.db.execute("UPDATE rounds SET state='done', metrics=?, finished=? WHERE round=?",
+                            (json.dumps(metrics), time.time(), rnd))
+            # the round's payloads now live in the checkpoint; keep the rows as an audit trail
+            self.db.execute("UPDATE contributions SET blob=x'' WHERE round=?", (rnd,))
+            self.db.execute("DELETE FROM checkpoints WHERE round < ? AND round % 50 != 0", (rnd - 2,))
+
+    def last_completed_round(self) -> int:
+        r = self.db.execute("SELECT MAX(round) FROM rounds WHERE state='done'").fetchone()
+        return r[0] or 0
+
+    def checkpoint(self, rnd: int) -> list[np.ndarray] | None:
+        r = self.db.execute("SELECT params FROM checkpoints WHERE round=?", (rnd,)).fetchone()
+        return [a.copy() for a in decode_arrays(r[0])[1]] if r else None
+
+    def round_metrics(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT metrics FROM rounds WHERE state='done' ORDER BY round")]
+
+    # --- rejections -------------------------------------------------------------------------------
+    def reject(self, rnd: int | None, device: str | None, reason: str, detail: str) -> None:
+        self.db.execute("INSERT INTO rejections VALUES (?, ?, ?, ?, ?)", (time.time(), rnd, device, reason, detail[:500]))
+
+    def rejections(self) -> list[tuple]:
+        return self.db.execute("SELECT round, device, reason, detail FROM rejections ORDER BY t").fetchall()

@@ -1,0 +1,121 @@
+"""The virtual fleet: writes each device's flash (its data shard and config.json) and starts the real
+device code as processes: the Pi agent (firmware/pi) and the MicroPython node (firmware/micropython).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semifl.fleet.channel import ChannelModel
+from semifl.learn.data import Dataset
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class DeviceSpec:
+    id: str
+    device_class: str          # "pi" (FL-capable) or "mcu" (computing-limited)
+    classes: list[int]         # the data classes it holds (the seed: one each)
+    raw_ok: bool               # privacy policy: may raw samples leave the device?
+    sim: dict = field(default_factory=dict)
+
+
+@dataclass
+class LinkProfile:
+    latency_s: float = 0.0
+    bandwidth_bps: float = 0.0   # 0: not throttled
+    drop: float = 0.0            # probability of missing a round
+
+
+def seed_fleet(n_fl: int = 6, n_cl: int = 4, n_classes: int = 10, seed: int = 0, rounds: int = 1000,
+               link: LinkProfile | None = None) -> list[DeviceSpec]:
+    """The SemiFL seed's fleet: FL devices hold classes 0..n_fl-1, CL devices the next ones, one each.
+    Link quality per round comes from the seed's channel model (30-40 m, path-loss exponent 2.2, Rician 2)."""
+    link = link or LinkProfile()
+    n = n_fl + n_cl
+    rssi = np.stack([ChannelModel(n, seed).rssi_dbm(r) for r in range(rounds + 1)], axis=1)
+    specs = []
+    for i in range(n):
+        cls = "pi" if i < n_fl else "mcu"
+        sim = {"rssi": [round(float(v), 2) for v in rssi[i]], "latency_s": link.latency_s,
+               "bandwidth_bps": link.bandwidth_bps, "drop": link.drop, "seed": seed * 1000 + i,
+               "battery_j": 0.0 if cls == "pi" else 2000.0}
+        specs.append(DeviceSpec(f"{cls}-{i:02d}", cls, [i % n_classes], raw_ok=cls == "mcu", sim=sim))
+    return specs
+
+
+def shard(ds: Dataset, spec: DeviceSpec) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.flatnonzero(np.isin(ds.y_train, spec.classes))
+    return ds.x_train[idx], ds.y_train[idx]
+
+
+def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path:
+    """Lay out what the device would have in flash; returns its config.json path."""
+    d = root / spec.id
+    d.mkdir(parents=True, exist_ok=True)
+    x, y = shard(ds, spec)
+    cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes, "sim": spec.sim}
+    if spec.device_class == "pi":
+        np.savez(d / "data.npz", x=x, y=y)
+        cfg.update(data=str(d / "data.npz"), max_chunk=65536)
+    else:
+        (d / "samples.bin").write_bytes(x.tobytes())
+        (d / "labels.bin").write_bytes(y.astype(np.uint8).tobytes())
+        cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), max_chunk=4096, ram=110_000)
+    path = d / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def device_command(spec: DeviceSpec, config: Path) -> list[str]:
+    if spec.device_class == "pi":
+        return [sys.executable, "-m", "semifl_agent", "--config", str(config)]
+    return [sys.executable, "-m", "semifl.sim.mcu_runner", "--config", str(config)]
+
+
+class VirtualFleet:
+    """Starts and stops the device processes. Logs go to <root>/<id>/device.log."""
+
+    def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str):
+        self.root, self.specs, self.ds, self.broker = Path(root), specs, ds, broker
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> "VirtualFleet":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "host"), str(REPO / "firmware" / "pi"), env.get("PYTHONPATH", "")])
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per device, as on a board
+        for spec in self.specs:
+            cfg = write_device(self.root, spec, self.ds, self.broker)
+            log = open(self.root / spec.id / "device.log", "wb")
+            self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def kill(self, dev_id: str) -> None:
+        self.procs[dev_id].kill()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop(timeout=0.5 if exc[0] else 10.0)

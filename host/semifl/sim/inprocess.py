@@ -1,0 +1,54 @@
+"""The same experiment without a broker: planner, device computations and strategy called directly.
+
+It runs the code the devices run (semifl_agent.train, the node's sample selection) and the strategy
+the service runs, so a run here and a run over MQTT with the same seed end in the same model
+(tests/test_e2e.py checks it). Sweeps (issue: SemiFL reproduction) use this path for speed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from semifl.config import RunConfig
+from semifl.fleet.planner import plan_round, select_fl_uploaders, task_seed
+from semifl.learn import mlp
+from semifl.learn.data import Dataset, to_float
+from semifl.learn.strategy import CLBatch, FLUpdate, make_strategy
+from semifl.protocol.sampling import ceil_fraction, select
+from semifl.sim.fleet import LinkProfile, seed_fleet, shard
+from semifl.sim.link import SimRadio
+from semifl_agent.train import local_update
+
+
+def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None) -> list[np.ndarray]:
+    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
+                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    data = {s.id: shard(ds, s) for s in specs}
+    radios = {s.id: SimRadio(s.sim) for s in specs}
+    caps = {s.id: {"class": s.device_class, "raw_ok": s.raw_ok, "n_samples": len(data[s.id][1]),
+                   "cpu_score": 1e4 if s.device_class == "pi" else 1.0, "ram": 1 << 30 if s.device_class == "pi" else 110_000}
+            for s in specs}
+    ecfg = cfg.engine()
+    strategy = make_strategy(cfg.strategy, cfg.lr)
+    params = mlp.init_params(seed=cfg.seed)
+    x_test, y_test = to_float(ds.x_test), ds.y_test.astype(np.int64)
+    for rnd in range(1, cfg.rounds + 1):
+        view = {d: dict(c, rssi=radios[d].rssi(rnd), battery=1.0) for d, c in caps.items() if not radios[d].drops(rnd)}
+        plan = plan_round(rnd, view, ecfg.planner, use_cl=strategy.uses_cl)
+        results = {}
+        for d in plan.fl:
+            task = {"round": rnd, "seed": task_seed(cfg.seed, rnd, d), "prune": cfg.prune, "lr": cfg.lr,
+                    "fraction": cfg.fl_fraction, "epochs": cfg.epochs}
+            results[d] = local_update(params, *data[d], task)
+        uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
+        fl = [FLUpdate(d, results[d][0], results[d][1]) for d in uploaders]
+        cl = []
+        for d in plan.cl:
+            x, y = data[d]
+            idx = select(len(y), ceil_fraction(len(y), cfg.cl_fraction), task_seed(cfg.seed, rnd, d))
+            cl.append(CLBatch(d, x[idx], y[idx]))
+        params = strategy.aggregate(params, fl, cl)
+        if on_round:
+            acc, loss = mlp.evaluate(params, x_test, y_test)
+            on_round({"round": rnd, "accuracy": acc, "loss": loss,
+                      "participants": {"cl": plan.cl, "fl": uploaders}})
+    return params

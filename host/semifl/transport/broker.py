@@ -1,0 +1,61 @@
+"""Embedded MQTT broker (amqtt) in a background thread, so one command works on a fresh machine.
+
+Production and the scale tests use Mosquitto; everything talks to either through `--broker mqtt://host:port`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """amqtt broker on its own event loop thread. `url` is what clients connect to."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host, self.port = host, port or free_port(host)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
+        self._broker = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        from amqtt.broker import Broker  # imported here: only the embedded path needs amqtt
+
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._thread.start()
+
+        async def _start():
+            self._broker = Broker(config)
+            await self._broker.start()
+
+        asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=30)
+            self._broker = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,97 @@
+"""The host's MQTT link (paho-mqtt 2.x). Callbacks only put messages into a bounded inbox; the round
+engine's thread drains it. This is where every device message enters the host."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from semifl.protocol import wire
+
+log = logging.getLogger("semifl.transport")
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
+        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+    return u.hostname, u.port or 1883
+
+
+class HostLink:
+    """Host side of the broker connection: publish with byte accounting, receive into `inbox`."""
+
+    def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
+                 max_payload: int = 1 << 20):
+        self.host, self.port = parse_broker_url(url)
+        self.url = url
+        self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
+        self.max_payload = max_payload
+        self.dropped = Counter()          # reason -> messages dropped before the codec saw them
+        self.bytes_to = Counter()         # topic -> bytes published
+        self._connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.max_inflight_messages_set(256)
+        self.client.max_queued_messages_set(0)
+        self.client.will_set(wire.host_topic("presence"), b"offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe(wire.ROOT + "/dev/+/+", qos=1)
+        client.publish(wire.host_topic("presence"), b"online", qos=1, retain=True)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg):
+        if len(msg.payload) > self.max_payload:
+            # counted here so an oversized message never reaches the queue or the codec
+            self.dropped["oversized"] += 1
+            try:
+                self.inbox.put_nowait(("_rejected", msg.topic, "oversized", len(msg.payload)))
+            except queue.Full:
+                pass
+            return
+        try:
+            self.inbox.put_nowait((msg.topic, msg.payload))
+        except queue.Full:
+            self.dropped["inbox_full"] += 1
+
+    def connect(self, timeout: float = 30.0) -> "HostLink":
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            raise ConnectionError(f"no CONNACK from {self.url} within {timeout}s")
+        return self
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
+        self.bytes_to[topic] += len(payload)
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_json(self, topic: str, obj: dict, retain: bool = False):
+        obj = dict(obj, v=wire.VERSION)
+        return self.publish(topic, wire.encode_json(obj), retain=retain)
+
+    def publish_blob(self, topic: str, kind: int, blob_id: int, blob: bytes, chunk_size: int) -> int:
+        """Publish a blob as chunks; returns the bytes sent."""
+        sent = 0
+        for chunk in wire.iter_chunks(kind, blob_id, blob, chunk_size):
+            self.publish(topic, chunk)
+            sent += len(chunk)
+        return sent
+
+    def get(self, timeout: float):
+        try:
+            return self.inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def close(self):
+        self.client.publish(wire.host_topic("presence"), b"offline", qos=1, retain=True)
+        time.sleep(0.05)
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -167,13 +167,20 @@ class RoundEngine:
             raise Rejected("schema", f"unknown status kind {kind!r}")
 
     def _on_chunk(self, dev: str, payload: bytes):
-        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.cfg.max_blob)
+        try:
+            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.cfg.max_blob)
+        except wire.WireError as e:
+            if e.reason == "crc":  # a corrupt chunk spoils its blob: drop it whole (docs/protocol.md §6)
+                self._asm[dev].pop((payload[3], int.from_bytes(payload[4:8], "little")), None)
+            raise
         if blob_id != self.round:
             raise Rejected("stale_round", f"chunk of round {blob_id} during round {self.round}")
         key = (kind, blob_id)
         asm = self._asm[dev].get(key)
+        if asm is not None and (asm.count, asm.blob_len) != (count, blob_len):
+            asm = None  # the device started this blob over with new content: the newer one wins
         if asm is None:
-            if len(self._asm[dev]) >= self.cfg.max_blobs_in_flight:
+            if key not in self._asm[dev] and len(self._asm[dev]) >= self.cfg.max_blobs_in_flight:
                 raise Rejected("oversized", f"{dev} has {len(self._asm[dev])} blobs in flight")
             asm = self._asm[dev][key] = wire.Assembler(kind, blob_id, count, blob_len)
         try:

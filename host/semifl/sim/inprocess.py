@@ -7,6 +7,7 @@ the service runs, so a run here and a run over MQTT with the same seed end in th
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from semifl.config import RunConfig
 from semifl.fleet.planner import plan_round, select_fl_uploaders, task_seed
@@ -38,7 +39,8 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None) -> list[np.ndarray
         for d in plan.fl:
             task = {"round": rnd, "seed": task_seed(cfg.seed, rnd, d), "prune": cfg.prune, "lr": cfg.lr,
                     "fraction": cfg.fl_fraction, "epochs": cfg.epochs}
-            results[d] = local_update(params, *data[d], task)
+            with threadpool_limits(1):  # as the device processes run (VirtualFleet): same BLAS sums, same bits
+                results[d] = local_update(params, *data[d], task)
         uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
         fl = [FLUpdate(d, results[d][0], results[d][1]) for d in uploaders]
         cl = []

@@ -1,0 +1,60 @@
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from semifl.learn.data import FASHION_MNIST_DIR, load_idx_dataset
+from semifl.transport.broker import EmbeddedBroker, free_port
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Debian's Fashion-MNIST (`apt-get install dataset-fashion-mnist`); .ci/run installs it."""
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    return load_idx_dataset()
+
+
+def _wait_port(port, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    """A real Mosquitto on a free loopback port (Debian package `mosquitto`)."""
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if exe is None:
+        pytest.fail("mosquitto missing: apt-get install mosquitto")
+    port = free_port()
+    d = tempfile.mkdtemp()
+    conf = os.path.join(d, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 4194304\n")
+    proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    _wait_port(port)
+    yield f"mqtt://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    with EmbeddedBroker() as b:
+        yield b.url
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def broker_url(request):
+    return request.getfixturevalue(request.param)

@@ -1,0 +1,128 @@
+"""Every kind of bad input, sent over a real broker: each is rejected with its reason, logged, stored
+and counted, and the good contributions around it are still accepted."""
+import time
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from semifl.fleet.planner import RoundPlan
+from semifl.learn import mlp
+from semifl.learn.strategy import FedAvg
+from semifl.protocol import wire
+from semifl.protocol.tensors import encode_arrays
+from semifl.service.engine import EngineConfig, RoundEngine
+from semifl.service.store import Store
+from semifl.transport.mqtt import HostLink, parse_broker_url
+
+RND = 5
+LAYERS = (784, 8, 10)
+
+
+def caps(dev, cls):
+    return {"v": 1, "id": dev, "class": cls, "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
+            "battery": 1.0, "rssi": -50.0, "n_samples": 6000, "hist": [6000] + [0] * 9, "raw_ok": cls == "mcu",
+            "max_chunk": 4096}
+
+
+@pytest.fixture
+def rig(tmp_path, broker_url):
+    store = Store(str(tmp_path / "state.db"))
+    link = HostLink(broker_url, client_id=f"host-{time.monotonic_ns()}", max_payload=256 * 1024).connect()
+    engine = RoundEngine(link, store, FedAvg(), EngineConfig(), mlp.init_params(LAYERS), lambda p: (0.0, 0.0))
+    host, port = parse_broker_url(broker_url)
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{time.monotonic_ns()}")
+    dev.connect(host, port)
+    dev.loop_start()
+
+    def send(device, leaf, payload):
+        dev.publish(wire.dev_topic(device, leaf), payload, qos=1).wait_for_publish(10)
+
+    for d, cls in (("pi-x", "pi"), ("mcu-y", "mcu")):
+        send(d, wire.T_CAPS, wire.encode_json(caps(d, cls)))
+    assert engine.pump(lambda: {"pi-x", "mcu-y"} <= set(engine.registry.devices), 10)
+    engine.round = RND
+    engine.plan = RoundPlan(RND, cl=["mcu-y"], fl=["pi-x"])
+    engine.uploaders = ["pi-x"]
+    yield engine, send, store
+    dev.loop_stop()
+    dev.disconnect()
+    link.client.publish(wire.dev_topic("pi-x", wire.T_CAPS), b"", retain=True)
+    link.client.publish(wire.dev_topic("mcu-y", wire.T_CAPS), b"", retain=True)
+    link.close()
+    store.close()
+
+
+def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=4096, **meta):
+    arrays = arrays if arrays is not None else [np.full(s, 0.01, np.float32) for s in engine.shapes]
+    m = {"kind": "update", "round": rnd, "task": engine.task_id(rnd, device) if task is None else task,
+         "device": device, "n": 100}
+    m.update(meta)
+    return list(wire.iter_chunks(wire.KIND_UPDATE, rnd, encode_arrays(m, arrays), chunk))
+
+
+def samples_chunks(engine, k=3, device="mcu-y"):
+    x = np.arange(k * 784, dtype=np.uint32).astype(np.uint8).reshape(k, 784)
+    y = np.array([0, 1, 2][:k], np.uint8)
+    m = {"kind": "samples", "round": RND, "task": engine.task_id(RND, device), "device": device, "n": k}
+    return list(wire.iter_chunks(wire.KIND_SAMPLES, RND, encode_arrays(m, [x, y]), 4096))
+
+
+def expect(engine, reason, before):
+    assert engine.pump(lambda: engine.rejected[reason] > before.get(reason, 0), 10), \
+        f"no {reason!r} rejection; got {dict(engine.rejected)}"
+
+
+def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
+    engine, send, store = rig
+
+    def bad(reason, device, leaf, payloads):
+        before = dict(engine.rejected)
+        for p in payloads:
+            send(device, leaf, p)
+        expect(engine, reason, before)
+
+    bad("malformed", "pi-x", wire.T_STATUS, [b"{not json"])
+    bad("malformed", "pi-x", wire.T_UP, [b"XX" + bytes(40)])
+    bad("truncated", "pi-x", wire.T_UP, [update_chunks(engine)[0][:10]])
+    chunks = update_chunks(engine)
+    corrupt = bytearray(chunks[1])
+    corrupt[-1] ^= 0xFF
+    bad("crc", "pi-x", wire.T_UP, [chunks[0], bytes(corrupt)])
+    bad("version", "pi-x", wire.T_STATUS, [b'{"v": 9, "kind": "ready", "round": 5}'])
+    bad("shape", "pi-x", wire.T_UP, update_chunks(engine, [np.zeros((3, 3), np.float32)]))
+    bad("shape", "pi-x", wire.T_UP, update_chunks(engine, [np.zeros(s, np.float64) for s in engine.shapes]))
+    nan = [np.zeros(s, np.float32) for s in engine.shapes]
+    nan[2][0, 0] = np.nan
+    bad("nonfinite", "pi-x", wire.T_UP, update_chunks(engine, nan))
+    inf = [np.zeros(s, np.float32) for s in engine.shapes]
+    inf[1][3] = np.inf
+    bad("nonfinite", "pi-x", wire.T_UP, update_chunks(engine, inf))
+    bad("stale_round", "pi-x", wire.T_UP, update_chunks(engine, rnd=RND - 1))
+    bad("stale_round", "pi-x", wire.T_STATUS, [wire.encode_json({"v": 1, "kind": "ready", "round": RND - 2})])
+    bad("replay", "pi-x", wire.T_UP, update_chunks(engine, task=12345))
+    bad("unknown_device", "ghost", wire.T_STATUS, [wire.encode_json({"v": 1, "kind": "ready", "round": RND})])
+    bad("unknown_device", "ghost", wire.T_UP, update_chunks(engine, device="ghost"))
+    bad("schema", "pi-x", wire.T_UP, update_chunks(engine, device="mcu-y"))  # blob claims another device
+    bad("oversized", "pi-x", wire.T_UP, [bytes(300 * 1024)])               # over the host's payload limit
+    big = bytearray(update_chunks(engine)[0])
+    big[12:16] = (1 << 30).to_bytes(4, "little")                            # declares a 1 GiB blob
+    bad("oversized", "pi-x", wire.T_UP, [bytes(big)])
+    bad("unexpected", "mcu-y", wire.T_UP, update_chunks(engine, device="mcu-y"))  # not asked to upload
+
+    # the good contributions still go through, chunks shuffled and one duplicated (QoS 1 may do both)
+    good = update_chunks(engine, chunk=1024)
+    good = good[::-1] + good[:1]
+    for p in good:
+        send("pi-x", wire.T_UP, p)
+    for p in samples_chunks(engine):
+        send("mcu-y", wire.T_UP, p)
+    assert engine.pump(lambda: {("pi-x", "update"), ("mcu-y", "samples")} <= engine.accepted, 10), dict(engine.rejected)
+    bad("replay", "pi-x", wire.T_UP, update_chunks(engine))                 # a second delivery of the same update
+
+    stored = {(d, k) for d, k, _, _ in store.contributions(RND)}
+    assert stored == {("pi-x", "update"), ("mcu-y", "samples")}
+    reasons = {r[2] for r in store.rejections()}
+    assert reasons == {"malformed", "truncated", "crc", "version", "shape", "nonfinite", "stale_round", "replay",
+                       "unknown_device", "schema", "oversized", "unexpected"}
+    assert sum(engine.rejected.values()) == len(store.rejections())

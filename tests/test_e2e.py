@@ -1,0 +1,49 @@
+"""End to end: broker + host + virtual fleet (real device code as processes), over the embedded
+broker and over Mosquitto; and the same seed gives the same model in-process and over MQTT."""
+import json
+
+import numpy as np
+import pytest
+
+from semifl.config import RunConfig
+from semifl.sim.inprocess import run_inprocess
+from semifl.service.experiment import run_experiment
+
+
+def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
+    cfg = RunConfig(rounds=20, out=str(tmp_path / "run"), broker=broker_url)
+    summary = run_experiment(cfg, ds=fashion)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["final_accuracy"] == summary["final_accuracy"]
+    assert summary["final_accuracy"] > 0.35, "10 classes: chance is 0.10"
+    assert {"strategy", "dataset", "broker", "devices", "rounds", "final_accuracy"} <= set(summary)
+    assert summary["dataset"] == "fashion-mnist" and summary["strategy"] == "semifl"
+    assert len(summary["rounds"]) == 20
+    for r in summary["rounds"]:
+        assert len(r["participants"]["fl"]) == 3 and len(r["participants"]["cl"]) == 2
+        assert r["rejected"] == {}
+    devs = {d["id"]: d for d in summary["devices"]}
+    assert len(devs) == 10 and {d["role"] for d in devs.values()} == {"cl", "fl"}
+    # every Pi downloads the model each round; CL uploaders send 30 % of 6000 images when chosen
+    assert all(d["bytes_down"] > 20 * 200_000 for d in devs.values() if d["device_class"] == "pi")
+    chosen = sum(r["participants"]["cl"].count("mcu-06") for r in summary["rounds"])
+    assert devs["mcu-06"]["bytes_up"] >= chosen * 1800 * 785
+    assert (tmp_path / "run" / "rounds.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedded):
+    cfg = RunConfig(rounds=6, seed=7, out=str(tmp_path / "mqtt"), broker=embedded, plot=False)
+    run_experiment(cfg, ds=fashion)
+    over_mqtt = np.load(tmp_path / "mqtt" / "final_model.npz")
+    in_process = run_inprocess(cfg, fashion)
+    for i, p in enumerate(in_process):
+        assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
+
+
+def test_fedavg_baseline_never_uses_cl_devices(tmp_path, fashion, embedded):
+    cfg = RunConfig(strategy="fedavg", rounds=3, fl_uploaders=6, prune=0.0, out=str(tmp_path / "fl"),
+                    broker=embedded, plot=False)
+    summary = run_experiment(cfg, ds=fashion)
+    for r in summary["rounds"]:
+        assert r["participants"]["cl"] == [] and len(r["participants"]["fl"]) == 6
+    assert all(d["bytes_up"] < 10_000 for d in summary["devices"] if d["device_class"] == "mcu")

@@ -40,7 +40,7 @@ def mosquitto():
     d = tempfile.mkdtemp()
     conf = os.path.join(d, "mosquitto.conf")
     with open(conf, "w") as f:
-        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 4194304\n")
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_packet_size 4194304\n")
     proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port)
     yield f"mqtt://127.0.0.1:{port}"

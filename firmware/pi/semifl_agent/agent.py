@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from urllib.parse import urlparse
@@ -25,6 +26,11 @@ from .train import local_update
 
 log = logging.getLogger("semifl.agent")
 FIRMWARE = "semifl-pi/0.1"
+
+
+def _no_delay(client, userdata, sock):
+    # small request/answer messages: Nagle plus delayed ACKs would add ~40 ms to each
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class PiAgent:
@@ -46,6 +52,7 @@ class PiAgent:
         self.client.max_inflight_messages_set(64)
         self.client.will_set(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
+        self.client.on_socket_open = _no_delay
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
 
     # --- paho callbacks: subscribe and enqueue, nothing else -------------------------------------

@@ -22,7 +22,7 @@ def select(n, k, seed):
         from array import array
     except ImportError:
         array = None
-    idx = array("I", range(n)) if array else list(range(n))
+    idx = array("H" if n <= 0x10000 else "I", range(n)) if array else list(range(n))
     state = (seed & 0xFFFFFFFF) or 0x9E3779B9  # xorshift has a fixed point at 0
     k = min(k, n)
     for i in range(k):

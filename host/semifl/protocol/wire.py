@@ -48,13 +48,26 @@ class WireError(ValueError):
     """A message that breaks the protocol. `reason` is a short stable key used in counters."""
 
     def __init__(self, reason, detail=""):
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        super().__init__(reason + (": " + detail if detail else ""))  # MicroPython has no ValueError.__init__
         self.reason = reason
 
 
 # --- JSON control messages --------------------------------------------------------------------
+def dumps(obj):
+    """json.dumps with sorted keys: the same bytes on every runtime.
+
+    MicroPython's dicts do not keep insertion order and its json.dumps has no sort_keys, so the codec
+    sorts object keys itself (CPython's json.dumps(obj, sort_keys=True) gives the same text).
+    """
+    if isinstance(obj, dict):
+        return "{" + ", ".join([json.dumps(str(k)) + ": " + dumps(obj[k]) for k in sorted(obj)]) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join([dumps(x) for x in obj]) + "]"
+    return json.dumps(obj)
+
+
 def encode_json(obj):
-    return json.dumps(obj).encode()
+    return dumps(obj).encode()
 
 
 def decode_json(payload, max_bytes=16384):
@@ -84,7 +97,7 @@ MAX_NDIM = 4
 def tensor_header(dtype, shape, scale=1.0, zero_point=0):
     """Header of one tensor: <B dtype><B ndim><I dim>*ndim<f scale><i zero_point>."""
     if dtype not in DTYPE_CODE:
-        raise WireError("dtype", "unknown dtype " + str(dtype))
+        raise WireError("malformed", "unknown dtype " + str(dtype))
     if len(shape) > MAX_NDIM:
         raise WireError("shape", "ndim %d > %d" % (len(shape), MAX_NDIM))
     return (struct.pack("<BB", DTYPE_CODE[dtype], len(shape))
@@ -104,7 +117,7 @@ def read_tensor_header(buf, off):
         raise WireError("truncated", "tensor header")
     code, ndim = struct.unpack_from("<BB", buf, off)
     if code not in DTYPES:
-        raise WireError("dtype", "unknown dtype code %d" % code)
+        raise WireError("malformed", "unknown dtype code %d" % code)
     if ndim > MAX_NDIM:
         raise WireError("shape", "ndim %d > %d" % (ndim, MAX_NDIM))
     off += 2
@@ -126,7 +139,7 @@ def blob_head(meta, headers):
     meta = dict(meta)
     meta["v"] = VERSION
     meta["tensors"] = len(headers)
-    mj = json.dumps(meta).encode()
+    mj = dumps(meta).encode()
     head = struct.pack("<I", len(mj)) + mj
     total = len(head)
     for h in headers:

@@ -264,6 +264,7 @@ class RoundEngine:
         self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
         self.pump(lambda: all(self.registry.link.get(d, {}).get("round") == rnd for d in self.registry.online),
                   self.cfg.ready_timeout_s)
+        phases = {"ready": time.time() - t0}
         if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
             self.plan = RoundPlan(**row["plan"])
         else:
@@ -293,12 +294,14 @@ class RoundEngine:
             self.pump(lambda: len(self.norms) == len(self.plan.fl), deadline - time.monotonic())
             self.uploaders = select_fl_uploaders(self.norms, self.cfg.planner.fl_uploaders)
             self.store.set_uploaders(rnd, self.uploaders)
+        phases["train"] = time.time() - t0 - sum(phases.values())
         for d in self.uploaders:
             if (d, "update") not in self.accepted:
                 self._send(d, {"round": rnd, "role": "upload", "task": self.task_id(rnd, d)})
         self.pump(lambda: cl_done() and all((d, "update") in self.accepted for d in self.uploaders),
                   deadline - time.monotonic())
         self._asm.clear()   # whatever did not complete by the deadline is dropped
+        phases["upload"] = time.time() - t0 - sum(phases.values())
 
         # stage 3: aggregate what was accepted (read back from the store: the durable copy)
         fl, cl = [], []
@@ -309,12 +312,15 @@ class RoundEngine:
             else:
                 cl.append(CLBatch(dev, arrays[0], arrays[1]))
         self.params = self.strategy.aggregate(self.params, fl, cl)
+        phases["aggregate"] = time.time() - t0 - sum(phases.values())
         acc, loss = self.evaluate(self.params)
+        phases["evaluate"] = time.time() - t0 - sum(phases.values())
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
                    "rejected": dict(self.rejected),
-                   "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values())}
+                   "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
+                   "phases_s": {k: round(v, 4) for k, v in phases.items()}}
         self.store.finish_round(rnd, self.params, metrics)
         return metrics
 

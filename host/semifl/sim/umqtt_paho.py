@@ -8,6 +8,8 @@ import queue
 
 import paho.mqtt.client as mqtt
 
+from semifl.transport.mqtt import no_delay
+
 
 class MQTTClient:
     def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=None, ssl_params=None):
@@ -19,6 +21,7 @@ class MQTTClient:
         if user is not None:
             self._c.username_pw_set(user, password)
         self._c.on_message = lambda c, u, m: self._q.put((m.topic.encode(), m.payload))
+        self._c.on_socket_open = no_delay  # umqtt.simple on lwIP sends each write at once too
 
     def set_callback(self, f):
         self.cb = f

@@ -45,8 +45,8 @@ def rig(tmp_path, broker_url):
     engine.plan = RoundPlan(RND, cl=["mcu-y"], fl=["pi-x"])
     engine.uploaders = ["pi-x"]
     yield engine, send, store
-    dev.loop_stop()
     dev.disconnect()
+    dev.loop_stop()
     link.client.publish(wire.dev_topic("pi-x", wire.T_CAPS), b"", retain=True)
     link.client.publish(wire.dev_topic("mcu-y", wire.T_CAPS), b"", retain=True)
     link.close()

@@ -162,8 +162,8 @@ class PiAgent:
                     log.warning("%s: rejected message on %s: %s", self.id, topic, e)
         finally:
             self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)
-            self.client.loop_stop()
             self.client.disconnect()
+            self.client.loop_stop()
 
 
 def main(argv=None):

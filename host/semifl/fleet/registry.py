@@ -30,29 +30,33 @@ class Registry:
     def __init__(self, store):
         self.store = store
         self.devices = {d: v["caps"] for d, v in store.devices().items()}
-        self.online = {d for d, v in store.devices().items() if v["online"]}
+        self.present = {d for d, v in store.devices().items() if v["online"]}  # by presence messages
         self.link: dict[str, dict] = {}      # device -> latest {"round", "rssi", "battery"}
         self.last_seen: dict[str, float] = {}
 
     def on_caps(self, dev_id: str, caps: dict) -> None:
         validate_caps(dev_id, caps)
         self.devices[dev_id] = caps
-        self.online.add(dev_id)
         self.last_seen[dev_id] = time.time()
         self.store.upsert_device(dev_id, caps)
 
     def on_presence(self, dev_id: str, payload: bytes) -> None:
         if payload not in (b"online", b"offline"):
             raise wire.WireError("malformed", "presence must be online|offline")
-        if dev_id not in self.devices:
-            return  # presence may precede caps; the caps report registers the device
         up = payload == b"online"
-        (self.online.add if up else self.online.discard)(dev_id)
-        self.store.set_online(dev_id, up)
+        # presence alone says who is connected (a retained caps report may outlive its device)
+        (self.present.add if up else self.present.discard)(dev_id)
+        if dev_id in self.devices:
+            self.store.set_online(dev_id, up)
 
     def on_ready(self, dev_id: str, msg: dict) -> None:
         self.link[dev_id] = {"round": msg["round"], "rssi": msg.get("rssi"), "battery": msg.get("battery", 1.0)}
         self.last_seen[dev_id] = time.time()
+
+    @property
+    def online(self) -> set[str]:
+        """Connected devices that have reported their capabilities."""
+        return self.present & set(self.devices)
 
     def known(self, dev_id: str) -> bool:
         return dev_id in self.devices

@@ -7,9 +7,9 @@ from . import wire
 
 
 def to_wire(a: np.ndarray, scale: float = 1.0, zero_point: int = 0):
-    a = np.ascontiguousarray(a)
-    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-    return (np.dtype(dt).name, tuple(int(d) for d in a.shape), scale, zero_point, a.astype(dt.newbyteorder("<"), copy=False).tobytes())
+    a = np.require(a, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
+    little = a.dtype.newbyteorder("<")
+    return (little.name, tuple(int(d) for d in a.shape), scale, zero_point, a.astype(little, copy=False).tobytes())
 
 
 def from_wire(t) -> np.ndarray:

@@ -16,6 +16,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class _SnapshotDict(dict):
+    """amqtt 0.12.1 iterates `Broker._subscriptions` across awaits (when a client connects, and in every
+    broadcast); a client subscribing meanwhile raised 'dictionary changed size during iteration' and left
+    the connecting client with no message loop. Iterating over snapshots closes that race."""
+
+    def __iter__(self):
+        return iter(list(dict.keys(self)))
+
+    def items(self):
+        return list(dict.items(self))
+
+    def keys(self):
+        return list(dict.keys(self))
+
+    def values(self):
+        return list(dict.values(self))
+
+
 class EmbeddedBroker:
     """amqtt broker on its own event loop thread. `url` is what clients connect to."""
 
@@ -42,6 +60,7 @@ class EmbeddedBroker:
 
         async def _start():
             self._broker = Broker(config)
+            self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
             await self._broker.start()
 
         asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=30)

@@ -1,0 +1,55 @@
+"""The embedded broker under the load a fleet puts on it at start-up."""
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from semifl.transport.broker import EmbeddedBroker
+
+
+def test_many_clients_connecting_and_subscribing_while_messages_flow():
+    """amqtt 0.12.1 crashed a connecting client's session when another client subscribed meanwhile;
+    every one of these clients must end up receiving the broadcast."""
+    n = 40
+    with EmbeddedBroker() as b:
+        got = set()
+        lock = threading.Lock()
+        stop = threading.Event()
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+        pub.connect(b.host, b.port)
+        pub.loop_start()
+
+        def noise():   # retained traffic on many topics while clients connect
+            for i in range(300):   # bounded: every client subscribes to it, so it fans out 40-fold
+                if stop.is_set():
+                    break
+                pub.publish(f"noise/{i % 50}", b"x" * 512, qos=1, retain=True)
+                time.sleep(0.002)
+        t = threading.Thread(target=noise)
+        t.start()
+        clients = []
+        for i in range(n):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"c{i}")
+
+            def on_connect(cl, u, f, rc, p, i=i):
+                cl.subscribe([("noise/#", 0), (f"own/{i}", 1), ("all", 1)])
+
+            def on_message(cl, u, m, i=i):
+                if m.topic == "all":
+                    with lock:
+                        got.add(i)
+            c.on_connect, c.on_message = on_connect, on_message
+            c.connect_async(b.host, b.port)
+            c.loop_start()
+            clients.append(c)
+        time.sleep(1.0)
+        stop.set()
+        t.join()
+        pub.publish("all", b"hello", qos=1).wait_for_publish(10)
+        end = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < end:
+            time.sleep(0.05)
+        for c in clients + [pub]:
+            c.disconnect()
+            c.loop_stop()
+        assert got == set(range(n))

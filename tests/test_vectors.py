@@ -24,6 +24,9 @@ import pytest
 
 from semifl.protocol import sampling, tensors, wire
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from make_vectors import run_invalid  # noqa: E402  (one definition of how an invalid case is applied)
+
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "protocol" / "vectors"
 FILES = ("tensors", "blobs", "chunks", "json", "sampling", "invalid")
@@ -168,33 +171,6 @@ def test_sampling(case):
     else:
         assert case["op"] == "ceil_fraction"
         assert sampling.ceil_fraction(case["n"], case["fraction"]) == case["expected"]
-
-
-def run_invalid(c):
-    op = c["op"]
-    if op == "decode_chunk":
-        wire.decode_chunk(bytes.fromhex(c["input"]), c["max_blob_len"])
-    elif op == "decode_blob":
-        wire.decode_blob(bytes.fromhex(c["input"]))
-    elif op == "decode_json":
-        wire.decode_json(bytes.fromhex(c["input"]), c["max_bytes"])
-    elif op == "tensor_header":
-        wire.tensor_header(c["dtype"], tuple(c["shape"]), c["scale"], c["zero_point"])
-    elif op == "encode_blob":
-        wire.encode_blob(c["meta"], [(t["dtype"], tuple(t["shape"]), t["scale"], t["zero_point"], bytes.fromhex(t["data"]))
-                                     for t in c["tensors"]])
-    elif op == "assemble":
-        asm = wire.Assembler(c["kind_code"], c["blob_id"], c["count"], c["blob_len"])
-        for x in c["chunks"]:
-            asm.add(*wire.decode_chunk(bytes.fromhex(x), 1 << 25))
-    elif op == "chunk_writer":
-        cw = wire.ChunkWriter(c["kind_code"], c["blob_id"], c["blob_len"], c["chunk_size"], lambda p: None)
-        for x in c["writes"]:
-            cw.write(bytes.fromhex(x))
-        if c["close"]:
-            cw.close()
-    else:
-        raise AssertionError("unknown op " + op)
 
 
 @cases("invalid")

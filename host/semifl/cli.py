@@ -63,17 +63,12 @@ def _progress(total: int):
 
 
 def cmd_run(args):
-    from semifl.learn.data import DataNotFound
     from semifl.service.experiment import run_experiment
 
     cfg = _load_config(args)
     prog, on_round = _progress(cfg.rounds)
-    try:
-        with prog:
-            summary = run_experiment(cfg, on_round=on_round)
-    except DataNotFound as e:
-        print(f"semifl: {e}", file=sys.stderr)
-        return 2
+    with prog:
+        summary = run_experiment(cfg, on_round=on_round)
     out = cfg.out or f"runs/{cfg.name}"
     print(f"final accuracy {100 * summary['final_accuracy']:.2f}% after {cfg.rounds} rounds; "
           f"rejected: {summary['rejected'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
@@ -93,18 +88,23 @@ def cmd_broker(args):
     return 0
 
 
+def _external(args, command: str):
+    """Config and dataset of a command that joins a broker someone else runs."""
+    from semifl.learn.data import load_idx_dataset
+
+    cfg = _load_config(args)
+    if not cfg.broker:
+        raise SystemExit(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
+    return cfg, load_idx_dataset(cfg.data)
+
+
 def cmd_serve(args):
     """The host service alone: resumes from its state database at the last completed round."""
-    from semifl.learn.data import load_idx_dataset
     from semifl.service.experiment import build_engine
     from semifl.service.store import Store
     from semifl.transport.mqtt import HostLink
 
-    cfg = _load_config(args)
-    if not cfg.broker:
-        print("semifl serve: --broker mqtt://host:port is required (start one with `semifl broker`)", file=sys.stderr)
-        return 2
-    ds = load_idx_dataset(cfg.data)
+    cfg, ds = _external(args, "serve")
     store = Store(args.state)
     link = HostLink(cfg.broker).connect()
     engine = build_engine(cfg, ds, store, link)
@@ -122,16 +122,10 @@ def cmd_serve(args):
 def cmd_fleet(args):
     from pathlib import Path
 
-    from semifl.learn.data import load_idx_dataset
-    from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
+    from semifl.sim.fleet import VirtualFleet, fleet_for
 
-    cfg = _load_config(args)
-    if not cfg.broker:
-        print("semifl fleet: --broker mqtt://host:port is required", file=sys.stderr)
-        return 2
-    ds = load_idx_dataset(cfg.data)
-    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
-                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    cfg, ds = _external(args, "fleet")
+    specs = fleet_for(cfg, ds.n_classes)
     fleet = VirtualFleet(Path(args.root), specs, ds, cfg.broker).start()
     print(f"{len(specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
     try:
@@ -164,7 +158,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.fn(args)
+    from semifl.learn.data import DataNotFound
+
+    try:
+        return args.fn(args)
+    except DataNotFound as e:
+        print(f"semifl: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from semifl.learn.strategy import make_strategy
 from semifl.service.engine import RoundEngine
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.store import Store
-from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
+from semifl.sim.fleet import VirtualFleet, fleet_for
 from semifl.transport.broker import EmbeddedBroker
 from semifl.transport.mqtt import HostLink
 
@@ -39,8 +39,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
     if out.exists():
         shutil.rmtree(out)   # `run` is a fresh experiment; `serve` is the one that resumes
     out.mkdir(parents=True)
-    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
-                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    specs = fleet_for(cfg, ds.n_classes)
     with contextlib.ExitStack() as stack:
         url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
         store = Store(str(out / "state.db"))

@@ -28,7 +28,7 @@ def plot_rounds(out: Path, rounds: list[dict], title: str) -> Path:
            label="down", color="tab:orange")
     a2.set_ylabel("MB per round")
     a2.set_xlabel("round")
-    a2.legend()
+    a2.legend(loc="lower right", framealpha=0.9)
     fig.tight_layout()
     path = Path(out) / "rounds.png"
     fig.savefig(path, dpi=100)

@@ -52,6 +52,12 @@ def seed_fleet(n_fl: int = 6, n_cl: int = 4, n_classes: int = 10, seed: int = 0,
     return specs
 
 
+def fleet_for(cfg, n_classes: int) -> list[DeviceSpec]:
+    """The fleet a RunConfig describes (semifl.config.RunConfig)."""
+    return seed_fleet(cfg.fl_devices, cfg.cl_devices, n_classes, cfg.seed, cfg.rounds,
+                      LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+
+
 def shard(ds: Dataset, spec: DeviceSpec) -> tuple[np.ndarray, np.ndarray]:
     idx = np.flatnonzero(np.isin(ds.y_train, spec.classes))
     return ds.x_train[idx], ds.y_train[idx]

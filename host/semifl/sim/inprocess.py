@@ -15,14 +15,13 @@ from semifl.learn import mlp
 from semifl.learn.data import Dataset, to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, make_strategy
 from semifl.protocol.sampling import ceil_fraction, select
-from semifl.sim.fleet import LinkProfile, seed_fleet, shard
+from semifl.sim.fleet import fleet_for, shard
 from semifl.sim.link import SimRadio
 from semifl_agent.train import local_update
 
 
 def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None) -> list[np.ndarray]:
-    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
-                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    specs = fleet_for(cfg, ds.n_classes)
     data = {s.id: shard(ds, s) for s in specs}
     radios = {s.id: SimRadio(s.sim) for s in specs}
     caps = {s.id: {"class": s.device_class, "raw_ok": s.raw_ok, "n_samples": len(data[s.id][1]),

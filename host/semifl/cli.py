@@ -135,6 +135,46 @@ def cmd_fleet(args):
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def cmd_reproduce(args):
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from semifl.experiments.reproduce import reproduce
+    from semifl.learn.data import load_idx_dataset
+
+    ds = load_idx_dataset(args.data)
+    names = args.baselines.split(",") if args.baselines else None
+    with Progress() as prog:
+        tasks = {}
+
+        def on_round(name, m):
+            if name not in tasks:
+                tasks[name] = prog.add_task(name, total=args.rounds)
+            prog.update(tasks[name], completed=m["round"], description=f"{name} {100 * m['accuracy']:.2f}%")
+        reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {args.out}/results.json, accuracy.png, table.md")
+    return 0
+
+
+def cmd_sweep(args):
+    from pathlib import Path
+
+    from semifl.experiments.sweep import sweep
+    from semifl.learn.data import load_idx_dataset
+
+    ds = load_idx_dataset(args.data)
+    sweep(ds, args.rounds, Path(args.out), _floats(args.s), _floats(args.p), args.seed or 0,
+          on_cell=lambda s, p, acc, up: print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, uplink {up / 1e9:.2f} GB", flush=True))
+    print(f"wrote {args.out}/sweep.json and sweep.png")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="semifl", description="Semi-federated learning on IoT fleets over MQTT")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -155,8 +195,24 @@ def main(argv=None) -> int:
     _run_flags(p)
     p.add_argument("--root", default="fleet", help="where each device's flash (data, config) goes")
     p.set_defaults(fn=cmd_fleet)
+    p = sub.add_parser("reproduce", help="reproduce a seed paper's experiment in-process (semifl: CL, FL, SemiFL)")
+    p.add_argument("paper", choices=["semifl"])
+    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--out", default="runs/reproduce-semifl")
+    p.add_argument("--baselines", help="comma-separated subset, e.g. cl,semifl (default: all)")
+    p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(fn=cmd_reproduce)
+    p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")
+    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--out", default="runs/sweep-semifl")
+    p.add_argument("--s", default="0,0.05,0.1,0.3,0.5,1", help="S values, comma-separated")
+    p.add_argument("--p", default="0,0.3,0.6,0.8", help="P values, comma-separated")
+    p.add_argument("--data")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(fn=cmd_sweep)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from semifl.learn.data import DataNotFound
 

@@ -1,0 +1,1 @@
+"""Reproductions of the seed papers' experiments, run in-process over the service's own strategies."""

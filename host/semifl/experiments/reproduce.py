@@ -1,0 +1,82 @@
+"""`semifl reproduce semifl`: the seed's four baselines (and semifl+) in-process, with results.json,
+plots and a markdown table of the seed's numbers against ours."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from semifl.config import RunConfig
+from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LR, SEED_MAX
+from semifl.learn.data import Dataset
+from semifl.sim.inprocess import run_inprocess
+
+
+def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=None, **overrides) -> dict:
+    cfg = RunConfig(**{"rounds": rounds, "seed": seed, "lr": SEED_LR, **BASELINES[name], **overrides})
+    curve = {"accuracy": [], "loss": [], "bytes_up": [], "bytes_down": [], "bytes_up_by_role": {"fl": [], "cl": []}}
+
+    def record(m):
+        curve["accuracy"].append(m["accuracy"])
+        curve["loss"].append(m["loss"])
+        curve["bytes_up"].append(m["bytes_up"]["fl"] + m["bytes_up"]["cl"])
+        curve["bytes_down"].append(m["bytes_down"]["fl"] + m["bytes_down"]["cl"])
+        for role in ("fl", "cl"):
+            curve["bytes_up_by_role"][role].append(m["bytes_up"][role])
+        if on_round:
+            on_round(name, m)
+    t0 = time.perf_counter()
+    run_inprocess(cfg, ds, on_round=record)
+    curve["wall_s"] = round(time.perf_counter() - t0, 2)
+    curve["config"] = cfg.to_dict()
+    return curve
+
+
+def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = None, seed: int = 0, on_round=None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    names = names or list(BASELINES)
+    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "baselines": {}}
+    for name in names:
+        results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round)
+        (out / "results.json").write_text(json.dumps(results))   # partial results survive an interrupt
+    plot(results, out)
+    (out / "table.md").write_text(table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    rows = ["| baseline | seed final | ours final | ours max | Δ final (points) | uplink total |",
+            "|---|---|---|---|---|---|"]
+    for name, c in results["baselines"].items():
+        seed = SEED_FINALS.get(name)
+        ours = 100 * c["accuracy"][-1]
+        rows.append(f"| {name} | {f'{seed:.2f} %' if seed else '—'}"
+                    f"{f' (max {SEED_MAX[name]:.2f})' if name in SEED_MAX else ''} | {ours:.2f} % | "
+                    f"{100 * max(c['accuracy']):.2f} % | {f'{ours - seed:+.2f}' if seed else '—'} | "
+                    f"{sum(c['bytes_up']) / 1e9:.2f} GB |")
+    return (f"Fashion-MNIST, {results['rounds']} rounds, test accuracy on the official 10,000 images "
+            f"(seed {results['seed']}).\n\n" + "\n".join(rows) + "\n")
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, c in results["baselines"].items():
+        acc = 100 * np.array(c["accuracy"])
+        line, = a1.plot(np.arange(1, len(acc) + 1), acc, label=name, lw=1)
+        if name in SEED_FINALS:
+            a1.axhline(SEED_FINALS[name], color=line.get_color(), ls=":", lw=0.8)
+        a2.plot(np.cumsum(c["bytes_up"]) / 1e6, acc, label=name, lw=1)
+    a1.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy vs rounds (dotted: seed's finals)")
+    a2.set(xlabel="cumulative uplink (MB)", ylabel="test accuracy (%)", xscale="log", title="accuracy vs uplink bytes")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)

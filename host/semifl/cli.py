@@ -29,6 +29,10 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--lr", type=float)
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
     p.add_argument("--out", help="output folder (default runs/<name>)")
+    p.add_argument("--partition", choices=["class", "k-classes", "dirichlet", "iid"],
+                   help="how the training data is split over devices (default: one class each, as the seed)")
+    p.add_argument("--k-classes", type=int, help="classes per device with --partition k-classes")
+    p.add_argument("--alpha", type=float, help="Dirichlet concentration with --partition dirichlet")
     p.add_argument("--drop", type=float, help="probability a virtual device misses a round")
     p.add_argument("--ready-timeout-s", type=float, help="how long a round waits for devices' ready reports")
     p.add_argument("--collect-timeout-s", type=float, help="deadline for a round's updates and samples")
@@ -43,7 +47,7 @@ def _load_config(args):
 
     over = {k: getattr(args, k, None) for k in ("name", "strategy", "rounds", "fl_devices", "cl_devices", "fl_uploaders",
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
-                                               "out", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed")}
+                                               "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]
@@ -125,7 +129,7 @@ def cmd_fleet(args):
     from semifl.sim.fleet import VirtualFleet, fleet_for
 
     cfg, ds = _external(args, "fleet")
-    specs = fleet_for(cfg, ds.n_classes)
+    specs = fleet_for(cfg, ds)
     fleet = VirtualFleet(Path(args.root), specs, ds, cfg.broker).start()
     print(f"{len(specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
     try:

@@ -24,6 +24,9 @@ class RunConfig:
     lr: float = 0.1
     epochs: int = 1
     seed: int = 0
+    partition: str = "class"      # class (one per device, the seed) | k-classes | dirichlet | iid
+    k_classes: int = 2            # with partition = k-classes
+    alpha: float = 0.5            # with partition = dirichlet
     data: str | None = None       # IDX folder; default Debian's Fashion-MNIST
     broker: str | None = None     # mqtt://host:port; default: an embedded broker
     out: str | None = None        # default runs/<name>

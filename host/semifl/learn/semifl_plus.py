@@ -16,6 +16,10 @@ send raw samples); everything added here runs on the host, each ingredient behin
   direction covers all FL devices' data, not only this round's top-K uploaders.
 * `balanced` — weight each device by its full dataset size (`dataset_sizes`) instead of by the
   samples it used this round, so the mix estimates the gradient of the whole fleet's data.
+* `prune` — prune-consistent host step: the CL gradient is taken on the same magnitude-pruned model
+  the FL clients train (rate = the task's prune, mask from `mlp.prune_mask` of the global model) and
+  the server step touches only unpruned entries. Without it the host trains the pruned entries on the
+  CL classes alone while the clients cannot see them, and the full model drifts from the pruned one.
 * `schedule` — the server step size over rounds: "constant" or "cosine" (to `min_lr_ratio`, over `rounds`).
 
 With every flag off (server_opt="sgd", server_lr=None) `aggregate` is SemiFL's. Pure numpy and
@@ -42,7 +46,7 @@ class SemiFLPlus(Strategy):
     def __init__(self, lr: float = 0.01, *, server_opt: str = "sgd", server_lr: float | None = None,
                  beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8,
                  cl_memory: bool = False, cl_batch: int = 0, fl_memory: bool = False,
-                 balanced: bool = False, dataset_sizes: dict[str, int] | None = None,
+                 balanced: bool = False, dataset_sizes: dict[str, int] | None = None, prune: float = 0.0,
                  schedule: str = "constant", rounds: int = 1000, min_lr_ratio: float = 0.0, seed: int = 0):
         if server_opt not in SERVER_OPTS:
             raise ValueError(f"server_opt {server_opt!r}; choose from {SERVER_OPTS}")
@@ -55,6 +59,7 @@ class SemiFLPlus(Strategy):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.cl_memory, self.cl_batch, self.fl_memory = cl_memory, cl_batch, fl_memory
         self.balanced, self.dataset_sizes = balanced, dict(dataset_sizes or {})
+        self.prune = prune
         self.schedule, self.rounds, self.min_lr_ratio = schedule, rounds, min_lr_ratio
         self.rng = np.random.default_rng(seed)
         self.t = 0                        # aggregate calls so far (server steps)
@@ -101,8 +106,11 @@ class SemiFLPlus(Strategy):
     def weight(self, device: str, n_used: int) -> float:
         return float(self.dataset_sizes[device]) if self.balanced else float(n_used)
 
-    def combined_delta(self, params, fl: list[FLUpdate], cl: list[CLBatch]):
-        """SemiFL's mix: weighted mean of the FL deltas and of the host's CL steps (-lr * gradient)."""
+    def combined_delta(self, params, fl: list[FLUpdate], cl: list[CLBatch], masks=None):
+        """SemiFL's mix: weighted mean of the FL deltas and of the host's CL steps (-lr * gradient),
+        the latter on params * masks and masked when `masks` is given."""
+        if masks is not None:
+            params = [p * m for p, m in zip(params, masks)]
         if self.fl_memory:
             for u in fl:
                 self.fl_mem[u.device] = u
@@ -120,7 +128,7 @@ class SemiFLPlus(Strategy):
                 deltas, w = [], []
                 for d, x, y in sets:
                     _, g = mlp.loss_and_grad(params, to_float(x), np.asarray(y).astype(np.int64))
-                    deltas.append([step * gi for gi in g])
+                    deltas.append([step * gi for gi in self.masked(g, masks)])
                     w.append(self.weight(d, len(y)))
                 parts.append(aggregate.weighted_average(deltas, w))
                 weights.append(sum(w))
@@ -128,11 +136,15 @@ class SemiFLPlus(Strategy):
                 x = to_float(np.concatenate([s[1] for s in sets]))
                 y = np.concatenate([s[2] for s in sets]).astype(np.int64)
                 _, g = mlp.loss_and_grad(params, x, y)
-                parts.append([step * gi for gi in g])
+                parts.append([step * gi for gi in self.masked(g, masks)])
                 weights.append(len(y))
         if not parts:
             return None
         return aggregate.weighted_average(parts, weights)
+
+    @staticmethod
+    def masked(arrays, masks):
+        return arrays if masks is None else [a * m for a, m in zip(arrays, masks)]
 
     def step_size(self) -> float:
         """Server step for step t (1-based)."""
@@ -143,7 +155,8 @@ class SemiFLPlus(Strategy):
         return self.server_lr
 
     def aggregate(self, params, fl, cl):
-        delta = self.combined_delta(params, fl, cl)
+        masks = mlp.prune_mask(params, self.prune) if self.prune > 0 else None
+        delta = self.combined_delta(params, fl, cl, masks)
         if delta is None:
             return params
         self.t += 1
@@ -168,4 +181,5 @@ class SemiFLPlus(Strategy):
             c2 = 1.0 - self.beta2 ** self.t
             upd = [(m / np.float32(c1)) / (np.sqrt(v / np.float32(c2)) + np.float32(self.eps))
                    for m, v in zip(self.m, self.v)]
+        upd = self.masked(upd, masks)
         return [(p + np.float32(eta) * u).astype(np.float32) for p, u in zip(params, upd)]

@@ -16,7 +16,8 @@ from semifl.learn.strategy import make_strategy
 from semifl.service.engine import RoundEngine
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.store import Store
-from semifl.sim.fleet import VirtualFleet, fleet_for
+from semifl.learn.partition import describe
+from semifl.sim.fleet import VirtualFleet, device_indices, fleet_for
 from semifl.transport.broker import EmbeddedBroker
 from semifl.transport.mqtt import HostLink
 
@@ -39,7 +40,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
     if out.exists():
         shutil.rmtree(out)   # `run` is a fresh experiment; `serve` is the one that resumes
     out.mkdir(parents=True)
-    specs = fleet_for(cfg, ds.n_classes)
+    specs = fleet_for(cfg, ds)
     with contextlib.ExitStack() as stack:
         url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
         store = Store(str(out / "state.db"))
@@ -58,7 +59,9 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         summary = {
             "strategy": cfg.strategy, "dataset": ds.name, "broker": "embedded" if not cfg.broker else cfg.broker,
             "seed": cfg.seed, "config": cfg.to_dict(),
-            "partition": {"kind": "one class per device", "classes": {s.id: s.classes for s in specs}},
+            "partition": {"kind": cfg.partition, "seed": cfg.seed,
+                          "devices": dict(zip((s.id for s in specs), describe(
+                              [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
             "devices": [{"id": s.id, "class": s.classes[0] if len(s.classes) == 1 else s.classes,
                          "device_class": s.device_class, "role": roles[s.id],
                          "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],

@@ -15,6 +15,7 @@ import numpy as np
 
 from semifl.fleet.channel import ChannelModel
 from semifl.learn.data import Dataset
+from semifl.learn.partition import partition
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -26,6 +27,7 @@ class DeviceSpec:
     classes: list[int]         # the data classes it holds (the seed: one each)
     raw_ok: bool               # privacy policy: may raw samples leave the device?
     sim: dict = field(default_factory=dict)
+    indices: np.ndarray | None = None   # its training samples, when a partitioner chose them
 
 
 @dataclass
@@ -52,14 +54,26 @@ def seed_fleet(n_fl: int = 6, n_cl: int = 4, n_classes: int = 10, seed: int = 0,
     return specs
 
 
-def fleet_for(cfg, n_classes: int) -> list[DeviceSpec]:
-    """The fleet a RunConfig describes (semifl.config.RunConfig)."""
-    return seed_fleet(cfg.fl_devices, cfg.cl_devices, n_classes, cfg.seed, cfg.rounds,
-                      LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
+    """The fleet a RunConfig describes (semifl.config.RunConfig), its data split by `cfg.partition`:
+    "class" (the seed: one class each), "k-classes", "dirichlet" or "iid" (semifl.learn.partition)."""
+    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
+                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    if cfg.partition != "class":
+        params = {"k-classes": {"k": cfg.k_classes}, "dirichlet": {"alpha": cfg.alpha}}.get(cfg.partition, {})
+        parts = partition(cfg.partition, ds.y_train, len(specs), cfg.seed, **params)
+        for spec, idx in zip(specs, parts):
+            spec.indices = idx
+            spec.classes = sorted(int(c) for c in np.unique(ds.y_train[idx]))
+    return specs
+
+
+def device_indices(ds: Dataset, spec: DeviceSpec) -> np.ndarray:
+    return spec.indices if spec.indices is not None else np.flatnonzero(np.isin(ds.y_train, spec.classes))
 
 
 def shard(ds: Dataset, spec: DeviceSpec) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.flatnonzero(np.isin(ds.y_train, spec.classes))
+    idx = device_indices(ds, spec)
     return ds.x_train[idx], ds.y_train[idx]
 
 

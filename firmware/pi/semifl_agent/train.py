@@ -13,16 +13,23 @@ from semifl.learn.data import to_float
 from semifl.protocol.sampling import ceil_fraction, select
 
 
-def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: dict) -> tuple[list[np.ndarray], int, float]:
+def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: dict,
+                 masks: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], int, float]:
     """One FL round on this device, as the seed: a batch of ceil(fraction*n) samples chosen by the
     task's seed, the global model pruned at rate `prune` (pruned entries stay 0), `epochs` full-batch
-    gradient steps of size `lr`. Returns (delta = local - global, samples used, ||delta||)."""
+    gradient steps of size `lr`. Returns (delta = local - global, samples used, ||delta||).
+    `masks`: the pruning masks of these params at this rate, when the caller already has them (the
+    in-process simulator computes them once for all its devices; a device computes its own)."""
     n = len(y)
     idx = select(n, ceil_fraction(n, task.get("fraction", 1.0)), task["seed"])
     xb, yb = to_float(x[idx]), y[idx].astype(np.int64)
     prune = task.get("prune", 0.0)
-    masks = mlp.prune_mask(params, prune) if prune > 0 else None
-    local = [p * m if masks else p.copy() for p, m in zip(params, masks or params)]
+    if prune <= 0:
+        masks = None
+    elif masks is None:
+        masks = mlp.prune_mask(params, prune)
+    start = [p * m for p, m in zip(params, masks)] if masks else params
+    local = [s.copy() for s in start]
     lr = np.float32(task.get("lr", 0.1))
     for _ in range(int(task.get("epochs", 1))):
         _, grads = mlp.loss_and_grad(local, xb, yb)
@@ -30,6 +37,5 @@ def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: d
             if masks:
                 g = g * masks[i]
             local[i] = local[i] - lr * g
-    start = [p * m for p, m in zip(params, masks)] if masks else params
     delta = [(lo - s).astype(np.float32) for lo, s in zip(local, start)]
     return delta, len(idx), global_norm(delta)

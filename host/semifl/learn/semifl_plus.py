@@ -13,7 +13,8 @@ send raw samples); everything added here runs on the host, each ingredient behin
   device never re-sends a sample the host holds, so CL uplink stops once a device's data is in.
 * `fl_memory` — stale-update memory (SAG, Le Roux et al. 2012; FedVARP, Jhunjhunwala et al. 2022):
   the latest delta of every FL device is kept and all of them enter each round, so every round's
-  direction covers all FL devices' data, not only this round's top-K uploaders.
+  direction covers all FL devices' data, not only this round's top-K uploaders. `fl_decay` < 1
+  weights a delta that is a rounds old by fl_decay**a (staleness-aware weighting).
 * `balanced` — weight each device by its full dataset size (`dataset_sizes`) instead of by the
   samples it used this round, so the mix estimates the gradient of the whole fleet's data.
 * `prune` — prune-consistent host step: the CL gradient is taken on the same magnitude-pruned model
@@ -45,7 +46,7 @@ class SemiFLPlus(Strategy):
 
     def __init__(self, lr: float = 0.01, *, server_opt: str = "sgd", server_lr: float | None = None,
                  beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8,
-                 cl_memory: bool = False, cl_batch: int = 0, fl_memory: bool = False,
+                 cl_memory: bool = False, cl_batch: int = 0, fl_memory: bool = False, fl_decay: float = 1.0,
                  balanced: bool = False, dataset_sizes: dict[str, int] | None = None, prune: float = 0.0,
                  schedule: str = "constant", rounds: int = 1000, min_lr_ratio: float = 0.0, seed: int = 0):
         if server_opt not in SERVER_OPTS:
@@ -57,14 +58,14 @@ class SemiFLPlus(Strategy):
         self.lr = lr                      # the devices' local step (the task's lr) and the host's CL step
         self.server_opt, self.server_lr = server_opt, lr if server_lr is None else server_lr
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.cl_memory, self.cl_batch, self.fl_memory = cl_memory, cl_batch, fl_memory
+        self.cl_memory, self.cl_batch, self.fl_memory, self.fl_decay = cl_memory, cl_batch, fl_memory, fl_decay
         self.balanced, self.dataset_sizes = balanced, dict(dataset_sizes or {})
         self.prune = prune
         self.schedule, self.rounds, self.min_lr_ratio = schedule, rounds, min_lr_ratio
         self.rng = np.random.default_rng(seed)
         self.t = 0                        # aggregate calls so far (server steps)
         self.m = self.v = None            # optimizer state
-        self.fl_mem: dict[str, FLUpdate] = {}
+        self.fl_mem: dict[str, tuple[FLUpdate, int]] = {}   # device -> (latest update, step it came in)
         self.cl_mem: dict[str, tuple[list[np.ndarray], list[np.ndarray], set]] = {}
 
     # --- memories -------------------------------------------------------------------------------
@@ -111,14 +112,16 @@ class SemiFLPlus(Strategy):
         the latter on params * masks and masked when `masks` is given."""
         if masks is not None:
             params = [p * m for p, m in zip(params, masks)]
+        age = {}
         if self.fl_memory:
             for u in fl:
-                self.fl_mem[u.device] = u
-            fl = list(self.fl_mem.values())
+                self.fl_mem[u.device] = (u, self.t)
+            fl = [u for u, _ in self.fl_mem.values()]
+            age = {d: self.t - t for d, (_, t) in self.fl_mem.items()}
         fl = sorted(fl, key=lambda u: u.device)
         parts, weights = [], []
         if fl:
-            w = [self.weight(u.device, u.n) for u in fl]
+            w = [self.weight(u.device, u.n) * self.fl_decay ** age.get(u.device, 0) for u in fl]
             parts.append(aggregate.weighted_average([u.delta for u in fl], w))
             weights.append(sum(w))
         sets = [s for s in self.cl_sets(cl) if len(s[2])]

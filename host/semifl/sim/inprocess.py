@@ -50,11 +50,12 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
         view = {d: dict(c, rssi=radios[d].rssi(rnd), battery=1.0) for d, c in caps.items() if not radios[d].drops(rnd)}
         plan = plan_round(rnd, view, ecfg.planner, use_cl=strategy.uses_cl)
         results = {}
+        masks = mlp.prune_mask(params, cfg.prune) if cfg.prune > 0 and plan.fl else None  # same for every device
         for d in plan.fl:
             t = {"round": rnd, "seed": task_seed(cfg.seed, rnd, d), "prune": cfg.prune, "lr": cfg.lr,
                  "fraction": cfg.fl_fraction, "epochs": cfg.epochs}
             with blas.limit(limits=1):  # as the device processes run (VirtualFleet): same BLAS sums, same bits
-                results[d] = local_update(params, *data[d], t)
+                results[d] = local_update(params, *data[d], t, masks)
         uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
         fl = [FLUpdate(d, results[d][0], results[d][1]) for d in uploaders]
         cl = []

@@ -1,0 +1,81 @@
+"""1,000 rounds of the SemiFL seed setup in-process: semifl's strategies vs a bare numpy loop of the same
+arithmetic, and the FL baseline vs Flower 1.41's simulation of it. Writes
+benchmarks/results/semifl_repro.json. Targets: in-process <= 1.2x the bare loop's time.
+
+    python benchmarks/bench_semifl_repro.py [--rounds 1000] [--skip-flower]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from proctree import measure  # noqa: E402
+
+OURS = """
+import json, sys, time
+from semifl.experiments.reproduce import run_baseline
+from semifl.learn.data import load_idx_dataset
+name, rounds, out, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+ds = load_idx_dataset()
+t = time.perf_counter()
+c = run_baseline(name, rounds, ds, **extra)
+json.dump({"loop_s": time.perf_counter() - t, "final_accuracy": c["accuracy"][-1], "accuracy": c["accuracy"]}, open(out, "w"))
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=1000)
+    ap.add_argument("--skip-flower", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "semifl_repro.json"))
+    a = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="semifl-repro-"))
+    res = {}
+
+    def run(name, cmd, out):
+        print(f"[bench] {name} ...", flush=True)
+        m = measure(cmd, cwd=str(REPO))
+        if m["rc"] != 0:
+            raise SystemExit(f"{name} failed (rc {m['rc']})")
+        m.update(json.loads(Path(out).read_text()))
+        m.pop("accuracy", None), m.pop("accuracy_per_round", None)
+        res[name] = m
+        print(f"[bench] {name}: wall {m['wall_s']:.1f} s, loop {m.get('loop_s', float('nan')):.1f} s, "
+              f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB, accuracy {m['final_accuracy']:.4f}", flush=True)
+
+    py = sys.executable
+    run("semifl_inprocess", [py, "-c", OURS, "semifl", str(a.rounds), str(tmp / "s.json"), "{}"], tmp / "s.json")
+    run("bare_numpy_loop", [py, str(HERE / "bare_semifl_loop.py"), "--rounds", str(a.rounds), "--out", str(tmp / "b.json")],
+        tmp / "b.json")
+    # the FL baseline as Flower's script runs it: FedAvg of all 6, lr 0.1, no pruning
+    fl = {"prune": 0.0, "lr": 0.1}
+    run("fl_inprocess", [py, "-c", OURS, "fl", str(a.rounds), str(tmp / "f.json"), json.dumps(fl)], tmp / "f.json")
+    ratios = {"semifl_vs_bare_loop_time": res["semifl_inprocess"]["loop_s"] / res["bare_numpy_loop"]["loop_s"],
+              "semifl_vs_bare_wall": res["semifl_inprocess"]["wall_s"] / res["bare_numpy_loop"]["wall_s"]}
+    if not a.skip_flower:
+        subprocess.run(["bash", str(HERE / "setup_flower.sh")], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        run("flower_fl", [str(REPO / ".venv-flwr" / "bin" / "python"), str(HERE / "flower_fl_baseline.py"),
+                          "--rounds", str(a.rounds), "--out", str(tmp / "fl.json")], tmp / "fl.json")
+        ratios["fl_inprocess_vs_flower_wall"] = res["fl_inprocess"]["wall_s"] / res["flower_fl"]["wall_s"]
+        ratios["fl_inprocess_vs_flower_rss"] = res["fl_inprocess"]["peak_rss_bytes"] / res["flower_fl"]["peak_rss_bytes"]
+    doc = {"benchmark": "semifl_repro", "rounds": a.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+           "target": "in-process <= 1.2x the bare loop's time", "ratios": ratios, "results": res}
+    Path(a.out).write_text(json.dumps(doc, indent=1))
+    for k, v in ratios.items():
+        print(f"[bench] {k}: {v:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

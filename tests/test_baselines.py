@@ -41,4 +41,7 @@ def test_reproduce_writes_the_output_contract(tmp_path, fashion):
     assert res["baselines"]["fl"]["bytes_up"][0] == pytest.approx(6 * 49_910 * 4, rel=0.01)
     assert res["baselines"]["semifl"]["bytes_up"][0] == pytest.approx(3 * 49_910 * 4 + 2 * 1800 * 785, rel=0.01)
     assert "| semifl |" in (tmp_path / "table.md").read_text()
+    # a later run of another baseline with the same setup adds to the results instead of dropping them
+    reproduce(fashion, 3, tmp_path, ["semifl-ideal"])
+    assert set(json.loads((tmp_path / "results.json").read_text())["baselines"]) == {"fl", "semifl", "semifl-ideal"}
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000

@@ -36,6 +36,11 @@ def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     names = names or list(BASELINES)
     results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "baselines": {}}
+    old = out / "results.json"
+    if old.exists():   # a run of some baselines adds to (or replaces) those of an earlier run of the same setup
+        prev = json.loads(old.read_text())
+        if (prev.get("dataset"), prev.get("rounds"), prev.get("seed")) == (ds.name, rounds, seed):
+            results["baselines"] = prev["baselines"]
     for name in names:
         results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round)
         (out / "results.json").write_text(json.dumps(results))   # partial results survive an interrupt

@@ -14,7 +14,8 @@ send raw samples); everything added here runs on the host, each ingredient behin
 * `fl_memory` — stale-update memory (SAG, Le Roux et al. 2012; FedVARP, Jhunjhunwala et al. 2022):
   the latest delta of every FL device is kept and all of them enter each round, so every round's
   direction covers all FL devices' data, not only this round's top-K uploaders. `fl_decay` < 1
-  weights a delta that is a rounds old by fl_decay**a (staleness-aware weighting).
+  weights a delta by fl_decay**a, a = its age in server steps each counted as step size / server_lr
+  (staleness-aware weighting: under a decaying schedule the model moves less, old deltas stay valid).
 * `balanced` — weight each device by its full dataset size (`dataset_sizes`) instead of by the
   samples it used this round, so the mix estimates the gradient of the whole fleet's data.
 * `prune` — prune-consistent host step: the CL gradient is taken on the same magnitude-pruned model
@@ -64,8 +65,9 @@ class SemiFLPlus(Strategy):
         self.schedule, self.rounds, self.min_lr_ratio = schedule, rounds, min_lr_ratio
         self.rng = np.random.default_rng(seed)
         self.t = 0                        # aggregate calls so far (server steps)
+        self.clock = 0.0                  # sum of step size / server_lr over those steps
         self.m = self.v = None            # optimizer state
-        self.fl_mem: dict[str, tuple[FLUpdate, int]] = {}   # device -> (latest update, step it came in)
+        self.fl_mem: dict[str, tuple[FLUpdate, float]] = {}   # device -> (latest update, clock it came in)
         self.cl_mem: dict[str, tuple[list[np.ndarray], list[np.ndarray], set]] = {}
 
     # --- memories -------------------------------------------------------------------------------
@@ -115,9 +117,9 @@ class SemiFLPlus(Strategy):
         age = {}
         if self.fl_memory:
             for u in fl:
-                self.fl_mem[u.device] = (u, self.t)
+                self.fl_mem[u.device] = (u, self.clock)
             fl = [u for u, _ in self.fl_mem.values()]
-            age = {d: self.t - t for d, (_, t) in self.fl_mem.items()}
+            age = {d: self.clock - c for d, (_, c) in self.fl_mem.items()}
         fl = sorted(fl, key=lambda u: u.device)
         parts, weights = [], []
         if fl:
@@ -165,6 +167,7 @@ class SemiFLPlus(Strategy):
         self.t += 1
         g = [d / np.float32(self.lr) for d in delta]  # descent direction at unit step
         eta = self.step_size()
+        self.clock += eta / self.server_lr
         if self.server_opt == "sgd":
             upd = g
         elif self.server_opt == "avgm":

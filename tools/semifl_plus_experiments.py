@@ -1,0 +1,156 @@
+"""semifl+ experiments: the in-process SemiFL round loop with an injected strategy, uplink accounting,
+and named configurations for the ablation. One process, one core (set OPENBLAS_NUM_THREADS=1).
+
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=host:firmware/pi python tools/semifl_plus_experiments.py \
+        --rounds 1000 --runs semifl,plus,plus-sgd,plus-no-clmem,plus-no-flmem,plus-unbalanced,plus-constlr
+
+Each run writes /tmp/splus/<run>_r<rounds>.json (per-round accuracy, loss, uplink bytes); a table of
+all finished runs is printed at the end (`--table` prints it without running anything).
+Uplink: wire bytes as run_inprocess counts them (blob + 24-byte chunk headers; an FL update is ~200 kB,
+a CL sample 785 bytes plus a per-upload header). CL baseline: 60000 x 785 bytes each round.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "host"), str(REPO / "firmware" / "pi")]
+
+from semifl.config import RunConfig  # noqa: E402
+from semifl.fleet.planner import task_seed  # noqa: E402
+from semifl.learn.data import load_idx_dataset  # noqa: E402
+from semifl.learn.semifl_plus import SemiFLPlus  # noqa: E402
+from semifl.learn.strategy import SemiFL  # noqa: E402
+from semifl.protocol.sampling import ceil_fraction, select  # noqa: E402
+from semifl.sim.fleet import fleet_for, shard  # noqa: E402
+from semifl.sim.inprocess import MCU_CHUNK, run_inprocess, wire_bytes  # noqa: E402
+
+OUT = Path("/tmp/splus")
+SAMPLE_BYTES = 785   # the CL baseline's cost of one sample (784 pixels + label)
+
+
+# name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads)
+PLUS = dict(server_opt="adam", server_lr=1e-3, cl_memory=True, fl_memory=True, balanced=True, schedule="cosine",
+            min_lr_ratio=0.0)
+RUNS = {
+    "semifl": ({}, None, False),
+    "semifl-fresh": ({}, None, True),   # same training; host keeps samples, devices send only new ones
+    "plus": ({}, PLUS, True),
+    "plus-sgd": ({}, dict(PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),
+    "plus-avgm": ({}, dict(PLUS, server_opt="avgm", server_lr=0.01), True),
+    "plus-no-clmem": ({}, dict(PLUS, cl_memory=False), False),
+    "plus-no-flmem": ({}, dict(PLUS, fl_memory=False), True),
+    "plus-unbalanced": ({}, dict(PLUS, balanced=False), True),
+    "plus-constlr": ({}, dict(PLUS, schedule="constant"), True),
+}
+
+
+def make(cfg: RunConfig, kwargs, sizes):
+    if kwargs is None:
+        return SemiFL(lr=cfg.lr)
+    return SemiFLPlus(lr=cfg.lr, dataset_sizes=sizes, rounds=cfg.rounds, seed=cfg.seed, **kwargs)
+
+
+def run(cfg: RunConfig, ds, kwargs, fresh_only: bool, log_every: int = 50) -> dict:
+    """run_inprocess with the strategy injected; uplink from its per-round byte counts, except that
+    under the fresh-samples-only rule a CL device sends only the samples of its (seed-reproducible)
+    selection that it has not sent before."""
+    specs = fleet_for(cfg, ds)
+    data = {s.id: shard(ds, s) for s in specs}
+    sizes = {d: len(v[1]) for d, v in data.items()}
+    strategy = make(cfg, kwargs, sizes)
+    sent = {d: set() for d in data}
+    rec = {"accuracy": [], "loss": [], "fl_bytes": [], "cl_bytes": [], "cl_new_samples": [], "fl": [], "cl": []}
+    t0 = time.time()
+
+    def on_round(r):
+        rnd, new, cl_bytes = r["round"], 0, 0
+        for d in r["participants"]["cl"]:
+            n = len(data[d][1])
+            idx = select(n, ceil_fraction(n, cfg.cl_fraction), task_seed(cfg.seed, rnd, d))
+            k = sum(i not in sent[d] for i in idx) if fresh_only else len(idx)
+            sent[d].update(idx)
+            new += k
+            if k:
+                cl_bytes += wire_bytes({"kind": "samples", "round": rnd, "task": 10 ** 9, "device": d, "n": k},
+                                       [("uint8", (k, 784), 1.0, 0), ("uint8", (k,), 1.0, 0)], MCU_CHUNK)
+        if not fresh_only:
+            assert cl_bytes == r["bytes_up"]["cl"]
+        rec["accuracy"].append(r["accuracy"])
+        rec["loss"].append(r["loss"])
+        rec["fl_bytes"].append(r["bytes_up"]["fl"])
+        rec["cl_bytes"].append(cl_bytes)
+        rec["cl_new_samples"].append(new)
+        rec["fl"].append(r["participants"]["fl"])
+        rec["cl"].append(r["participants"]["cl"])
+        if log_every and (rnd % log_every == 0 or rnd == cfg.rounds):
+            print(f"  round {rnd:4d}  acc {r['accuracy']:.4f}  loss {r['loss']:.4f}  {time.time() - t0:6.1f}s", flush=True)
+
+    run_inprocess(cfg, ds, on_round, strategy=strategy)
+    rec["seconds"] = time.time() - t0
+    rec["n_train"] = int(sum(sizes.values()))
+    return rec
+
+
+def summary(res: dict) -> dict:
+    acc, rounds = res["accuracy"], len(res["accuracy"])
+    up = sum(res["fl_bytes"]) + sum(res["cl_bytes"])
+    cl_round = res["n_train"] * SAMPLE_BYTES
+    return {"run": res["run"], "rounds": rounds, "acc@300": acc[min(300, rounds) - 1], f"acc@{rounds}": acc[-1],
+            "best": max(acc), "uplink_bytes": up, "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
+            "pct_cl_per_round": 100.0 * up / (cl_round * rounds), "pct_cl_once": 100.0 * up / cl_round,
+            "first_round_82": next((i + 1 for i, a in enumerate(acc) if a >= 0.82), None)}
+
+
+def table(rounds: int) -> None:
+    rows = []
+    for f in sorted(glob.glob(str(OUT / f"*_r{rounds}.json"))):
+        rows.append(summary(json.load(open(f))))
+    print(f"{'run':22s} {'acc@300':>8s} {'acc@end':>8s} {'best':>7s} {'r>=82%':>7s} {'uplink GB':>10s} "
+          f"{'FL GB':>7s} {'CL MB':>8s} {'%CL/rnd':>8s} {'%CL once':>9s}")
+    for s in rows:
+        end = s[f"acc@{s['rounds']}"]
+        print(f"{s['run']:22s} {100 * s['acc@300']:8.2f} {100 * end:8.2f} {100 * s['best']:7.2f} "
+              f"{str(s['first_round_82']):>7s} {s['uplink_bytes'] / 1e9:10.3f} {s['fl_bytes'] / 1e9:7.3f} "
+              f"{s['cl_bytes'] / 1e6:8.1f} {s['pct_cl_per_round']:8.2f} {s['pct_cl_once']:9.1f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="semifl,plus", help=f"comma list of {sorted(RUNS)}")
+    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=0.01, help="devices' local step (seed's 0.1 with MATLAB's CE)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="override a SemiFLPlus flag: key=value (JSON value)")
+    ap.add_argument("--tag", default="", help="suffix for the result name (with --set)")
+    ap.add_argument("--table", action="store_true", help="print the table for --rounds and exit")
+    a = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if a.table:
+        return table(a.rounds)
+    ds = load_idx_dataset()
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    for name in a.runs.split(","):
+        cfg_over, kwargs, fresh = RUNS[name]
+        if kwargs is not None and overrides:
+            kwargs = dict(kwargs, **overrides)
+        cfg = RunConfig(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, **cfg_over})
+        label = name + a.tag
+        print(f"{label}: lr {cfg.lr} epochs {cfg.epochs} {kwargs}", flush=True)
+        res = run(cfg, ds, kwargs, fresh)
+        res.update(run=label, config=cfg.to_dict(), strategy=kwargs, fresh_only=fresh)
+        (OUT / f"{label}_r{a.rounds}.json").write_text(json.dumps(res))
+        s = summary(res)
+        print(f"{label}: acc@300 {s['acc@300']:.4f} final {res['accuracy'][-1]:.4f} uplink {s['uplink_bytes'] / 1e9:.3f} GB "
+              f"({s['pct_cl_per_round']:.2f} % of CL per round, {s['pct_cl_once']:.0f} % of CL once) {res['seconds']:.0f}s", flush=True)
+    table(a.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,28 +12,14 @@ SEMIFL_LAYERS = (784, 50, 100, 50, 10)
 Params = list  # list[np.ndarray], float32
 
 
-def init_params(layers=SEMIFL_LAYERS, seed: int = 0, input_range: tuple[float, float] = (0.0, 1.0)) -> Params:
-    """Nguyen-Widrow initialisation, as MATLAB's patternnet (initnw) makes the seed's initial model.
-
-    Each layer of S neurons over R inputs gets rows of norm 0.7 S^(1/R) in random directions and biases
-    spread over the tanh's active region, then is rescaled so the first layer's input range
-    (`input_range`, pixels in [0, 1]) maps onto [-1, 1]. The non-zero biases matter: magnitude pruning
-    (the FL clients' P) would otherwise cut every zero-initialised bias and keep FL from ever moving them.
-    """
+def init_params(layers=SEMIFL_LAYERS, seed: int = 0) -> Params:
+    """Glorot-uniform weights, zero biases, seeded."""
     rng = np.random.default_rng(seed)
     params = []
-    for i, (fan_in, fan_out) in enumerate(zip(layers[:-1], layers[1:])):
-        mag = 0.7 * fan_out ** (1.0 / fan_in)
-        w = rng.normal(size=(fan_out, fan_in))
-        w *= mag / np.linalg.norm(w, axis=1, keepdims=True)
-        b = mag * np.linspace(-1.0, 1.0, fan_out) * np.sign(w[:, 0]) if fan_out > 1 else np.zeros(1)
-        if i == 0:   # map the input range onto [-1, 1]: x' = scale * x + shift
-            lo, hi = input_range
-            scale, shift = 2.0 / (hi - lo), 1.0 - 2.0 * hi / (hi - lo)
-            b = b + w.sum(axis=1) * shift
-            w = w * scale
-        params.append(w.T.astype(np.float32))
-        params.append(b.astype(np.float32))
+    for fan_in, fan_out in zip(layers[:-1], layers[1:]):
+        lim = np.sqrt(6.0 / (fan_in + fan_out))
+        params.append(rng.uniform(-lim, lim, (fan_in, fan_out)).astype(np.float32))
+        params.append(np.zeros(fan_out, np.float32))
     return params
 
 

@@ -16,7 +16,7 @@ def _common(p: argparse.ArgumentParser):
 def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
     p.add_argument("--name")
-    p.add_argument("--strategy", choices=["fedavg", "semifl"])
+    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+"])
     p.add_argument("--rounds", type=int)
     p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
     p.add_argument("--fl-devices", type=int)

@@ -12,7 +12,7 @@ from semifl.service.engine import EngineConfig
 @dataclass
 class RunConfig:
     name: str = "semifl"
-    strategy: str = "semifl"      # fedavg | semifl
+    strategy: str = "semifl"      # fedavg | semifl | semifl+
     rounds: int = 20
     fl_devices: int = 6           # Pi-class FL clients (classes 0..5)
     cl_devices: int = 4           # MCU-class CL uploaders (classes 6..9)

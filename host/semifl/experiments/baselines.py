@@ -20,6 +20,9 @@ BASELINES: dict[str, dict] = {
     "semifl": dict(strategy="semifl", fl_uploaders=3, cl_uploaders=2, prune=0.3, cl_fraction=0.3),
 }
 
+# ours: SemiFL's devices, fleet and traffic split, with the host-side ingredients of semifl+
+BASELINES["semifl+"] = dict(BASELINES["semifl"], strategy="semifl+")
+
 # final test accuracy (%) after 1,000 rounds, from the seed repository's data/*.mat curves
 SEED_FINALS = {"cl": 82.07, "fl": 49.78, "semifl-ideal": 82.61, "semifl": 71.89}
 SEED_MAX = {"semifl": 77.44}

@@ -14,8 +14,9 @@ send raw samples); everything added here runs on the host, each ingredient behin
 * `fl_memory` — stale-update memory (SAG, Le Roux et al. 2012; FedVARP, Jhunjhunwala et al. 2022):
   the latest delta of every FL device is kept and all of them enter each round, so every round's
   direction covers all FL devices' data, not only this round's top-K uploaders. `fl_decay` < 1
-  weights a delta by fl_decay**a, a = its age in server steps each counted as step size / server_lr
-  (staleness-aware weighting: under a decaying schedule the model moves less, old deltas stay valid).
+  weights a delta by f + (1-f)*fl_decay**a, f = `fl_floor`, a = its age in server steps each counted
+  as step size / server_lr (staleness-aware weighting: under a decaying schedule the model moves
+  less and old deltas stay valid; the floor keeps devices that are never in the top-K represented).
 * `balanced` — weight each device by its full dataset size (`dataset_sizes`) instead of by the
   samples it used this round, so the mix estimates the gradient of the whole fleet's data.
 * `prune` — prune-consistent host step: the CL gradient is taken on the same magnitude-pruned model
@@ -48,18 +49,18 @@ class SemiFLPlus(Strategy):
     def __init__(self, lr: float = 0.01, *, server_opt: str = "sgd", server_lr: float | None = None,
                  beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8,
                  cl_memory: bool = False, cl_batch: int = 0, fl_memory: bool = False, fl_decay: float = 1.0,
+                 fl_floor: float = 0.0,
                  balanced: bool = False, dataset_sizes: dict[str, int] | None = None, prune: float = 0.0,
                  schedule: str = "constant", rounds: int = 1000, min_lr_ratio: float = 0.0, seed: int = 0):
         if server_opt not in SERVER_OPTS:
             raise ValueError(f"server_opt {server_opt!r}; choose from {SERVER_OPTS}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r}; choose from {SCHEDULES}")
-        if balanced and not dataset_sizes:
-            raise ValueError("balanced weighting needs dataset_sizes (device -> full number of samples)")
         self.lr = lr                      # the devices' local step (the task's lr) and the host's CL step
         self.server_opt, self.server_lr = server_opt, lr if server_lr is None else server_lr
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.cl_memory, self.cl_batch, self.fl_memory, self.fl_decay = cl_memory, cl_batch, fl_memory, fl_decay
+        self.fl_floor = fl_floor
         self.balanced, self.dataset_sizes = balanced, dict(dataset_sizes or {})
         self.prune = prune
         self.schedule, self.rounds, self.min_lr_ratio = schedule, rounds, min_lr_ratio
@@ -106,7 +107,12 @@ class SemiFLPlus(Strategy):
         return out
 
     # --- one round ------------------------------------------------------------------------------
+    def observe_fleet(self, dataset_sizes: dict[str, int]) -> None:
+        self.dataset_sizes.update(dataset_sizes)
+
     def weight(self, device: str, n_used: int) -> float:
+        if self.balanced and device not in self.dataset_sizes:
+            raise ValueError(f"balanced weighting needs {device}'s dataset size (observe_fleet)")
         return float(self.dataset_sizes[device]) if self.balanced else float(n_used)
 
     def combined_delta(self, params, fl: list[FLUpdate], cl: list[CLBatch], masks=None):
@@ -123,7 +129,8 @@ class SemiFLPlus(Strategy):
         fl = sorted(fl, key=lambda u: u.device)
         parts, weights = [], []
         if fl:
-            w = [self.weight(u.device, u.n) * self.fl_decay ** age.get(u.device, 0) for u in fl]
+            f = self.fl_floor
+            w = [self.weight(u.device, u.n) * (f + (1 - f) * self.fl_decay ** age.get(u.device, 0)) for u in fl]
             parts.append(aggregate.weighted_average([u.delta for u in fl], w))
             weights.append(sum(w))
         sets = [s for s in self.cl_sets(cl) if len(s[2])]

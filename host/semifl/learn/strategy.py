@@ -33,6 +33,10 @@ class Strategy:
     name = "base"
     uses_cl = False
 
+    def observe_fleet(self, dataset_sizes: dict[str, int]) -> None:
+        """Each device's full number of samples (from its capability report), before aggregation.
+        Strategies that weight by it (semifl+'s `balanced`) keep it; the others ignore it."""
+
     def aggregate(self, params: list[np.ndarray], fl: list[FLUpdate], cl: list[CLBatch]) -> list[np.ndarray]:
         raise NotImplementedError
 
@@ -80,12 +84,20 @@ class SemiFL(Strategy):
         return aggregate.apply_delta(params, aggregate.weighted_average(parts, weights))
 
 
-STRATEGIES = {"fedavg": FedAvg, "semifl": SemiFL}
+STRATEGIES = ("fedavg", "semifl", "semifl+")
+
+# semifl+'s ingredients as chosen by the ablation in docs/results.md (tools/semifl_plus_experiments.py)
+SEMIFL_PLUS = dict(server_opt="adam", server_lr=0.005, cl_memory=True, fl_memory=True, fl_decay=0.8,
+                   balanced=True, schedule="cosine")
 
 
-def make_strategy(name: str, lr: float) -> Strategy:
+def make_strategy(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed: int = 0) -> Strategy:
     if name == "fedavg":
         return FedAvg()
     if name == "semifl":
         return SemiFL(lr=lr)
-    raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}")
+    if name == "semifl+":
+        from .semifl_plus import SemiFLPlus  # a module of its own: the one strategy with state
+
+        return SemiFLPlus(lr=lr, rounds=rounds, prune=prune, seed=seed, **SEMIFL_PLUS)
+    raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")

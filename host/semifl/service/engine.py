@@ -311,6 +311,7 @@ class RoundEngine:
                 fl.append(FLUpdate(dev, [a.copy() for a in arrays], n))
             else:
                 cl.append(CLBatch(dev, arrays[0], arrays[1]))
+        self.strategy.observe_fleet({d: c["n_samples"] for d, c in self.registry.devices.items()})
         self.params = self.strategy.aggregate(self.params, fl, cl)
         phases["aggregate"] = time.time() - t0 - sum(phases.values())
         acc, loss = self.evaluate(self.params)

@@ -30,7 +30,7 @@ def make_evaluator(ds: Dataset):
 
 
 def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> RoundEngine:
-    return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr), cfg.engine(),
+    return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed), cfg.engine(),
                        mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes)
 
 

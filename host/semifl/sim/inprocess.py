@@ -40,7 +40,8 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
                    "cpu_score": 1e4 if s.device_class == "pi" else 1.0, "ram": 1 << 30 if s.device_class == "pi" else 110_000}
             for s in specs}
     ecfg = cfg.engine()
-    strategy = strategy or make_strategy(cfg.strategy, cfg.lr)
+    strategy = strategy or make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed)
+    strategy.observe_fleet({d: c["n_samples"] for d, c in caps.items()})
     params = mlp.init_params(seed=cfg.seed)
     param_headers = [("float32", p.shape, 1.0, 0) for p in params]
     task = 10 ** (TASK_DIGITS - 1)

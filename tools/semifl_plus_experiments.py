@@ -2,7 +2,7 @@
 and named configurations for the ablation. One process, one core (set OPENBLAS_NUM_THREADS=1).
 
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=host:firmware/pi python tools/semifl_plus_experiments.py \
-        --rounds 1000 --runs semifl,plus,plus-sgd,plus-no-clmem,plus-no-flmem,plus-unbalanced,plus-constlr
+        --rounds 1000 --runs ablation          # or a comma list of RUNS names; --seed N for other seeds
 
 Each run writes /tmp/splus/<run>_r<rounds>.json (per-round accuracy, loss, uplink bytes); a table of
 all finished runs is printed at the end (`--table` prints it without running anything).
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "host"), str(REPO / "firmware" / "pi")]
@@ -34,25 +37,43 @@ OUT = Path("/tmp/splus")
 SAMPLE_BYTES = 785   # the CL baseline's cost of one sample (784 pixels + label)
 
 
-# name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads)
-PLUS = dict(server_opt="adam", server_lr=1e-3, cl_memory=True, fl_memory=True, balanced=True, schedule="cosine",
-            min_lr_ratio=0.0)
+# name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads).
+# prune="task": the prune-consistent host step at the task's P (cfg.prune).
+PLUS = dict(server_opt="adam", server_lr=5e-3, schedule="cosine", cl_memory=True, fl_memory=True, fl_decay=0.8,
+            fl_floor=0.1, balanced=True, prune="task")
 RUNS = {
     "semifl": ({}, None, False),
-    "semifl-fresh": ({}, None, True),   # same training; host keeps samples, devices send only new ones
+    "semifl-fresh": ({}, None, True),     # same training; the host keeps samples, devices send only new ones
     "plus": ({}, PLUS, True),
-    "plus-sgd": ({}, dict(PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),
-    "plus-avgm": ({}, dict(PLUS, server_opt="avgm", server_lr=0.01), True),
+    "plus-sgd": ({}, dict(PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),  # SemiFL's step
+    "plus-avgm": ({}, dict(PLUS, server_opt="avgm", server_lr=0.1), True),
+    "plus-yogi": ({}, dict(PLUS, server_opt="yogi"), True),
+    "plus-constlr": ({}, dict(PLUS, schedule="constant"), True),
     "plus-no-clmem": ({}, dict(PLUS, cl_memory=False), False),
     "plus-no-flmem": ({}, dict(PLUS, fl_memory=False), True),
+    "plus-no-decay": ({}, dict(PLUS, fl_decay=1.0), True),
+    "plus-no-floor": ({}, dict(PLUS, fl_floor=0.0), True),
     "plus-unbalanced": ({}, dict(PLUS, balanced=False), True),
-    "plus-constlr": ({}, dict(PLUS, schedule="constant"), True),
+    "plus-no-prune": ({}, dict(PLUS, prune=0.0), True),
+    "plus-epochs3": ({"epochs": 3}, PLUS, True),
 }
+ABLATION = ["semifl", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
+            "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
+CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
+        "host/semifl/sim/inprocess.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
+        "firmware/pi/semifl_agent/train.py", "tools/semifl_plus_experiments.py"]
+
+
+def code_digest() -> dict:
+    """sha256 (first 12 hex) of the sources a result depends on: the tree is shared and changes."""
+    return {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:12] for f in CODE}
 
 
 def make(cfg: RunConfig, kwargs, sizes):
     if kwargs is None:
         return SemiFL(lr=cfg.lr)
+    if kwargs.get("prune") == "task":
+        kwargs = dict(kwargs, prune=cfg.prune)
     return SemiFLPlus(lr=cfg.lr, dataset_sizes=sizes, rounds=cfg.rounds, seed=cfg.seed, **kwargs)
 
 
@@ -91,7 +112,7 @@ def run(cfg: RunConfig, ds, kwargs, fresh_only: bool, log_every: int = 50) -> di
         if log_every and (rnd % log_every == 0 or rnd == cfg.rounds):
             print(f"  round {rnd:4d}  acc {r['accuracy']:.4f}  loss {r['loss']:.4f}  {time.time() - t0:6.1f}s", flush=True)
 
-    run_inprocess(cfg, ds, on_round, strategy=strategy)
+    rec["params"] = run_inprocess(cfg, ds, on_round, strategy=strategy)
     rec["seconds"] = time.time() - t0
     rec["n_train"] = int(sum(sizes.values()))
     return rec
@@ -122,29 +143,33 @@ def table(rounds: int) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="semifl,plus", help=f"comma list of {sorted(RUNS)}")
+    ap.add_argument("--runs", default="semifl,plus", help=f"comma list of {sorted(RUNS)}, or 'ablation'")
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.01, help="devices' local step (seed's 0.1 with MATLAB's CE)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="override a SemiFLPlus flag: key=value (JSON value)")
+    ap.add_argument("--cfg", action="append", default=[], help="override a RunConfig field: key=value (JSON value)")
     ap.add_argument("--tag", default="", help="suffix for the result name (with --set)")
     ap.add_argument("--table", action="store_true", help="print the table for --rounds and exit")
     a = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if a.table:
         return table(a.rounds)
+    digest = code_digest()   # the sources as this process imported them
     ds = load_idx_dataset()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    for name in a.runs.split(","):
+    for name in (ABLATION if a.runs == "ablation" else a.runs.split(",")):
         cfg_over, kwargs, fresh = RUNS[name]
         if kwargs is not None and overrides:
             kwargs = dict(kwargs, **overrides)
+        cfg_over = dict(cfg_over, **{k: json.loads(v) for k, v in (c.split("=", 1) for c in a.cfg)})
         cfg = RunConfig(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, **cfg_over})
-        label = name + a.tag
+        label = name + a.tag + (f".s{a.seed}" if a.seed else "")
         print(f"{label}: lr {cfg.lr} epochs {cfg.epochs} {kwargs}", flush=True)
         res = run(cfg, ds, kwargs, fresh)
-        res.update(run=label, config=cfg.to_dict(), strategy=kwargs, fresh_only=fresh)
+        res.update(run=label, config=cfg.to_dict(), strategy=kwargs, fresh_only=fresh, code=digest)
+        np.savez(OUT / f"{label}_r{a.rounds}.npz", *res.pop("params"))
         (OUT / f"{label}_r{a.rounds}.json").write_text(json.dumps(res))
         s = summary(res)
         print(f"{label}: acc@300 {s['acc@300']:.4f} final {res['accuracy'][-1]:.4f} uplink {s['uplink_bytes'] / 1e9:.3f} GB "

@@ -1,5 +1,6 @@
 """Kill the host (SIGKILL) mid-round and start it again: it resumes at the interrupted round, keeps
-every update it had accepted, and ends with the very model an uninterrupted run computes."""
+every update it had accepted, and ends with the very model an uninterrupted run computes, for a
+stateless strategy (SemiFL) and for one with state (semifl+: server Adam, sample and update memories)."""
 import signal
 import sqlite3
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from semifl.config import RunConfig
 from semifl.service.store import Store
@@ -16,8 +18,9 @@ from semifl.sim.inprocess import run_inprocess
 ROUNDS, SEED = 6, 3
 
 
-def serve(url, state, log):
+def serve(url, state, log, strategy):
     cmd = [sys.executable, "-m", "semifl.cli", "serve", "--broker", url, "--rounds", str(ROUNDS), "--seed", str(SEED),
+           "--strategy", strategy,
            "--state", str(state), "--wait-devices", "10", "--wait-s", "60"]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -33,12 +36,13 @@ def accepted_in_open_round(state):
         db.close()
 
 
-def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosquitto):
+@pytest.mark.parametrize("strategy", ["semifl", "semifl+"])
+def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosquitto, strategy):
     state = tmp_path / "state.db"
     specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
     log = open(tmp_path / "host.log", "wb")
     with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
-        host = serve(mosquitto, state, log)
+        host = serve(mosquitto, state, log, strategy)
         end = time.monotonic() + 120
         before = []
         while not before and time.monotonic() < end and host.poll() is None:
@@ -49,7 +53,7 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
         host.wait(10)
         killed_round = before[0][0]
 
-        host = serve(mosquitto, state, log)
+        host = serve(mosquitto, state, log, strategy)
         assert host.wait(180) == 0, (tmp_path / "host.log").read_text()[-3000:]
 
     store = Store(str(state))
@@ -63,7 +67,7 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
         role = "fl" if kind == "update" else "cl"
         assert dev in metrics[killed_round]["participants"][role]
     # and the resumed run computes exactly what an uninterrupted run computes
-    expected = run_inprocess(RunConfig(rounds=ROUNDS, seed=SEED), fashion)
+    expected = run_inprocess(RunConfig(rounds=ROUNDS, seed=SEED, strategy=strategy), fashion)
     final = store.checkpoint(ROUNDS)
     for a, b in zip(final, expected):
         assert np.array_equal(a, b)

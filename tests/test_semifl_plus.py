@@ -152,3 +152,59 @@ def test_prune_consistent_host_step():
     for p, m, gi, w in zip(params, masks, g, got):
         np.testing.assert_array_equal(w[~m], p[~m])                        # pruned entries do not move
         np.testing.assert_allclose(w[m], (p - np.float32(0.1) * gi)[m], rtol=1e-5, atol=1e-7)
+
+
+def test_state_survives_a_restart_through_the_store(tmp_path):
+    """Every piece of semifl+'s state (Adam moments, step count and clock, FL and CL memories, the
+    minibatch generator) goes through SQLite and back: the restored strategy continues bit for bit."""
+    from semifl.service.store import Store
+
+    rng = np.random.default_rng(5)
+    params = mlp.init_params(LAYERS, seed=1)
+    kw = dict(lr=0.05, server_opt="adam", server_lr=0.01, cl_memory=True, cl_batch=4, fl_memory=True, fl_decay=0.8,
+              balanced=True, dataset_sizes={"pi-00": 10, "pi-01": 20, "mcu-06": 8, "mcu-07": 8},
+              schedule="cosine", rounds=8, prune=0.25, seed=3)
+
+    def inputs(r):
+        d = "pi-00" if r % 2 else "pi-01"
+        fls = [FLUpdate(d, [rng.normal(0, 0.01, p.shape).astype(np.float32) for p in params], 5)]
+        x = rng.integers(0, 4, (3, 3), dtype=np.uint8)   # few distinct values: repeats test the dedup
+        cls = [CLBatch(f"mcu-0{6 + r % 2}", x, (x[:, 0] % 2).astype(np.uint8))]
+        return fls, cls
+
+    rounds = [inputs(r) for r in range(8)]
+    a = SemiFLPlus(**kw)
+    p = params
+    store = Store(str(tmp_path / "state.db"))
+    for r in range(4):
+        p = a.aggregate(p, *rounds[r])
+        store.finish_round(r + 1, p, {}, ({"strategy": a.name, "state": a.state()[0]}, a.state()[1]))
+    store.close()
+
+    store = Store(str(tmp_path / "state.db"))
+    meta, arrays = store.strategy_state()
+    assert meta["round"] == 4 and meta["strategy"] == "semifl+"
+    b = SemiFLPlus(**kw)
+    b.load_state(meta["state"], arrays)
+    pa = pb = store.checkpoint(4)
+    for r in range(4, 8):
+        pa, pb = a.aggregate(pa, *rounds[r]), b.aggregate(pb, *rounds[r])
+    for x, y in zip(pa, pb):
+        assert np.array_equal(x, y)
+    assert sum(len(xs[0]) for xs, _, _ in b.cl_mem.values()) == sum(len(xs[0]) for xs, _, _ in a.cl_mem.values())
+
+
+def test_unchanged_strategy_arrays_are_not_rewritten(tmp_path):
+    from semifl.service.store import Store
+
+    store = Store(str(tmp_path / "state.db"))
+    big = [np.arange(1000, dtype=np.float32)]
+    store.finish_round(1, big, {}, ({}, {"cl/a": big, "opt/m": [np.zeros(3, np.float32)]}))
+    rowid = lambda: dict(store.db.execute("SELECT name, rowid FROM strategy_state"))   # REPLACE makes a new row
+    before = rowid()
+    store.finish_round(2, big, {}, ({}, {"cl/a": big, "opt/m": [np.ones(3, np.float32)]}))
+    after = rowid()
+    assert after["cl/a"] == before["cl/a"] and after["opt/m"] != before["opt/m"]
+    store.finish_round(3, big, {}, ({}, {"opt/m": [np.ones(3, np.float32)]}))   # a memory that is gone goes
+    assert dict(store.db.execute("SELECT name, digest FROM strategy_state")).keys() == {"opt/m"}
+    assert store.strategy_state()[1]["opt/m"][0].tolist() == [1.0, 1.0, 1.0]

@@ -28,7 +28,7 @@ from semifl.config import RunConfig  # noqa: E402
 from semifl.fleet.planner import task_seed  # noqa: E402
 from semifl.learn.data import load_idx_dataset  # noqa: E402
 from semifl.learn.semifl_plus import SemiFLPlus  # noqa: E402
-from semifl.learn.strategy import SemiFL  # noqa: E402
+from semifl.learn.strategy import SEMIFL_PLUS, SemiFL  # noqa: E402
 from semifl.protocol.sampling import ceil_fraction, select  # noqa: E402
 from semifl.sim.fleet import fleet_for, shard  # noqa: E402
 from semifl.sim.inprocess import MCU_CHUNK, run_inprocess, wire_bytes  # noqa: E402
@@ -39,8 +39,7 @@ SAMPLE_BYTES = 785   # the CL baseline's cost of one sample (784 pixels + label)
 
 # name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads).
 # prune="task": the prune-consistent host step at the task's P (cfg.prune).
-PLUS = dict(server_opt="adam", server_lr=5e-3, schedule="cosine", cl_memory=True, fl_memory=True, fl_decay=0.8,
-            fl_floor=0.1, balanced=True, prune="task")
+PLUS = dict(SEMIFL_PLUS, prune="task")   # what `--strategy semifl+` runs
 RUNS = {
     "semifl": ({}, None, False),
     "semifl-fresh": ({}, None, True),     # same training; the host keeps samples, devices send only new ones
@@ -52,13 +51,13 @@ RUNS = {
     "plus-no-clmem": ({}, dict(PLUS, cl_memory=False), False),
     "plus-no-flmem": ({}, dict(PLUS, fl_memory=False), True),
     "plus-no-decay": ({}, dict(PLUS, fl_decay=1.0), True),
-    "plus-no-floor": ({}, dict(PLUS, fl_floor=0.0), True),
+    "plus-floor": ({}, dict(PLUS, fl_floor=0.1), True),
     "plus-unbalanced": ({}, dict(PLUS, balanced=False), True),
     "plus-no-prune": ({}, dict(PLUS, prune=0.0), True),
     "plus-epochs3": ({"epochs": 3}, PLUS, True),
 }
 ABLATION = ["semifl", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
-            "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
+            "plus-no-decay", "plus-floor", "plus-unbalanced", "plus-no-prune"]
 CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
         "host/semifl/sim/inprocess.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
         "firmware/pi/semifl_agent/train.py", "tools/semifl_plus_experiments.py"]
@@ -123,7 +122,8 @@ def summary(res: dict) -> dict:
     up = sum(res["fl_bytes"]) + sum(res["cl_bytes"])
     cl_round = res["n_train"] * SAMPLE_BYTES
     return {"run": res["run"], "rounds": rounds, "acc@300": acc[min(300, rounds) - 1], f"acc@{rounds}": acc[-1],
-            "best": max(acc), "uplink_bytes": up, "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
+            "best": max(acc), "last50": sum(acc[-50:]) / len(acc[-50:]), "uplink_bytes": up,
+            "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
             "pct_cl_per_round": 100.0 * up / (cl_round * rounds), "pct_cl_once": 100.0 * up / cl_round,
             "first_round_82": next((i + 1 for i, a in enumerate(acc) if a >= 0.82), None)}
 
@@ -132,11 +132,11 @@ def table(rounds: int) -> None:
     rows = []
     for f in sorted(glob.glob(str(OUT / f"*_r{rounds}.json"))):
         rows.append(summary(json.load(open(f))))
-    print(f"{'run':22s} {'acc@300':>8s} {'acc@end':>8s} {'best':>7s} {'r>=82%':>7s} {'uplink GB':>10s} "
+    print(f"{'run':22s} {'acc@300':>8s} {'acc@end':>8s} {'last50':>7s} {'best':>7s} {'r>=82%':>7s} {'uplink GB':>10s} "
           f"{'FL GB':>7s} {'CL MB':>8s} {'%CL/rnd':>8s} {'%CL once':>9s}")
     for s in rows:
         end = s[f"acc@{s['rounds']}"]
-        print(f"{s['run']:22s} {100 * s['acc@300']:8.2f} {100 * end:8.2f} {100 * s['best']:7.2f} "
+        print(f"{s['run']:22s} {100 * s['acc@300']:8.2f} {100 * end:8.2f} {100 * s['last50']:7.2f} {100 * s['best']:7.2f} "
               f"{str(s['first_round_82']):>7s} {s['uplink_bytes'] / 1e9:10.3f} {s['fl_bytes'] / 1e9:7.3f} "
               f"{s['cl_bytes'] / 1e6:8.1f} {s['pct_cl_per_round']:8.2f} {s['pct_cl_once']:9.1f}")
 

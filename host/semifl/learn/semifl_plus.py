@@ -71,6 +71,34 @@ class SemiFLPlus(Strategy):
         self.fl_mem: dict[str, tuple[FLUpdate, float]] = {}   # device -> (latest update, clock it came in)
         self.cl_mem: dict[str, tuple[list[np.ndarray], list[np.ndarray], set]] = {}
 
+    # --- restart ---------------------------------------------------------------------------------
+    def state(self):
+        meta = {"t": self.t, "clock": self.clock, "rng": self.rng.bit_generator.state,
+                "fl": {d: {"n": u.n, "clock": c} for d, (u, c) in self.fl_mem.items()}}
+        arrays = {f"fl/{d}": u.delta for d, (u, _) in self.fl_mem.items()}
+        if self.m is not None:
+            arrays["opt/m"] = self.m
+        if self.v is not None:
+            arrays["opt/v"] = self.v
+        for d in self.cl_mem:
+            xs, ys, seen = self.cl_mem[d]
+            if len(xs) > 1:  # one array per device: it only grows, so an unchanged one is not rewritten
+                self.cl_mem[d] = ([np.concatenate(xs)], [np.concatenate(ys)], seen)
+            arrays[f"cl/{d}"] = [self.cl_mem[d][0][0], self.cl_mem[d][1][0]]
+        return meta, arrays
+
+    def load_state(self, meta, arrays):
+        self.t, self.clock = meta["t"], meta["clock"]
+        self.rng.bit_generator.state = meta["rng"]
+        self.fl_mem = {d: (FLUpdate(d, arrays[f"fl/{d}"], v["n"]), v["clock"]) for d, v in meta["fl"].items()}
+        self.m, self.v = arrays.get("opt/m"), arrays.get("opt/v")
+        self.cl_mem = {}
+        for name, xy in arrays.items():
+            if name.startswith("cl/"):
+                x, y = xy
+                seen = {x[i].tobytes() + int(y[i]).to_bytes(2, "little") for i in range(len(y))}
+                self.cl_mem[name[3:]] = ([x], [y], seen)
+
     # --- memories -------------------------------------------------------------------------------
     def remember(self, cl: list[CLBatch]) -> int:
         """Adds the samples the host does not hold yet (identified by content); returns how many."""
@@ -79,7 +107,7 @@ class SemiFLPlus(Strategy):
             xs, ys, seen = self.cl_mem.setdefault(b.device, ([], [], set()))
             keep = []
             for i in range(len(b.y)):
-                key = b.x[i].tobytes() + int(b.y[i]).to_bytes(2, "little")
+                key = b.x[i].tobytes() + int(b.y[i]).to_bytes(2, "little")   # as load_state rebuilds it
                 if key not in seen:
                     seen.add(key)
                     keep.append(i)

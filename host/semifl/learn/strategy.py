@@ -40,6 +40,14 @@ class Strategy:
     def aggregate(self, params: list[np.ndarray], fl: list[FLUpdate], cl: list[CLBatch]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def state(self) -> tuple[dict, dict[str, list[np.ndarray]]]:
+        """What must survive a host restart, as (JSON-able meta, named lists of arrays). The store
+        writes it in the same transaction as the round's model; stateless strategies have none."""
+        return {}, {}
+
+    def load_state(self, meta: dict, arrays: dict[str, list[np.ndarray]]) -> None:
+        """Inverse of `state` (a restarted host calls it before its first round)."""
+
 
 class FedAvg(Strategy):
     """McMahan et al.: the sample-weighted mean of the FL updates. CL uploads are not used."""

@@ -61,6 +61,12 @@ class RoundEngine:
             store.set_meta("run_id", self.run_id)
         last = store.last_completed_round()
         self.params = store.checkpoint(last) if last else [np.asarray(p, np.float32) for p in init_params]
+        kept = store.strategy_state() if last else None
+        if kept is not None:
+            meta, arrays = kept
+            if meta.get("strategy") != strategy.name:
+                raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {strategy.name!r}")
+            strategy.load_state(meta["state"], arrays)
         self.shapes = [p.shape for p in self.params]
         self.round = 0
         self.plan: RoundPlan | None = None
@@ -322,7 +328,8 @@ class RoundEngine:
                    "rejected": dict(self.rejected),
                    "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
-        self.store.finish_round(rnd, self.params, metrics)
+        meta, arrays = self.strategy.state()
+        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
         return metrics
 
     def run(self, rounds: int, on_round=None) -> list[np.ndarray]:

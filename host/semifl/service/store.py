@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import zlib
 
 import numpy as np
 
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, state TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS contributions (round INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL,
     n INTEGER NOT NULL, blob BLOB NOT NULL, accepted REAL NOT NULL, PRIMARY KEY (round, device, kind));
 CREATE TABLE IF NOT EXISTS checkpoints (round INTEGER PRIMARY KEY, params BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS strategy_state (name TEXT PRIMARY KEY, digest INTEGER NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (t REAL NOT NULL, round INTEGER, device TEXT, reason TEXT NOT NULL,
     detail TEXT);
 """
@@ -32,6 +34,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses no committed round
         self.db.executescript(SCHEMA)
+        self._digests = dict(self.db.execute("SELECT name, digest FROM strategy_state"))
 
     def close(self):
         self.db.close()
@@ -90,17 +93,46 @@ class Store:
         return self.db.execute("SELECT 1 FROM contributions WHERE round=? AND device=? AND kind=?",
                                (rnd, device, kind)).fetchone() is not None
 
-    def finish_round(self, rnd: int, params: list[np.ndarray], metrics: dict) -> None:
-        """The new global model and the round's metrics land in one transaction."""
+    def finish_round(self, rnd: int, params: list[np.ndarray], metrics: dict,
+                     strategy_state: tuple[dict, dict[str, list[np.ndarray]]] | None = None) -> None:
+        """The new global model, the strategy's state after it and the round's metrics land in one
+        transaction. Strategy arrays are rewritten only when their contents changed (a sample memory
+        of megabytes that stopped growing costs a checksum per round, not a write)."""
         blob = encode_arrays({"round": rnd}, params)
+        writes, gone = [], []
+        if strategy_state is not None:
+            meta, arrays = strategy_state
+            for name, arrs in arrays.items():
+                digest = _digest(arrs)
+                if self._digests.get(name) != digest:
+                    writes.append((name, digest, encode_arrays({"name": name}, arrs)))
+            gone = [n for n in self._digests if n not in arrays]
         with self.db:
             self.db.execute("BEGIN")
+            if strategy_state is not None:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('strategy_state', ?)",
+                                (json.dumps(dict(strategy_state[0], round=rnd)),))
+                self.db.executemany("INSERT OR REPLACE INTO strategy_state VALUES (?, ?, ?)", writes)
+                self.db.executemany("DELETE FROM strategy_state WHERE name=?", [(n,) for n in gone])
             self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (rnd, blob))
             self.db.execute("UPDATE rounds SET state='done', metrics=?, finished=? WHERE round=?",
                             (json.dumps(metrics), time.time(), rnd))
             # the round's payloads now live in the checkpoint; keep the rows as an audit trail
             self.db.execute("UPDATE contributions SET blob=x'' WHERE round=?", (rnd,))
             self.db.execute("DELETE FROM checkpoints WHERE round < ? AND round % 50 != 0", (rnd - 2,))
+        for name, digest, _ in writes:   # only once committed
+            self._digests[name] = digest
+        for name in gone:
+            self._digests.pop(name, None)
+
+    def strategy_state(self) -> tuple[dict, dict[str, list[np.ndarray]]] | None:
+        """(meta, arrays) as of the last completed round, or None if no strategy state was kept."""
+        meta = self.get_meta("strategy_state")
+        if meta is None:
+            return None
+        arrays = {name: [a.copy() for a in decode_arrays(blob)[1]]
+                  for name, blob in self.db.execute("SELECT name, blob FROM strategy_state")}
+        return meta, arrays
 
     def last_completed_round(self) -> int:
         r = self.db.execute("SELECT MAX(round) FROM rounds WHERE state='done'").fetchone()
@@ -119,3 +151,13 @@ class Store:
 
     def rejections(self) -> list[tuple]:
         return self.db.execute("SELECT round, device, reason, detail FROM rejections ORDER BY t").fetchall()
+
+
+def _digest(arrays: list[np.ndarray]) -> int:
+    """CRC32 over dtypes, shapes and bytes: cheap enough to run on every array every round."""
+    c = 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        c = zlib.crc32(f"{a.dtype.str}{a.shape}".encode(), c)
+        c = zlib.crc32(memoryview(a).cast("B"), c)
+    return c

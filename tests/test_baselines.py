@@ -41,7 +41,20 @@ def test_reproduce_writes_the_output_contract(tmp_path, fashion):
     assert res["baselines"]["fl"]["bytes_up"][0] == pytest.approx(6 * 49_910 * 4, rel=0.01)
     assert res["baselines"]["semifl"]["bytes_up"][0] == pytest.approx(3 * 49_910 * 4 + 2 * 1800 * 785, rel=0.01)
     assert "| semifl |" in (tmp_path / "table.md").read_text()
+    # per-class accuracy of the final model agrees with its overall accuracy (1,000 test images a class)
+    for name in ("fl", "semifl"):
+        c = res["baselines"][name]
+        assert len(c["per_class_accuracy"]) == 10
+        assert np.mean(c["per_class_accuracy"]) == pytest.approx(c["accuracy"][-1], abs=1e-4)
+        pm = c["pruned_model"]   # both prune at 0.3: the copy the FL clients train on is evaluated too
+        assert np.mean(pm["per_class_accuracy"]) == pytest.approx(pm["accuracy"], abs=1e-4)
     # a later run of another baseline with the same setup adds to the results instead of dropping them
     reproduce(fashion, 3, tmp_path, ["semifl-ideal"])
-    assert set(json.loads((tmp_path / "results.json").read_text())["baselines"]) == {"fl", "semifl", "semifl-ideal"}
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["baselines"]) == {"fl", "semifl", "semifl-ideal"}
+    assert "pruned_model" not in res["baselines"]["semifl-ideal"]   # P = 0
+    # another step size is another setup: its results do not mix with these
+    reproduce(fashion, 3, tmp_path, ["fl"], lr=0.1)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["baselines"]) == {"fl"} and res["lr"] == 0.1 and res["baselines"]["fl"]["config"]["lr"] == 0.1
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000

@@ -160,7 +160,7 @@ def cmd_reproduce(args):
             if name not in tasks:
                 tasks[name] = prog.add_task(name, total=args.rounds)
             prog.update(tasks[name], completed=m["round"], description=f"{name} {100 * m['accuracy']:.2f}%")
-        reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round)
+        reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round, lr=args.lr)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.json, accuracy.png, table.md")
     return 0
@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     p.add_argument("--baselines", help="comma-separated subset, e.g. cl,semifl (default: all)")
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
+                                            "MATLAB's sample-and-class mean, i.e. 0.01)")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")
     p.add_argument("--rounds", type=int, default=1000)

@@ -6,13 +6,24 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from semifl.config import RunConfig
 from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LR, SEED_MAX
-from semifl.learn.data import Dataset
+from semifl.learn import mlp
+from semifl.learn.data import Dataset, to_float
 from semifl.sim.inprocess import run_inprocess
 
 
+def per_class_accuracy(params, ds: Dataset) -> list[float]:
+    pred = mlp.predict(params, to_float(ds.x_test))
+    return [round(float((pred[ds.y_test == k] == k).mean()), 4) for k in range(int(ds.y_test.max()) + 1)]
+
+
 def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=None, **overrides) -> dict:
+    """One baseline in-process. Besides the curves, the final model's per-class test accuracy and,
+    where FL clients prune, that of the pruned copy they train on (the two can differ a lot: the host
+    steps the pruned entries with the CL gradient alone)."""
     cfg = RunConfig(**{"rounds": rounds, "seed": seed, "lr": SEED_LR, **BASELINES[name], **overrides})
     curve = {"accuracy": [], "loss": [], "bytes_up": [], "bytes_down": [], "bytes_up_by_role": {"fl": [], "cl": []}}
 
@@ -26,23 +37,30 @@ def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=No
         if on_round:
             on_round(name, m)
     t0 = time.perf_counter()
-    run_inprocess(cfg, ds, on_round=record)
+    params = run_inprocess(cfg, ds, on_round=record)
     curve["wall_s"] = round(time.perf_counter() - t0, 2)
+    curve["per_class_accuracy"] = per_class_accuracy(params, ds)
+    if cfg.prune > 0:
+        pruned = [p * m for p, m in zip(params, mlp.prune_mask(params, cfg.prune))]
+        curve["pruned_model"] = {"accuracy": mlp.evaluate(pruned, to_float(ds.x_test), ds.y_test.astype(np.int64))[0],
+                                 "per_class_accuracy": per_class_accuracy(pruned, ds)}
     curve["config"] = cfg.to_dict()
     return curve
 
 
-def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = None, seed: int = 0, on_round=None) -> dict:
+def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = None, seed: int = 0, on_round=None,
+              lr: float | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     names = names or list(BASELINES)
-    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "baselines": {}}
+    lr = SEED_LR if lr is None else lr
+    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "lr": lr, "baselines": {}}
     old = out / "results.json"
     if old.exists():   # a run of some baselines adds to (or replaces) those of an earlier run of the same setup
         prev = json.loads(old.read_text())
-        if (prev.get("dataset"), prev.get("rounds"), prev.get("seed")) == (ds.name, rounds, seed):
+        if (prev.get("dataset"), prev.get("rounds"), prev.get("seed"), prev.get("lr", SEED_LR)) == (ds.name, rounds, seed, lr):
             results["baselines"] = prev["baselines"]
     for name in names:
-        results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round)
+        results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round, lr=lr)
         (out / "results.json").write_text(json.dumps(results))   # partial results survive an interrupt
     plot(results, out)
     (out / "table.md").write_text(table(results))
@@ -60,7 +78,7 @@ def table(results: dict) -> str:
                     f"{100 * max(c['accuracy']):.2f} % | {f'{ours - seed:+.2f}' if seed else '—'} | "
                     f"{sum(c['bytes_up']) / 1e9:.2f} GB |")
     return (f"Fashion-MNIST, {results['rounds']} rounds, test accuracy on the official 10,000 images "
-            f"(seed {results['seed']}).\n\n" + "\n".join(rows) + "\n")
+            f"(seed {results['seed']}, lr {results.get('lr', SEED_LR)} on the per-sample mean loss).\n\n" + "\n".join(rows) + "\n")
 
 
 def plot(results: dict, out: Path) -> None:

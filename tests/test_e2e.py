@@ -21,9 +21,12 @@ def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
     assert len(summary["rounds"]) == 20
     for r in summary["rounds"]:
         assert len(r["participants"]["fl"]) == 3 and len(r["participants"]["cl"]) == 2
-        assert r["rejected"] == {}
+        assert r["rejected"] == {} and r["device_errors"] == {}
     devs = {d["id"]: d for d in summary["devices"]}
     assert len(devs) == 10 and {d["role"] for d in devs.values()} == {"cl", "fl"}
+    # the MCU devices were the real MicroPython interpreter running the board build; the Pis, CPython
+    assert {(d["runtime"], d["board"]) for d in devs.values() if d["device_class"] == "mcu"} == {("micropython", "esp32")}
+    assert {d["runtime"] for d in devs.values() if d["device_class"] == "pi"} == {"cpython"}
     # every Pi downloads the model each round; CL uploaders send 30 % of 6000 images when chosen
     assert all(d["bytes_down"] > 20 * 200_000 for d in devs.values() if d["device_class"] == "pi")
     chosen = sum(r["participants"]["cl"].count("mcu-06") for r in summary["rounds"])

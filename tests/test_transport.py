@@ -53,3 +53,29 @@ def test_many_clients_connecting_and_subscribing_while_messages_flow():
             c.disconnect()
             c.loop_stop()
         assert got == set(range(n))
+
+
+def test_a_connecting_client_gets_only_the_retained_messages_it_subscribed_to():
+    """amqtt 0.12.1 sent every connecting client the retained messages of every other client's
+    filters (devices saw each other's retained presence); Mosquitto does not, nor may we."""
+    with EmbeddedBroker() as b:
+        host = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="host")
+        host.connect(b.host, b.port)
+        host.loop_start()
+        host.subscribe("dev/+/presence", 1)
+        host.publish("dev/a/presence", b"online", qos=1, retain=True).wait_for_publish(5)
+        host.publish("host/round", b"7", qos=1, retain=True).wait_for_publish(5)
+        got = []
+        dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-b")
+        dev.on_message = lambda c, u, m: got.append(m.topic)
+        dev.on_connect = lambda c, u, f, rc, p: c.subscribe("host/round", 1)
+        dev.connect(b.host, b.port)
+        dev.loop_start()
+        end = time.monotonic() + 5
+        while "host/round" not in got and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.3)   # anything misrouted would have arrived with the retained message it wanted
+        for c in (dev, host):
+            c.disconnect()
+            c.loop_stop()
+        assert got == ["host/round"]

@@ -18,4 +18,5 @@ fi
 extra=""
 [ $dev = 1 ] && extra="[dev]"
 python3 -m pip install -q --disable-pip-version-check -e ".$extra"
+python3 tools/fetch_mplib.py >/dev/null   # umqtt.simple for the MicroPython node (pinned, hash-checked)
 echo "semifl installed$([ $dev = 1 ] && echo ' (with test tools and mosquitto)')"

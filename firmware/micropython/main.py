@@ -1,4 +1,9 @@
-# semifl MCU node entry point on a board: join Wi-Fi (boot.py), then serve as a CL uploader.
+# semifl MCU node entry point: on a board, after boot.py joined Wi-Fi; on the MicroPython unix port
+# (virtual fleet, CI), with the link and power simulated from config.json's "sim" section.
+#   board:     runs at boot
+#   unix port: cd <device dir> && micropython -X heapsize=<board heap> main.py [config.json]
+import sys
+
 from semifl_node.node import Node, load_config
 
 
@@ -27,14 +32,19 @@ class MainsBattery:
         pass
 
 
-def main():
-    import network
+def main(path="config.json"):
     from umqtt.simple import MQTTClient
 
-    cfg = load_config()
+    cfg = load_config(path)
+    try:
+        import network
+        radio, battery = BoardRadio(network.WLAN(network.STA_IF)), MainsBattery()
+    except ImportError:  # the unix port has no radio: the virtual fleet's simulated one
+        from link import SimBattery, SimRadio
+        radio, battery = SimRadio(cfg.get("sim", {})), SimBattery(cfg.get("sim", {}))
     host, _, port = cfg["broker"].split("//")[-1].partition(":")
-    client = MQTTClient(cfg["id"], host, port=int(port or 1883), keepalive=60)
-    Node(cfg, client, BoardRadio(network.WLAN(network.STA_IF)), MainsBattery()).run()
+    client = MQTTClient(cfg["id"], host, port=int(port or 1883), keepalive=int(cfg.get("keepalive", 60)))
+    Node(cfg, client, radio, battery).run()
 
 
-main()
+main(sys.argv[1] if len(sys.argv) > 1 else "config.json")

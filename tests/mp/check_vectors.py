@@ -166,7 +166,7 @@ def check_json(c):
 def check_sampling(c):
     op = c["op"]
     if op == "select":
-        got = sampling.select(c["n"], c["k"], c["seed"])
+        got = list(sampling.select(c["n"], c["k"], c["seed"]))   # a memoryview on MicroPython
     elif op == "xorshift32":
         got, x = [], c["seed"]
         for _ in range(c["count"]):

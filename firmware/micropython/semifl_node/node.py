@@ -9,6 +9,7 @@ streamed from there in chunks, so a 1.4 MB upload fits a 110 KB heap.
 import gc
 import json
 import os
+import sys
 import time
 
 try:
@@ -51,6 +52,7 @@ class Node:
         self.queue = []
         self.stopped = False
         self.bytes_up = 0
+        self.round = 0   # the round last announced: errors are reported against it
 
     def topic(self, leaf):
         return wire.dev_topic(self.id, leaf)
@@ -84,7 +86,8 @@ class Node:
                 "ram": int(self.cfg.get("ram") or (mem_free() if mem_free else 0)), "flash": flash,
                 "cpu_score": cpu_score(), "battery": self.battery.level(), "rssi": self.radio.rssi(0),
                 "n_samples": self.n, "hist": self.histogram(), "raw_ok": bool(self.cfg.get("raw_ok", True)),
-                "max_chunk": self.max_chunk, "roles": ["cl"]}
+                "max_chunk": self.max_chunk, "roles": ["cl"], "runtime": sys.implementation.name,
+                "board": self.cfg.get("board", "esp32")}
 
     def status(self, msg):
         msg["v"] = wire.VERSION
@@ -101,16 +104,29 @@ class Node:
         if topic == wire.host_topic("round"):
             if obj.get("stop"):
                 self.stopped = True
-            elif not self.radio.drops(obj["round"]):
+                return
+            self.round = obj["round"]
+            if not self.radio.drops(obj["round"]):
                 self.status({"kind": "ready", "round": obj["round"], "rssi": self.radio.rssi(obj["round"]),
                              "battery": self.battery.level()})
         elif topic == self.topic(wire.T_TASK):
             if obj.get("role") == "cl":
                 self.upload_samples(obj)
 
+    def report_error(self, topic, e):
+        gc.collect()
+        rnd = self.round
+        print("semifl-node:", topic, type(e).__name__, e)
+        try:
+            self.status({"kind": "error", "round": rnd, "error": type(e).__name__, "detail": str(e)[:120]})
+        except Exception as e2:  # nothing more to do on this link; the host's deadline covers the round
+            print("semifl-node: cannot report:", e2)
+
     def upload_samples(self, task):
         """Stream ceil(fraction*n) samples chosen by the task's seed, straight from flash."""
+        gc.collect()
         idx = sampling.select(self.n, sampling.ceil_fraction(self.n, task["fraction"]), task["seed"])
+        gc.collect()  # select's n-sized scratch arrays are garbage now: free them before the chunk buffers
         k = len(idx)
         meta = {"kind": "samples", "round": task["round"], "task": task["task"], "device": self.id, "n": k}
         head, total = wire.blob_head(meta, [("uint8", (k, ROW), 1.0, 0), ("uint8", (k,), 1.0, 0)])
@@ -136,6 +152,10 @@ class Node:
         c.set_callback(self.on_message)
         c.set_last_will(self.topic(wire.T_PRESENCE), b"offline", True, 1)
         c.connect()
+        try:  # umqtt writes each packet in pieces and waits for every PUBACK: with Nagle on, ~40 ms a chunk
+            c.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+        except Exception:
+            pass  # a port without the option (or a client without .sock) is only slower
         c.subscribe(wire.host_topic("round"), 1)
         c.subscribe(self.topic(wire.T_TASK), 1)
         self.publish(self.topic(wire.T_PRESENCE), b"online", retain=True)
@@ -146,8 +166,9 @@ class Node:
                 topic, msg = self.queue.pop(0)
                 try:
                     self.handle(topic, msg)
-                except ValueError as e:  # WireError and bad JSON: log and keep serving
-                    print("semifl-node: rejected", topic, e)
+                except Exception as e:  # bad command, out of memory, ...: report it and keep serving
+                    msg = None  # free the payload first: it may be what exhausted the heap
+                    self.report_error(topic, e)
         self.publish(self.topic(wire.T_PRESENCE), b"offline", retain=True)
         c.disconnect()
 

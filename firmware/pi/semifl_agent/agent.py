@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import socket
+import sys
 import threading
 import time
 from urllib.parse import urlparse
@@ -78,7 +79,7 @@ class PiAgent:
                 "ram": hardware.ram_bytes(), "flash": hardware.flash_bytes(), "cpu_score": hardware.cpu_score(),
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
-                "roles": ["fl"]}
+                "roles": ["fl"], "runtime": sys.implementation.name, "board": self.cfg.get("board", "rpi")}
 
     # --- message handling (agent thread) -----------------------------------------------------------
     def handle(self, topic: str, payload: bytes):

@@ -14,22 +14,39 @@ def xorshift32(state):
 
 
 def select(n, k, seed):
-    """First k indices of a Fisher-Yates shuffle of range(n) driven by xorshift32(seed); sorted.
+    """First k indices of a Fisher-Yates shuffle of range(n) driven by xorshift32(seed); ascending.
 
-    A partial shuffle: O(k) draws; memory is one `array('H'/'I')` of n on a device.
+    A partial shuffle: O(k) draws. Memory on a device: an `array` of n indices plus an n-byte mark map,
+    no list of k boxed ints (sorting one in a 110 KB ESP32 heap fails for k in the thousands). Returns
+    a memoryview of the k indices on MicroPython, a list in CPython (where callers compare and index).
     """
-    try:
-        from array import array
-    except ImportError:
-        array = None
-    idx = array("H" if n <= 0x10000 else "I", range(n)) if array else list(range(n))
+    from array import array
+
+    code = "H" if n <= 0x10000 else "I"
+    idx = array(code, range(n))
     state = (seed & 0xFFFFFFFF) or 0x9E3779B9  # xorshift has a fixed point at 0
     k = min(k, n)
     for i in range(k):
         state = xorshift32(state)
         j = i + state % (n - i)
         idx[i], idx[j] = idx[j], idx[i]
-    return sorted(idx[:k])
+    mark = bytearray(n)
+    for i in range(k):
+        mark[idx[i]] = 1
+    w = 0
+    for i in range(n):   # ascending order without a sort: write the marked indices back in place
+        if mark[i]:
+            idx[w] = i
+            w += 1
+    # a view, not a slice: a copy would need a second contiguous block of up to 12 KB on the device
+    return memoryview(idx)[:k] if _MICROPYTHON else list(idx[:k])
+
+
+try:
+    import sys as _sys
+    _MICROPYTHON = _sys.implementation.name == "micropython"
+except (ImportError, AttributeError):
+    _MICROPYTHON = True
 
 
 def ceil_fraction(n, fraction):

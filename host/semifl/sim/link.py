@@ -11,12 +11,23 @@ class SimRadio:
 
     def __init__(self, sim):
         self.rssi_by_round = sim.get("rssi", [])     # index = round (0 = at connect)
+        # or, on a device (a list of a thousand floats costs an ESP32 heap ~20 KB), a file of int16
+        # centi-dBm, one per round, read one value at a time
+        self.rssi_file = sim.get("rssi_file")
         self.latency_s = float(sim.get("latency_s", 0.0))
         self.bandwidth_bps = float(sim.get("bandwidth_bps", 0.0))  # 0 = not throttled
         self.drop = float(sim.get("drop", 0.0))     # probability of missing a whole round
         self.seed = int(sim.get("seed", 0))
 
     def rssi(self, rnd):
+        if self.rssi_file:
+            with open(self.rssi_file, "rb") as f:
+                f.seek(0, 2)
+                count = f.tell() // 2
+                f.seek(2 * (rnd % count))
+                b = f.read(2)
+            v = b[0] | (b[1] << 8)
+            return (v - 0x10000 if v & 0x8000 else v) / 100
         if not self.rssi_by_round:
             return None
         return round(float(self.rssi_by_round[rnd % len(self.rssi_by_round)]), 2)

@@ -34,6 +34,19 @@ class _SnapshotDict(dict):
         return list(dict.values(self))
 
 
+def _own_retained_only(broker) -> None:
+    """amqtt 0.12.1, on every client connect, sends the client the retained messages of *every* topic
+    filter any client subscribed to (it means to do so for a resumed session's own filters). Devices then
+    received, e.g., every other device's retained presence. Restrict it to filters this session holds."""
+    original = broker._publish_retained_messages_for_subscription
+
+    async def publish_retained(subscription, session):
+        if any(s is session for s, _ in broker._subscriptions.get(subscription[0], ())):
+            await original(subscription, session)
+
+    broker._publish_retained_messages_for_subscription = publish_retained
+
+
 class EmbeddedBroker:
     """amqtt broker on its own event loop thread. `url` is what clients connect to."""
 
@@ -61,6 +74,7 @@ class EmbeddedBroker:
         async def _start():
             self._broker = Broker(config)
             self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
+            _own_retained_only(self._broker)
             await self._broker.start()
 
         asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=30)

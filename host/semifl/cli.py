@@ -179,6 +179,26 @@ def cmd_sweep(args):
     return 0
 
 
+def cmd_flash(args):
+    import os
+    from pathlib import Path
+
+    from semifl.flash.build import BuildError
+    from semifl.flash.flash import FlashError, FlashJob, flash
+
+    job = FlashJob(port=args.port, board=args.board, device_id=args.device_id,
+                   build=Path(args.build or f"build/flash-{args.device_id}"), broker=args.broker_url,
+                   wifi_ssid=args.wifi_ssid or "", wifi_password=os.environ.get("SEMIFL_WIFI_PASSWORD", ""),
+                   firmware=Path(args.firmware) if args.firmware else None,
+                   samples=Path(args.samples) if args.samples else None,
+                   labels=Path(args.labels) if args.labels else None)
+    try:
+        return flash(job, dry_run=args.dry_run)
+    except (FlashError, BuildError) as e:
+        print(f"semifl flash: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="semifl", description="Semi-federated learning on IoT fleets over MQTT")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -209,6 +229,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
                                             "MATLAB's sample-and-class mean, i.e. 0.01)")
     p.set_defaults(fn=cmd_reproduce)
+    p = sub.add_parser("flash", help="build the MCU node (.mpy), copy it and a config.json to a board, verify")
+    p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"])
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--broker-url", default="mqtt://192.168.1.10:1883", help="the host's broker as the board sees it")
+    p.add_argument("--wifi-ssid", help="Wi-Fi network (password from $SEMIFL_WIFI_PASSWORD, never argv)")
+    p.add_argument("--firmware", help="MicroPython image to write first with esptool (erases the flash)")
+    p.add_argument("--samples", help="the sensor's samples file to store (n x 784 uint8)")
+    p.add_argument("--labels", help="its labels file (n uint8)")
+    p.add_argument("--build", help="build folder (default build/flash-<device id>)")
+    p.add_argument("--dry-run", action="store_true", help="print the esptool/mpremote commands, one per line")
+    p.set_defaults(fn=cmd_flash)
     p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")
     p.add_argument("--rounds", type=int, default=1000)
     p.add_argument("--out", default="runs/sweep-semifl")

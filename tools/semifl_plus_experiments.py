@@ -51,13 +51,13 @@ RUNS = {
     "plus-no-clmem": ({}, dict(PLUS, cl_memory=False), False),
     "plus-no-flmem": ({}, dict(PLUS, fl_memory=False), True),
     "plus-no-decay": ({}, dict(PLUS, fl_decay=1.0), True),
-    "plus-floor": ({}, dict(PLUS, fl_floor=0.1), True),
+    "plus-no-floor": ({}, dict(PLUS, fl_floor=0.0), True),
     "plus-unbalanced": ({}, dict(PLUS, balanced=False), True),
     "plus-no-prune": ({}, dict(PLUS, prune=0.0), True),
     "plus-epochs3": ({"epochs": 3}, PLUS, True),
 }
 ABLATION = ["semifl", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
-            "plus-no-decay", "plus-floor", "plus-unbalanced", "plus-no-prune"]
+            "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
 CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
         "host/semifl/sim/inprocess.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
         "firmware/pi/semifl_agent/train.py", "tools/semifl_plus_experiments.py"]

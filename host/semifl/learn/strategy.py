@@ -96,7 +96,7 @@ STRATEGIES = ("fedavg", "semifl", "semifl+")
 
 # semifl+'s ingredients as chosen by the ablation in docs/results.md (tools/semifl_plus_experiments.py)
 SEMIFL_PLUS = dict(server_opt="adam", server_lr=0.005, cl_memory=True, fl_memory=True, fl_decay=0.8,
-                   balanced=True, schedule="cosine")
+                   fl_floor=0.1, balanced=True, schedule="cosine")
 
 
 def make_strategy(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed: int = 0) -> Strategy:

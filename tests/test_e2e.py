@@ -27,6 +27,9 @@ def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
     # the MCU devices were the real MicroPython interpreter running the board build; the Pis, CPython
     assert {(d["runtime"], d["board"]) for d in devs.values() if d["device_class"] == "mcu"} == {("micropython", "esp32")}
     assert {d["runtime"] for d in devs.values() if d["device_class"] == "pi"} == {"cpython"}
+    # after round 10 each MCU got the int8 model, swapped it in and reported its accuracy on its own data
+    for d in (d for d in devs.values() if d["device_class"] == "mcu"):
+        assert d["int8_eval"]["model_round"] in (10, 20) and 0 <= d["int8_eval"]["accuracy"] <= 1, d
     # every Pi downloads the model each round; CL uploaders send 30 % of 6000 images when chosen
     assert all(d["bytes_down"] > 20 * 200_000 for d in devs.values() if d["device_class"] == "pi")
     chosen = sum(r["participants"]["cl"].count("mcu-06") for r in summary["rounds"])

@@ -37,6 +37,7 @@ class RunConfig:
     latency_s: float = 0.0        # simulated link of every virtual device
     bandwidth_bps: float = 0.0
     drop: float = 0.0
+    int8_every: int = 10          # every N rounds the MCUs get the int8 model and report on-device accuracy (0: never)
     plot: bool = True
 
     @classmethod
@@ -55,7 +56,8 @@ class RunConfig:
         return EngineConfig(seed=self.seed, lr=self.lr, epochs=self.epochs, prune=self.prune,
                             fl_fraction=self.fl_fraction, cl_fraction=self.cl_fraction,
                             planner=PlannerConfig(cl_uploaders=self.cl_uploaders, fl_uploaders=self.fl_uploaders),
-                            ready_timeout_s=self.ready_timeout_s, collect_timeout_s=self.collect_timeout_s)
+                            ready_timeout_s=self.ready_timeout_s, collect_timeout_s=self.collect_timeout_s,
+                            int8_every=self.int8_every)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ try:
     import sampling
 except ImportError:  # CPython with the host package installed
     from semifl.protocol import sampling, wire
+from semifl_node import int8
 
 FIRMWARE = "semifl-mcu/0.1"
 ROW = 784
@@ -24,6 +25,25 @@ ROW = 784
 
 def file_size(path):
     return os.stat(path)[6]
+
+
+def now_ms():
+    ticks = getattr(time, "ticks_ms", None)
+    return ticks() if ticks else int(time.time() * 1000)
+
+
+def since_ms(t0):
+    diff = getattr(time, "ticks_diff", None)
+    return diff(now_ms(), t0) if diff else now_ms() - t0
+
+
+def replace(src, dst):
+    """Atomic swap where the filesystem renames over a file (POSIX, LittleFS); FAT needs the remove."""
+    try:
+        os.rename(src, dst)
+    except OSError:
+        os.remove(dst)
+        os.rename(src, dst)
 
 
 def cpu_score(iterations=20000):
@@ -53,6 +73,18 @@ class Node:
         self.stopped = False
         self.bytes_up = 0
         self.round = 0   # the round last announced: errors are reported against it
+        # the int8 model for on-device inference: downloaded to model_path + ".tmp", swapped in only
+        # once its CRC checks out, so a power cut mid-download leaves the last good model
+        self.model_path = cfg.get("model", "model.bin")
+        self.model_max = int(cfg.get("model_max", 262144))
+        self.eval_n = int(cfg.get("eval_n", 32))
+        self.dl = None
+        self.dl_file = None
+        self.model_round = None   # blob id (round) of the model in model_path
+        try:
+            os.remove(self.model_path + ".tmp")   # what a reset mid-download left behind
+        except OSError:
+            pass
 
     def topic(self, leaf):
         return wire.dev_topic(self.id, leaf)
@@ -86,7 +118,7 @@ class Node:
                 "ram": int(self.cfg.get("ram") or (mem_free() if mem_free else 0)), "flash": flash,
                 "cpu_score": cpu_score(), "battery": self.battery.level(), "rssi": self.radio.rssi(0),
                 "n_samples": self.n, "hist": self.histogram(), "raw_ok": bool(self.cfg.get("raw_ok", True)),
-                "max_chunk": self.max_chunk, "roles": ["cl"], "runtime": sys.implementation.name,
+                "max_chunk": self.max_chunk, "roles": ["cl", "infer"], "runtime": sys.implementation.name,
                 "board": self.cfg.get("board", "esp32")}
 
     def status(self, msg):
@@ -100,6 +132,8 @@ class Node:
     def handle(self, topic, msg):
         if not msg:
             return  # an empty retained message clears the announcement
+        if topic == wire.host_topic(wire.T_MODEL_INT8):
+            return self.on_model_chunk(msg)
         obj = wire.decode_json(msg)
         if topic == wire.host_topic("round"):
             if obj.get("stop"):
@@ -112,6 +146,61 @@ class Node:
         elif topic == self.topic(wire.T_TASK):
             if obj.get("role") == "cl":
                 self.upload_samples(obj)
+
+    # --- int8 model: download to flash, swap, evaluate on local samples --------------------------
+    def on_model_chunk(self, payload):
+        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.model_max)
+        if kind != wire.KIND_MODEL_INT8:
+            raise wire.WireError("malformed", "kind %d on the int8 model topic" % kind)
+        if blob_id == self.model_round:
+            return   # a late duplicate of the model already swapped in
+        if self.dl is None or self.dl.blob_id != blob_id or self.dl.count != count:
+            self.abort_download()
+            self.dl_file = open(self.model_path + ".tmp", "wb")
+            self.dl = wire.Assembler(kind, blob_id, count, blob_len, sink=self._write_model)
+        try:
+            done = self.dl.add(kind, blob_id, seq, count, blob_len, bcrc, data)
+        except Exception:
+            self.abort_download()
+            raise
+        if done:
+            self.dl_file.close()
+            self.dl, self.dl_file = None, None
+            replace(self.model_path + ".tmp", self.model_path)
+            self.model_round = blob_id
+            self.evaluate(blob_id)
+
+    def _write_model(self, off, data):
+        self.dl_file.write(data)   # the Assembler hands data over in order
+
+    def abort_download(self):
+        if self.dl_file is not None:
+            self.dl_file.close()
+            try:
+                os.remove(self.model_path + ".tmp")
+            except OSError:
+                pass
+        self.dl, self.dl_file = None, None
+
+    def evaluate(self, model_round):
+        """Accuracy of the stored int8 model on eval_n local samples, spread over the file."""
+        gc.collect()
+        m = int8.Int8MLP(self.model_path)
+        n = min(self.eval_n, self.n)
+        row = bytearray(ROW)
+        correct = 0
+        t0 = now_ms()
+        with open(self.samples_path, "rb") as fs, open(self.labels_path, "rb") as fl:
+            for j in range(n):
+                i = j * self.n // n
+                fs.seek(i * ROW)
+                fs.readinto(row)
+                fl.seek(i)
+                if m.predict(row) == fl.read(1)[0]:
+                    correct += 1
+        ms = since_ms(t0)
+        self.status({"kind": "eval", "round": model_round, "accuracy": correct / n, "n": n, "ms": ms})
+        return correct / n
 
     def report_error(self, topic, e):
         gc.collect()
@@ -158,6 +247,7 @@ class Node:
             pass  # a port without the option (or a client without .sock) is only slower
         c.subscribe(wire.host_topic("round"), 1)
         c.subscribe(self.topic(wire.T_TASK), 1)
+        c.subscribe(wire.host_topic(wire.T_MODEL_INT8), 1)
         self.publish(self.topic(wire.T_PRESENCE), b"online", retain=True)
         self.publish(self.topic(wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)
         while not self.stopped:

@@ -19,6 +19,7 @@ MP_DIR = REPO / "firmware" / "micropython"
 # host's own modules (one implementation, MicroPython subset); umqtt.simple is fetched at build time.
 APP = [
     (MP_DIR / "semifl_node" / "node.py", "semifl_node/node"),
+    (MP_DIR / "semifl_node" / "int8.py", "semifl_node/int8"),
     (REPO / "host" / "semifl" / "protocol" / "wire.py", "wire"),
     (REPO / "host" / "semifl" / "protocol" / "sampling.py", "sampling"),
     (MP_DIR / "lib" / "umqtt" / "simple.py", "lib/umqtt/simple"),

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semifl.protocol import wire
+
 TANH_SCALE, TANH_ZP = 1.0 / 128, 0     # TFLite fixes tanh's int8 output to [-1, 1)
 
 
@@ -207,3 +209,8 @@ def to_wire(model: Int8Model, meta: dict) -> tuple[dict, list[tuple]]:
             tensors.append(("int8", (256,), 1.0, 0, L.lut.tobytes()))
     in_scale, in_zp = model.input_params
     return dict(meta, layers=layers_meta, input={"scale": in_scale, "zp": in_zp}), tensors
+
+
+def encode(model: Int8Model, rnd: int) -> bytes:
+    """The `model_int8` blob of round `rnd`."""
+    return wire.encode_blob(*to_wire(model, {"kind": "model_int8", "round": rnd}))

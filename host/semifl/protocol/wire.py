@@ -25,6 +25,7 @@ T_UP = "up"            # binary chunks of an uploaded blob (update, samples), Qo
 # Host -> device
 T_TASK = "task"        # JSON task for this device and round, QoS 1
 T_MODEL = "model"      # binary chunks of the global model, QoS 1 (on ROOT/host/model)
+T_MODEL_INT8 = "model_int8"  # binary chunks of the int8 model for MCU inference (on ROOT/host/model_int8)
 
 
 def dev_topic(device_id, leaf):
@@ -192,8 +193,8 @@ def decode_blob(buf):
 # device can stream a blob from flash in one pass. chunk_crc covers this chunk's data.
 CHUNK_HEADER = "<2sBBIHHIII"
 CHUNK_HEADER_LEN = 24
-KIND_MODEL, KIND_UPDATE, KIND_SAMPLES = 1, 2, 3
-KINDS = (KIND_MODEL, KIND_UPDATE, KIND_SAMPLES)
+KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8 = 1, 2, 3, 4
+KINDS = (KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8)
 
 
 def chunk_count(blob_len, chunk_size):

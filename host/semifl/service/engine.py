@@ -20,6 +20,8 @@ import numpy as np
 
 from semifl.fleet.planner import PlannerConfig, RoundPlan, plan_round, select_fl_uploaders, task_seed
 from semifl.fleet.registry import Registry
+from semifl.learn import int8
+from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
 from semifl.protocol.tensors import decode_arrays, encode_arrays
@@ -41,6 +43,8 @@ class EngineConfig:
     collect_timeout_s: float = 120.0
     max_blob: int = 32 << 20
     max_blobs_in_flight: int = 4      # per device: bounds the memory a misbehaving device can pin
+    int8_every: int = 0               # push the int8 model to inference-capable MCUs every N rounds (0: never)
+    calibration: int = 1000           # samples that set the int8 activation ranges
 
 
 class Rejected(Exception):
@@ -50,7 +54,9 @@ class Rejected(Exception):
 
 
 class RoundEngine:
-    def __init__(self, link, store, strategy: Strategy, cfg: EngineConfig, init_params, evaluate, n_classes: int = 10):
+    def __init__(self, link, store, strategy: Strategy, cfg: EngineConfig, init_params, evaluate, n_classes: int = 10,
+                 calib_x=None):
+        """calib_x: uint8 inputs that calibrate the int8 model until CL uploads have brought enough."""
         self.link, self.store, self.strategy, self.cfg = link, store, strategy, cfg
         self.registry = Registry(store)
         self.evaluate = evaluate
@@ -76,6 +82,9 @@ class RoundEngine:
         self.accepted: set[tuple[str, str]] = set()
         self.rejected: Counter = Counter()
         self.failed: dict[str, str] = {}   # device -> the error it reported this round (it is not waited for)
+        self.calib_fallback = calib_x
+        self.calib: list[np.ndarray] = []  # CL samples the host holds anyway: the int8 calibration set
+        self.evals: dict[str, dict] = {}   # device -> its on-device int8 evaluations reported this round
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
@@ -158,6 +167,12 @@ class RoundEngine:
         kind, rnd = msg.get("kind"), msg.get("round")
         if not isinstance(rnd, int):
             raise Rejected("schema", "status without an integer round")
+        if kind == "eval":   # asynchronous: a board may take minutes; `round` names the model it ran
+            acc, n = msg.get("accuracy"), msg.get("n")
+            if not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or not isinstance(n, int) or n <= 0:
+                raise Rejected("schema", "eval status needs accuracy in [0, 1] and a positive n")
+            self.evals[dev] = {"model_round": rnd, "accuracy": float(acc), "n": n, "ms": msg.get("ms")}
+            return
         self._check_round(dev, rnd, f"status {kind!r}")
         if kind == "ready":
             self.registry.on_ready(dev, msg)
@@ -266,7 +281,7 @@ class RoundEngine:
     def run_round(self, rnd: int) -> dict:
         t0 = time.time()
         self.round, self.rejected = rnd, Counter()
-        self.norms, self.trained_n, self.failed = {}, {}, {}
+        self.norms, self.trained_n, self.failed, self.evals = {}, {}, {}, {}
         up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
         row = self.store.round_row(rnd)
         online = sorted(self.registry.online)
@@ -322,6 +337,8 @@ class RoundEngine:
                 fl.append(FLUpdate(dev, [a.copy() for a in arrays], n))
             else:
                 cl.append(CLBatch(dev, arrays[0], arrays[1]))
+                if sum(len(c) for c in self.calib) < self.cfg.calibration:
+                    self.calib.append(np.array(arrays[0][: self.cfg.calibration]))
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in self.registry.devices.items()})
         self.params = self.strategy.aggregate(self.params, fl, cl)
         phases["aggregate"] = time.time() - t0 - sum(phases.values())
@@ -331,11 +348,27 @@ class RoundEngine:
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
                    "rejected": dict(self.rejected), "device_errors": dict(self.failed),
+                   "device_evals": dict(self.evals),
                    "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
         meta, arrays = self.strategy.state()
         self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
+        if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
+            self.push_int8(rnd)
         return metrics
+
+    def push_int8(self, rnd: int) -> int:
+        """Quantize the global model (TFLite's int8 scheme, calibrated on CL samples the host holds) and
+        send it to every online MCU that runs inference; they store it, swap it in and report `eval`."""
+        mcus = [d for d in sorted(self.registry.online) if "infer" in self.registry.devices.get(d, {}).get("roles", ())]
+        calib = np.concatenate(self.calib) if self.calib else self.calib_fallback
+        if not mcus or calib is None:
+            return 0
+        model = int8.quantize(self.params, to_float(calib[: self.cfg.calibration]))
+        blob = int8.encode(model, rnd)
+        chunk = min(self.registry.devices[d]["max_chunk"] for d in mcus)
+        self._broadcast(wire.T_MODEL_INT8, b"", mcus, blob=(wire.KIND_MODEL_INT8, rnd, blob, chunk))
+        return len(blob)
 
     def run(self, rounds: int, on_round=None) -> list[np.ndarray]:
         for rnd in range(self.store.last_completed_round() + 1, rounds + 1):

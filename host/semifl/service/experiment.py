@@ -31,7 +31,8 @@ def make_evaluator(ds: Dataset):
 
 def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> RoundEngine:
     return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed), cfg.engine(),
-                       mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes)
+                       mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes,
+                       calib_x=ds.x_train[::60][:1000])   # int8 ranges until CL uploads arrive (fedavg has none)
 
 
 def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> dict:
@@ -56,6 +57,9 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         fleet.stop()
         rounds = store.round_metrics()
         roles = {s.id: ("fl" if s.device_class == "pi" else "cl") for s in specs}
+        evals = {}   # each device's latest on-device evaluation of the int8 model
+        for m in rounds:
+            evals.update(m.get("device_evals", {}))
         summary = {
             "strategy": cfg.strategy, "dataset": ds.name, "broker": "embedded" if not cfg.broker else cfg.broker,
             "seed": cfg.seed, "config": cfg.to_dict(),
@@ -67,6 +71,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
                          # what the device itself reported: the interpreter it ran on and its board profile
                          "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
                          "board": engine.registry.devices.get(s.id, {}).get("board"),
+                         "int8_eval": evals.get(s.id),
                          "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,

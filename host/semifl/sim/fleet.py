@@ -99,7 +99,8 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
     else:
         (d / "samples.bin").write_bytes(x.tobytes())
         (d / "labels.bin").write_bytes(y.astype(np.uint8).tobytes())
-        cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), max_chunk=4096, ram=110_000)
+        cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), model=str(d / "model.bin"),
+                   max_chunk=4096, ram=110_000)
     path = d / "config.json"
     path.write_text(json.dumps(cfg))
     return path

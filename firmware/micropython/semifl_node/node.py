@@ -6,6 +6,7 @@ with rssi(round)/delay(n)/drops(round) and level()/transmit(n), real on a board,
 Local samples live in flash as two files: samples.bin (n x 784 uint8) and labels.bin (n uint8), and are
 streamed from there in chunks, so a 1.4 MB upload fits a 110 KB heap.
 """
+import errno
 import gc
 import json
 import os
@@ -81,6 +82,8 @@ class Node:
         self.dl = None
         self.dl_file = None
         self.model_round = None   # blob id (round) of the model in model_path
+        self.pending = None       # the CL task being uploaded, until its last chunk is out
+        self.ping_s = int(cfg.get("keepalive", 60)) // 2
         try:
             os.remove(self.model_path + ".tmp")   # what a reset mid-download left behind
         except OSError:
@@ -213,6 +216,7 @@ class Node:
 
     def upload_samples(self, task):
         """Stream ceil(fraction*n) samples chosen by the task's seed, straight from flash."""
+        self.pending = task
         gc.collect()
         idx = sampling.select(self.n, sampling.ceil_fraction(self.n, task["fraction"]), task["seed"])
         gc.collect()  # select's n-sized scratch arrays are garbage now: free them before the chunk buffers
@@ -234,9 +238,10 @@ class Node:
             for i in idx:
                 w.write(labels[i:i + 1])
         w.close()
+        self.pending = None
         gc.collect()
 
-    def run(self):
+    def connect(self):
         c = self.c
         c.set_callback(self.on_message)
         c.set_last_will(self.topic(wire.T_PRESENCE), b"offline", True, 1)
@@ -250,17 +255,54 @@ class Node:
         c.subscribe(wire.host_topic(wire.T_MODEL_INT8), 1)
         self.publish(self.topic(wire.T_PRESENCE), b"online", retain=True)
         self.publish(self.topic(wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)
+
+    def serve(self):
+        """Handle messages until stopped. Raises OSError when the link is gone."""
+        c = self.c
         while not self.stopped:
-            c.wait_msg()
+            sock = getattr(c, "sock", None)
+            if sock is not None:
+                sock.settimeout(self.ping_s)   # wait_msg() resets it to blocking after each read
+            try:
+                c.wait_msg()
+            except OSError as e:
+                if e.args and e.args[0] in (errno.ETIMEDOUT, errno.EAGAIN):
+                    c.ping()   # idle: keep the session alive; a dead link fails the next read
+                    continue
+                raise
             while self.queue:
                 topic, msg = self.queue.pop(0)
                 try:
                     self.handle(topic, msg)
+                except OSError:
+                    raise   # the link, not the message: reconnect
                 except Exception as e:  # bad command, out of memory, ...: report it and keep serving
                     msg = None  # free the payload first: it may be what exhausted the heap
                     self.report_error(topic, e)
+
+    def run(self):
+        """Connect, serve, and on a lost link reconnect with exponential backoff (1 s to 30 s); an
+        upload the link cut is sent again from the start (the host keeps the chunks it has)."""
+        backoff = 1
+        while not self.stopped:
+            try:
+                self.connect()
+                backoff = 1
+                task = self.pending
+                if task is not None and task["round"] == self.round:
+                    self.upload_samples(task)
+                self.serve()
+            except OSError as e:
+                print("semifl-node: link lost (%s); reconnecting in %d s" % (e, backoff))
+                try:
+                    self.c.sock.close()
+                except Exception:
+                    pass
+                self.queue = []
+                time.sleep(backoff)
+                backoff = min(2 * backoff, 30)
         self.publish(self.topic(wire.T_PRESENCE), b"offline", retain=True)
-        c.disconnect()
+        self.c.disconnect()
 
 
 def load_config(path="config.json"):

@@ -92,12 +92,15 @@ def test_bad_downloads_keep_the_last_good_model(setup):
     hdr = list(struct.unpack_from(wire.CHUNK_HEADER, p))
     hdr[7] ^= 1                                                    # ...and one whose whole-blob CRC lies
     wrong_crc[-1] = (t, struct.pack(wire.CHUNK_HEADER, *hdr) + p[wire.CHUNK_HEADER_LEN:])
-    status = replay(tmp_path, good + corrupt[:5] + cut + wrong_crc + [(TOPIC, b"SFjunk")])
+    huge = wire.encode_chunk(wire.KIND_MODEL_INT8, 9, 0, 100, 400_000, b"x" * 4000)   # more than the flash budget
+    bad_task = (wire.dev_topic("mcu-t", wire.T_TASK), b'{"v":1,"role":"cl","round":')   # a malformed command
+    status = replay(tmp_path, good + corrupt[:5] + cut + wrong_crc + [(TOPIC, b"SFjunk"), (TOPIC, huge), bad_task])
     assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 2)   # still round 2's
     assert not (tmp_path / "model.bin.tmp").exists()
     errors = [s for s in status if s["kind"] == "error"]
-    assert [e["error"] for e in errors] == ["WireError"] * 3
-    assert "crc" in errors[0]["detail"] and "crc" in errors[1]["detail"]
+    assert [e["error"] for e in errors] == ["WireError"] * 5
+    assert "crc" in errors[0]["detail"] and "crc" in errors[1]["detail"] and "oversized" in errors[3]["detail"]
+    assert "JSON" in errors[4]["detail"]
     assert [s["round"] for s in status if s["kind"] == "eval"] == [2]   # only the good model was evaluated
 
 
@@ -106,3 +109,12 @@ def test_an_interrupted_download_is_replaced_by_the_next_one(setup):
     status = replay(tmp_path, chunks(model, 6)[:-2] + chunks(model, 8))
     assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 8)
     assert [s["round"] for s in status if s["kind"] == "eval"] == [8]
+
+
+def test_chunks_out_of_order_still_make_the_model(setup):
+    tmp_path, model, x, y = setup
+    msgs = chunks(model, 3, size=8192)      # 7 chunks: the reorder buffer stays small on the board
+    order = [1, 0, 3, 2, 6, 5, 4]
+    status = replay(tmp_path, [msgs[i] for i in order])
+    assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 3)
+    assert [s["round"] for s in status if s["kind"] == "eval"] == [3]

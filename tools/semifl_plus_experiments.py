@@ -128,10 +128,12 @@ def summary(res: dict) -> dict:
             "first_round_82": next((i + 1 for i, a in enumerate(acc) if a >= 0.82), None)}
 
 
-def table(rounds: int) -> None:
+def table(rounds: int, out: str | None = None) -> None:
     rows = []
     for f in sorted(glob.glob(str(OUT / f"*_r{rounds}.json"))):
         rows.append(summary(json.load(open(f))))
+    if out:   # the summaries docs/results.md renders (tools/results_md.py --ablation)
+        Path(out).write_text(json.dumps({"rounds": rounds, "runs": rows}, indent=1) + "\n")
     print(f"{'run':22s} {'acc@300':>8s} {'acc@end':>8s} {'last50':>7s} {'best':>7s} {'r>=82%':>7s} {'uplink GB':>10s} "
           f"{'FL GB':>7s} {'CL MB':>8s} {'%CL/rnd':>8s} {'%CL once':>9s}")
     for s in rows:
@@ -152,10 +154,11 @@ def main(argv=None):
     ap.add_argument("--cfg", action="append", default=[], help="override a RunConfig field: key=value (JSON value)")
     ap.add_argument("--tag", default="", help="suffix for the result name (with --set)")
     ap.add_argument("--table", action="store_true", help="print the table for --rounds and exit")
+    ap.add_argument("--summary", help="with --table: also write the rows as JSON to this path")
     a = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if a.table:
-        return table(a.rounds)
+        return table(a.rounds, a.summary)
     digest = code_digest()   # the sources as this process imported them
     ds = load_idx_dataset()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}

@@ -59,6 +59,60 @@ def cpu_score(iterations=20000):
     return round(iterations / ms / 100, 2)
 
 
+class FlashAssembler:
+    """A blob reassembled straight into a flash file: each chunk is written at its offset as it comes
+    (every chunk but the last is full, so the offset follows from seq), in any order, RAM = one chunk.
+    Done when every chunk is in and the file's CRC-32 equals the blob CRC of the last chunk."""
+
+    def __init__(self, path, blob_id, count, blob_len):
+        self.blob_id, self.count, self.blob_len = blob_id, count, blob_len
+        self.got = bytearray(count)
+        self.left = count
+        self.blob_crc = None
+        self.f = open(path, "wb")
+        zeros = bytes(512)
+        for off in range(0, blob_len, 512):   # the file at full length: writes land in place
+            self.f.write(zeros[:min(512, blob_len - off)])
+        self.f.close()
+        self.f = open(path, "r+b")
+
+    def add(self, seq, bcrc, data):
+        if self.got[seq]:
+            return False   # QoS 1 delivers at least once
+        last = seq == self.count - 1
+        if last:
+            off = self.blob_len - len(data)
+            self.blob_crc = bcrc
+        else:
+            off = seq * len(data)
+        if off < 0 or off + len(data) > self.blob_len or (not last and off + len(data) > self.blob_len - 1):
+            raise wire.WireError("malformed", "chunk %d does not fit a %d-byte blob" % (seq, self.blob_len))
+        self.f.seek(off)
+        self.f.write(data)
+        self.got[seq] = 1
+        self.left -= 1
+        if self.left:
+            return False
+        self.f.flush()
+        self.f.seek(0)
+        crc = 0
+        buf = bytearray(512)
+        while True:
+            n = self.f.readinto(buf)
+            if not n:
+                break
+            crc = wire.crc32(buf if n == 512 else buf[:n], crc)
+        self.close()
+        if crc & 0xFFFFFFFF != self.blob_crc:
+            raise wire.WireError("crc", "blob %d" % self.blob_id)
+        return True
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
 class Node:
     def __init__(self, cfg, client, radio, battery):
         self.cfg = cfg
@@ -79,8 +133,7 @@ class Node:
         self.model_path = cfg.get("model", "model.bin")
         self.model_max = int(cfg.get("model_max", 262144))
         self.eval_n = int(cfg.get("eval_n", 32))
-        self.dl = None
-        self.dl_file = None
+        self.dl = None           # the FlashAssembler of the download in progress
         self.model_round = None   # blob id (round) of the model in model_path
         self.pending = None       # the CL task being uploaded, until its last chunk is out
         self.ping_s = int(cfg.get("keepalive", 60)) // 2
@@ -153,37 +206,34 @@ class Node:
     # --- int8 model: download to flash, swap, evaluate on local samples --------------------------
     def on_model_chunk(self, payload):
         kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.model_max)
+        payload = None
         if kind != wire.KIND_MODEL_INT8:
             raise wire.WireError("malformed", "kind %d on the int8 model topic" % kind)
         if blob_id == self.model_round:
             return   # a late duplicate of the model already swapped in
-        if self.dl is None or self.dl.blob_id != blob_id or self.dl.count != count:
+        dl = self.dl
+        if dl is None or (dl.blob_id, dl.count, dl.blob_len) != (blob_id, count, blob_len):
             self.abort_download()
-            self.dl_file = open(self.model_path + ".tmp", "wb")
-            self.dl = wire.Assembler(kind, blob_id, count, blob_len, sink=self._write_model)
+            dl = self.dl = FlashAssembler(self.model_path + ".tmp", blob_id, count, blob_len)
         try:
-            done = self.dl.add(kind, blob_id, seq, count, blob_len, bcrc, data)
+            done = dl.add(seq, bcrc, data)
         except Exception:
             self.abort_download()
             raise
         if done:
-            self.dl_file.close()
-            self.dl, self.dl_file = None, None
+            self.dl = None
             replace(self.model_path + ".tmp", self.model_path)
             self.model_round = blob_id
             self.evaluate(blob_id)
 
-    def _write_model(self, off, data):
-        self.dl_file.write(data)   # the Assembler hands data over in order
-
     def abort_download(self):
-        if self.dl_file is not None:
-            self.dl_file.close()
+        if self.dl is not None:
+            self.dl.close()
             try:
                 os.remove(self.model_path + ".tmp")
             except OSError:
                 pass
-        self.dl, self.dl_file = None, None
+        self.dl = None
 
     def evaluate(self, model_round):
         """Accuracy of the stored int8 model on eval_n local samples, spread over the file."""

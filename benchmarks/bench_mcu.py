@@ -60,7 +60,7 @@ def main() -> int:
     ds = load_dataset(None)
     tmp = Path(tempfile.mkdtemp())
     app = tmp / "app"
-    build_app(app, "unix")
+    build_app(app, "unix", sim=True)
     sel = ds.y_train == 7
     (tmp / "samples.bin").write_bytes(ds.x_train[sel].tobytes())
     (tmp / "labels.bin").write_bytes(ds.y_train[sel].tobytes())

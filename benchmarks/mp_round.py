@@ -9,6 +9,7 @@ import time
 work, fraction = sys.argv[1], float(sys.argv[2])
 
 from semifl_node.node import Node  # noqa: E402
+from link import SimBattery, SimRadio  # noqa: E402
 
 
 class CountingClient:
@@ -25,29 +26,10 @@ class CountingClient:
             self.statuses.append(bytes(msg))
 
 
-class Radio:
-    def rssi(self, rnd):
-        return -60.0
-
-    def delay(self, n):
-        pass
-
-    def drops(self, rnd):
-        return False
-
-
-class Battery:
-    def level(self):
-        return 1.0
-
-    def transmit(self, n):
-        pass
-
-
 cfg = {"id": "mcu-b", "samples": work + "/samples.bin", "labels": work + "/labels.bin", "model": work + "/model.bin",
        "max_chunk": 4096, "eval_n": 32}
 client = CountingClient()
-node = Node(cfg, client, Radio(), Battery())
+node = Node(cfg, client, SimRadio({}), SimBattery({}))
 gc.collect()
 t0 = time.ticks_ms()
 node.upload_samples({"round": 1, "task": 5, "seed": 12345, "fraction": fraction})

@@ -63,3 +63,16 @@ def embedded():
 @pytest.fixture(params=["embedded", "mosquitto"])
 def broker_url(request):
     return request.getfixturevalue(request.param)
+
+
+def read_records(path):
+    """(topic, payload) records as tests/mp/harness.py's RecordingClient writes them."""
+    import struct
+
+    buf, out, off = path.read_bytes(), [], 0
+    while off < len(buf):
+        tlen, plen = struct.unpack_from("<HI", buf, off)
+        off += 6
+        out.append((buf[off:off + tlen].decode(), buf[off + tlen:off + tlen + plen]))
+        off += tlen + plen
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_records
 
 from semifl.learn import int8
 from semifl.protocol import wire
@@ -29,20 +30,13 @@ def records(msgs):
     return out
 
 
-def read_records(path):
-    buf, out, off = path.read_bytes(), [], 0
-    while off < len(buf):
-        tlen, plen = struct.unpack_from("<HI", buf, off)
-        off += 6
-        out.append((buf[off:off + tlen].decode(), buf[off + tlen:off + tlen + plen]))
-        off += tlen + plen
-    return out
 
 
 def replay(tmp_path, msgs):
     (tmp_path / "messages.bin").write_bytes(records(msgs))
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
-                                                         str(REPO / "host" / "semifl" / "protocol")]))
+                                                         str(REPO / "host" / "semifl" / "protocol"),
+                                                         str(REPO / "host" / "semifl" / "sim")]))
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_replay.py"),
                         str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("OK"), r.stdout + r.stderr

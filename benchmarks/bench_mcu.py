@@ -64,7 +64,7 @@ def main() -> int:
     sel = ds.y_train == 7
     (tmp / "samples.bin").write_bytes(ds.x_train[sel].tobytes())
     (tmp / "labels.bin").write_bytes(ds.y_train[sel].tobytes())
-    params = [np.load(REPO / "models" / "semifl_mlp" / "fp32.npz")[f"arr_{i}"] for i in range(8)]
+    params = [np.load(REPO / "models" / "mlp-fmnist" / "mlp-fmnist.fp32.npz")[f"arr_{i}"] for i in range(8)]
     model = int8.quantize(params, ds.x_train[::60][:1000] / np.float32(255))
     blob = int8.encode(model, 10)
     with open(tmp / "model_chunks.bin", "wb") as f:

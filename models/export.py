@@ -1,48 +1,61 @@
-"""int8 export of the SemiFL MLP with TensorFlow's converter, validated in TFLite-Micro and LiteRT.
+"""int8 export with TensorFlow's converter, validated in TFLite-Micro and LiteRT: `semifl models export`.
 
-Runs where TensorFlow is installed (not on devices, not in the host's path):
-
-    python -m venv .venv-export && .venv-export/bin/pip install tensorflow-cpu && .venv-export/bin/pip install -e . --no-deps
-    .venv-export/bin/python models/export.py --params runs/<run>/final_model.npz --out models/semifl_mlp
-
-Writes OUT/int8.tflite (full-integer: int8 input, int8 logits), OUT/int8.h (a C array for C firmware),
-OUT/golden.npz (test pixels with LiteRT's and TFLite-Micro's int8 logits), OUT/card.json and
-models/cards/semifl_mlp.md. The output is the logits: softmax is monotonic, a device
-needs only the argmax, and leaving it out keeps the int8 graph to FULLY_CONNECTED and TANH.
+Needs TensorFlow (`pip install -e .[export]`); the host, the devices and the tests do not. Writes, for
+model NAME into DIR: NAME.tflite (full-integer: int8 input, int8 logits), NAME.h (a C array for
+TFLite-Micro firmware), NAME.json (the card's numbers), NAME.md (the card), and NAME.golden.npz (test
+inputs with LiteRT's and TFLite-Micro's int8 outputs, which tests hold every runtime to), and with no
+--params the float model it trained, NAME.fp32.npz. The output is the logits: softmax is monotonic, a
+device needs only the argmax, and leaving it out keeps the graph to FULLY_CONNECTED and TANH.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "host")]
+from semifl.learn import int8, mlp
+from semifl.learn.data import Dataset, load_dataset, to_float
 
-from semifl.learn import int8, mlp  # noqa: E402
-from semifl.learn.data import load_dataset, to_float  # noqa: E402
+from . import get
 
-CALIBRATION = 1000   # representative samples (training set, seeded)
-GOLDEN = 64          # test images whose int8 outputs every runtime must reproduce
+CALIBRATION = 1000   # representative samples from the training set, seeded
+GOLDEN = 64          # test inputs whose int8 outputs every runtime must reproduce
 
 
-def keras_model(params):
+def train(layers, ds: Dataset, epochs: int = 8, batch: int = 128, lr: float = 0.05, seed: int = 0) -> list[np.ndarray]:
+    """Centralized minibatch SGD with momentum 0.9 on the whole training set: the reference float model."""
+    params = mlp.init_params(layers, seed=seed)
+    vel = [np.zeros_like(p) for p in params]
+    rng = np.random.default_rng(seed)
+    x, y = ds.x_train, ds.y_train.astype(np.int64)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for i in range(0, len(y), batch):
+            idx = order[i:i + batch]
+            _, g = mlp.loss_and_grad(params, to_float(x[idx]), y[idx])
+            for k in range(len(params)):
+                vel[k] = np.float32(0.9) * vel[k] - np.float32(lr) * g[k]
+                params[k] = params[k] + vel[k]
+    return params
+
+
+def keras_model(params, hidden: str):
     import tensorflow as tf
 
     n = len(params) // 2
     model = tf.keras.Sequential([tf.keras.Input((params[0].shape[0],))] + [
-        tf.keras.layers.Dense(params[2 * i].shape[1], activation="tanh" if i < n - 1 else None) for i in range(n)])
+        tf.keras.layers.Dense(params[2 * i].shape[1], activation=hidden if i < n - 1 else None) for i in range(n)])
     model.set_weights(params)
     return model
 
 
-def convert(params, calib_x: np.ndarray) -> bytes:
-    import tensorflow as tf
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model(params))
+def convert(params, hidden: str, calib_x: np.ndarray) -> bytes:
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise SystemExit("semifl models export needs TensorFlow: pip install -e .[export]") from e
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model(params, hidden))
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([calib_x[i:i + 1]] for i in range(len(calib_x)))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -55,15 +68,16 @@ def run_litert(tfl: bytes, x_int8: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=tfl)
-    it.resize_tensor_input(it.get_input_details()[0]["index"], x_int8.shape)
+    inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, x_int8.shape)
     it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x_int8)
+    it.set_tensor(inp, x_int8)
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"]).copy()
 
 
 def tflm_arena(tfl: bytes) -> int:
-    """The smallest arena (to 256 bytes) TFLite-Micro can allocate this model in."""
+    """The smallest arena (to 256 bytes) TFLite-Micro allocates this model in."""
     from tflite_micro import runtime
 
     lo, hi = 256, 1 << 20
@@ -72,7 +86,7 @@ def tflm_arena(tfl: bytes) -> int:
         try:
             runtime.Interpreter.from_bytes(tfl, arena_size=mid)
             hi = mid
-        except Exception:
+        except Exception:   # tflite_micro raises a bare RuntimeError when the arena is short
             lo = mid
     return hi
 
@@ -89,72 +103,67 @@ def run_tflm(tfl: bytes, x_int8: np.ndarray, arena: int) -> np.ndarray:
     return np.stack(out)
 
 
-def c_array(tfl: bytes, name: str) -> str:
+def c_array(tfl: bytes, symbol: str) -> str:
     body = ",\n".join("  " + ", ".join(f"0x{b:02x}" for b in tfl[i:i + 12]) for i in range(0, len(tfl), 12))
-    return (f"// {name}: int8 SemiFL MLP, generated by models/export.py. Align for TFLite-Micro.\n"
-            f"#include <stdint.h>\nalignas(16) const uint8_t {name}[] = {{\n{body}\n}};\n"
-            f"const unsigned int {name}_len = {len(tfl)};\n")
+    return (f"// {symbol}: int8 model generated by `semifl models export`; TFLite-Micro wants it 16-byte aligned.\n"
+            f"#include <stdint.h>\nalignas(16) const uint8_t {symbol}[] = {{\n{body}\n}};\n"
+            f"const unsigned int {symbol}_len = {len(tfl)};\n")
 
 
 def card_md(card: dict) -> str:
-    """models/cards/<model>.md from card.json."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k not in ("layers", "ops"))
-    return (f"# Model card: {card['model']}\n\nGenerated by `models/export.py` from `card.json`; do not edit.\n\n"
-            f"MLP {'-'.join(map(str, card['layers']))}, tanh hidden layers; int8 graph: "
-            f"{', '.join(card['ops'])} (output: int8 logits; argmax = class).\n\n| field | value |\n|---|---|\n{rows}\n\n"
-            "Runtimes: TFLite-Micro (C firmware: `int8.h`), LiteRT (Pi), the MicroPython node's kernel "
-            "(`firmware/micropython/semifl_node/int8.py`, bit-exact with TFLite-Micro), and "
-            "`semifl.learn.int8` on the host (either rounding, bit-exact with each).\n")
+    return (f"# Model card: {card['name']}\n\nGenerated by `semifl models export {card['name']}`; do not edit.\n\n"
+            f"MLP {'-'.join(map(str, card['layers']))}, {card['hidden']} hidden layers, linear logits. Input: "
+            f"{card['input']}, quantized with the model's input scale and zero point. int8 graph: "
+            f"{', '.join(card['ops'])}; output int8 logits (argmax = class).\n\n| field | value |\n|---|---|\n{rows}\n\n"
+            "Runtimes: TFLite-Micro (C firmware: the `.h`), LiteRT (Pi), the MicroPython node's kernel "
+            "(`firmware/micropython/semifl_node/int8.py`, bit-exact with TFLite-Micro) and `semifl.learn.int8` on "
+            "the host (bit-exact with TFLite-Micro or, rounding once, with LiteRT).\n")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--params", required=True, help=".npz of the float MLP (arr_0..arr_7), e.g. a run's final_model.npz")
-    ap.add_argument("--out", default=str(REPO / "models" / "semifl_mlp"))
-    ap.add_argument("--data", help="IDX folder (default Debian's Fashion-MNIST)")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+def export(name: str, out: Path, params_path: str | None = None, data: str | None = None, cards: Path | None = None) -> dict:
+    spec = get(name)
     out.mkdir(parents=True, exist_ok=True)
-    npz = np.load(args.params)
-    params = [npz[f"arr_{i}"].astype(np.float32) for i in range(len(npz.files))]
-    ds = load_dataset(args.data)
+    ds = load_dataset(data)
+    if params_path:
+        npz = np.load(params_path)
+        params = [npz[f"arr_{i}"].astype(np.float32) for i in range(len(npz.files))]
+        source = str(params_path)
+    else:
+        params = train(spec.layers, ds)
+        np.savez(out / f"{name}.fp32.npz", *params)
+        source = f"trained by semifl models export (SGD, momentum 0.9, 8 epochs) -> {name}.fp32.npz"
     rng = np.random.default_rng(0)
     calib = to_float(ds.x_train[rng.choice(len(ds.y_train), CALIBRATION, replace=False)])
-    tfl = convert(params, calib)
-    (out / "int8.tflite").write_bytes(tfl)
-    (out / "int8.h").write_text(c_array(tfl, "semifl_mlp_int8"))
+    tfl = convert(params, spec.hidden, calib)
+    (out / f"{name}.tflite").write_bytes(tfl)
+    (out / f"{name}.h").write_text(c_array(tfl, name.replace("-", "_") + "_int8"))
 
     model = int8.from_tflite(tfl)
-    x_test, y_test = ds.x_test, ds.y_test
-    x_q = model.quantize_input(x_test)
+    x_q = model.quantize_input(ds.x_test)
     lite = run_litert(tfl, x_q)
     arena = tflm_arena(tfl)
     micro = run_tflm(tfl, x_q[:GOLDEN], arena)
-    ours = model.forward(x_q)                      # TFLite-Micro's rounding
-    ours_single = model.forward(x_q, "single")     # LiteRT's
-    acc_fp32 = float((mlp.predict(params, to_float(x_test)) == y_test).mean())
-    acc_int8 = float((lite.argmax(1) == y_test).mean())
+    ours = model.forward(x_q)
     card = {
-        "model": "semifl_mlp", "layers": list(mlp.SEMIFL_LAYERS), "params": int(sum(p.size for p in params)),
-        "source": str(args.params), "dataset": ds.name, "calibration_samples": CALIBRATION,
-        "tflite_bytes": len(tfl), "ops": ["FULLY_CONNECTED"] * len(model.layers) + ["TANH"] * sum(L.act == "tanh" for L in model.layers),
-        "tflm_arena_bytes": arena,
-        "accuracy_fp32": acc_fp32, "accuracy_int8_litert": acc_int8,
-        "accuracy_int8_semifl_kernel": float((ours.argmax(1) == y_test).mean()),
-        "max_lsb_semifl_vs_litert": int(np.abs(ours.astype(int) - lite.astype(int)).max()),
-        "semifl_single_rounding_equals_litert": bool(np.array_equal(ours_single, lite)),
-        "semifl_double_rounding_equals_tflm_golden": bool(np.array_equal(ours[:GOLDEN], micro)),
-        "max_lsb_tflm_vs_litert_golden": int(np.abs(micro.astype(int) - lite[:GOLDEN].astype(int)).max()),
+        "name": name, "layers": list(spec.layers), "hidden": spec.hidden, "input": spec.input,
+        "params": int(sum(p.size for p in params)), "source": source, "dataset": ds.name,
+        "calibration_samples": CALIBRATION, "size_bytes": len(tfl), "arena_bytes": arena,
+        "ops": ["FULLY_CONNECTED"] * len(model.layers) + ["TANH"] * sum(L.act == "tanh" for L in model.layers),
+        "input_scale": model.input_params[0], "input_zero_point": model.input_params[1],
+        "fp32_accuracy": float((mlp.predict(params, to_float(ds.x_test)) == ds.y_test).mean()),
+        "int8_accuracy": float((lite.argmax(1) == ds.y_test).mean()),
+        "int8_accuracy_tflm_rounding": float((ours.argmax(1) == ds.y_test).mean()),
+        "max_lsb_tflm_vs_litert": int(np.abs(ours.astype(int) - lite.astype(int)).max()),
+        "argmax_agreement_tflm_vs_litert": float((ours.argmax(1) == lite.argmax(1)).mean()),
+        "host_single_rounding_equals_litert": bool(np.array_equal(model.forward(x_q, "single"), lite)),
+        "host_double_rounding_equals_tflm": bool(np.array_equal(ours[:GOLDEN], micro)),
     }
-    np.savez(out / "golden.npz", pixels=x_test[:GOLDEN], labels=y_test[:GOLDEN], x_int8=x_q[:GOLDEN],
+    np.savez(out / f"{name}.golden.npz", pixels=ds.x_test[:GOLDEN], labels=ds.y_test[:GOLDEN], x_int8=x_q[:GOLDEN],
              litert=lite[:GOLDEN], tflm=micro)
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    cards = REPO / "models" / "cards"
-    cards.mkdir(exist_ok=True)
-    (cards / f"{card['model']}.md").write_text(card_md(card))
-    print(json.dumps(card, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / f"{name}.md").write_text(card_md(card))
+    if cards is not None:
+        cards.mkdir(parents=True, exist_ok=True)
+        (cards / f"{name}.md").write_text(card_md(card))
+    return card

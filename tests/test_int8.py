@@ -1,6 +1,6 @@
 """int8 inference: the host's numpy reference, the MCU node's kernel under real MicroPython at an
 ESP32 heap, TFLite-Micro and LiteRT, all on the int8 model TensorFlow's converter wrote
-(models/semifl_mlp/int8.tflite, from models/export.py). The node and TFLite-Micro agree bit for bit
+(models/mlp-fmnist/mlp-fmnist.tflite, from `semifl models export mlp-fmnist`). The node and TFLite-Micro agree bit for bit
 (both round twice), our single-rounding path and LiteRT bit for bit; across the two, 1 LSB."""
 import os
 import shutil
@@ -15,18 +15,18 @@ from semifl.learn.data import to_float
 from semifl.protocol import wire
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "models" / "semifl_mlp"
+MODEL = REPO / "models" / "mlp-fmnist"
 HEAP = 110_000
 
 
 @pytest.fixture(scope="module")
 def tflite():
-    return (MODEL / "int8.tflite").read_bytes()
+    return (MODEL / "mlp-fmnist.tflite").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return np.load(MODEL / "golden.npz")
+    return np.load(MODEL / "mlp-fmnist.golden.npz")
 
 
 def litert(tfl, x):
@@ -110,10 +110,40 @@ def test_the_node_kernel_under_micropython_matches(tmp_path, tflite, golden):
 
 
 def test_numpy_quantizer_loses_under_a_point(fashion):
-    params = [np.load(MODEL / "fp32.npz")[f"arr_{i}"] for i in range(8)]
+    params = [np.load(MODEL / "mlp-fmnist.fp32.npz")[f"arr_{i}"] for i in range(8)]
     rng = np.random.default_rng(0)
     calib = to_float(fashion.x_train[rng.choice(len(fashion.y_train), 1000, replace=False)])
     q = int8.quantize(params, calib)
     acc32 = (mlp.predict(params, to_float(fashion.x_test)) == fashion.y_test).mean()
     acc8 = (q.predict(fashion.x_test) == fashion.y_test).mean()
     assert acc8 >= acc32 - 0.01, (acc32, acc8)
+
+
+def test_the_committed_export_meets_the_contract(golden):
+    """What `semifl models export mlp-fmnist` wrote: the files, the card's numbers, int8 within a point."""
+    import json
+
+    for ext in (".tflite", ".h", ".md", ".json"):
+        assert (MODEL / f"mlp-fmnist{ext}").stat().st_size > 0
+    card = json.loads((MODEL / "mlp-fmnist.json").read_text())
+    assert {"fp32_accuracy", "int8_accuracy", "arena_bytes", "size_bytes", "dataset"} <= set(card)
+    assert card["size_bytes"] == (MODEL / "mlp-fmnist.tflite").stat().st_size
+    assert card["int8_accuracy"] >= card["fp32_accuracy"] - 0.01 and card["dataset"] == "fashion-mnist"
+    assert "mlp_fmnist_int8_len = %d;" % card["size_bytes"] in (MODEL / "mlp-fmnist.h").read_text()
+    from tflite_micro import runtime
+
+    runtime.Interpreter.from_bytes((MODEL / "mlp-fmnist.tflite").read_bytes(), arena_size=card["arena_bytes"])
+    with pytest.raises(Exception):   # and the arena it reports is the smallest that works (to 256 bytes)
+        runtime.Interpreter.from_bytes((MODEL / "mlp-fmnist.tflite").read_bytes(), arena_size=card["arena_bytes"] - 256)
+
+
+def test_export_without_tensorflow_says_what_to_install(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("tensorflow is installed here")
+    r = subprocess.run([sys.executable, "-m", "semifl.cli", "models", "export", "mlp-fmnist", "--out", str(tmp_path),
+                        "--params", str(MODEL / "mlp-fmnist.fp32.npz")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "pip install -e .[export]" in r.stderr

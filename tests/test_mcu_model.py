@@ -49,7 +49,7 @@ def setup(tmp_path, fashion):
     x, y = fashion.x_train[idx], fashion.y_train[idx]
     (tmp_path / "samples.bin").write_bytes(x.tobytes())
     (tmp_path / "labels.bin").write_bytes(y.tobytes())
-    params = [np.load(REPO / "models" / "semifl_mlp" / "fp32.npz")[f"arr_{i}"] for i in range(8)]
+    params = [np.load(REPO / "models" / "mlp-fmnist" / "mlp-fmnist.fp32.npz")[f"arr_{i}"] for i in range(8)]
     model = int8.quantize(params, fashion.x_train[::60][:1000] / np.float32(255))
     return tmp_path, model, x, y
 

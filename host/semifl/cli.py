@@ -201,6 +201,26 @@ def cmd_flash(args):
         return 2
 
 
+def cmd_models(args):
+    from pathlib import Path
+
+    from semifl.models import MODELS
+
+    if args.action == "list":
+        for m in MODELS.values():
+            print(f"{m.name}: {'-'.join(map(str, m.layers))} {m.hidden}, {m.dataset}")
+        return 0
+    import json
+
+    from semifl.models.export import export
+
+    repo_cards = Path(__file__).resolve().parents[2] / "models" / "cards"
+    card = export(args.name, Path(args.out or f"models/{args.name}"), args.params, args.data,
+                  cards=repo_cards if repo_cards.parent.exists() else None)
+    print(json.dumps(card, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="semifl", description="Semi-federated learning on IoT fleets over MQTT")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -231,6 +251,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
                                             "MATLAB's sample-and-class mean, i.e. 0.01)")
     p.set_defaults(fn=cmd_reproduce)
+    p = sub.add_parser("models", help="model definitions; `export NAME`: int8 .tflite, C array, card (needs [export])")
+    p.add_argument("action", choices=["list", "export"])
+    p.add_argument("name", nargs="?", default="mlp-fmnist")
+    p.add_argument("--out", help="output folder (default models/NAME)")
+    p.add_argument("--params", help=".npz of float parameters (arr_0..) instead of training, e.g. a run's final_model.npz")
+    p.add_argument("--data", help="IDX folder (default Debian's Fashion-MNIST)")
+    p.set_defaults(fn=cmd_models)
     p = sub.add_parser("flash", help="build the MCU node (.mpy), copy it and a config.json to a board, verify")
     p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     p.add_argument("--board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"])

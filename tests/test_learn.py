@@ -6,12 +6,13 @@ from semifl.learn import aggregate, mlp
 from semifl.learn.strategy import CLBatch, FedAvg, FLUpdate, SemiFL
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_gradient_matches_finite_differences(act):
     layers = (6, 4, 3, 3)
-    params = [p.astype(np.float64) for p in mlp.init_params(layers, seed=1)]
+    params = mlp.init_params(layers, seed=1, dtype=np.float64)
     rng = np.random.default_rng(2)
     x, y = rng.random((5, 6)), rng.integers(0, 3, 5)
-    _, grads = mlp.loss_and_grad(params, x, y)
+    _, grads = mlp.loss_and_grad(params, x, y, act)
     eps = 1e-6
     for i in range(len(params)):
         for j in range(params[i].size):
@@ -19,7 +20,7 @@ def test_gradient_matches_finite_differences():
             p_minus = [p.copy() for p in params]
             p_plus[i].flat[j] += eps
             p_minus[i].flat[j] -= eps
-            num = (mlp.loss_and_grad(p_plus, x, y)[0] - mlp.loss_and_grad(p_minus, x, y)[0]) / (2 * eps)
+            num = (mlp.loss_and_grad(p_plus, x, y, act)[0] - mlp.loss_and_grad(p_minus, x, y, act)[0]) / (2 * eps)
             assert grads[i].flat[j] == pytest.approx(num, abs=1e-6)
 
 

@@ -197,6 +197,24 @@ def main(argv=None):
                          + " / ".join("yes" if v else "no" for v in r["fits"].values())
                          + f" | {r['margin_bytes_at_S0.3'] / 1000:.0f} kB |")
         lines.append("")
+    s1 = REPO / "benchmarks" / "results" / "seed001_dtypes.json"
+    if s1.exists():
+        d = json.loads(s1.read_text())
+        lines += ["## Seed 001: training in float64, float32, float16; int8 weights", "",
+                  f"`python benchmarks/bench_seed001.py` → `benchmarks/results/seed001_dtypes.json`. {d['setup']}, "
+                  f"{d['epochs']} epochs, lr {d['lr']}, one core of this machine (the seed: a Raspberry Pi-class device).", "",
+                  "| row | ms / epoch | MB / epoch (peak allocated) | test accuracy | model bytes | seed ms / MB |",
+                  "|---|---|---|---|---|---|"]
+        for k, r in d["rows"].items():
+            sp = d["seed_paper"].get(k)
+            seed_cell = f"{sp['ms_per_epoch']} / {sp['mb_per_epoch']}" if sp else "—"
+            lines.append(f"| {k} | {r.get('ms_per_epoch', '—')} | {r.get('mb_per_epoch', '—')} | {pct(r['test_accuracy'])} | "
+                         f"{r['model_bytes']} | {seed_cell} |")
+        ra = d["ratios"]
+        lines += ["", f"float32 / float64: time {ra['float32_vs_float64_time']:.2f}x (seed {ra['seed_float32_vs_float64_time']:.2f}x), "
+                  f"memory {ra['float32_vs_float64_memory']:.2f}x (seed {ra['seed_float32_vs_float64_memory']:.2f}x). numpy has no "
+                  "native float16 arithmetic on this CPU, so float16 is emulated (slower) and, at the same step size, "
+                  "unstable by the end of training.", ""]
     (DOCS / "results.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'results.md'}")
 

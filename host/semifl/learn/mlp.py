@@ -12,15 +12,26 @@ SEMIFL_LAYERS = (784, 50, 100, 50, 10)
 Params = list  # list[np.ndarray], float32
 
 
-def init_params(layers=SEMIFL_LAYERS, seed: int = 0) -> Params:
+def init_params(layers=SEMIFL_LAYERS, seed: int = 0, dtype=np.float32) -> Params:
     """Glorot-uniform weights, zero biases, seeded."""
     rng = np.random.default_rng(seed)
     params = []
     for fan_in, fan_out in zip(layers[:-1], layers[1:]):
         lim = np.sqrt(6.0 / (fan_in + fan_out))
-        params.append(rng.uniform(-lim, lim, (fan_in, fan_out)).astype(np.float32))
-        params.append(np.zeros(fan_out, np.float32))
+        params.append(rng.uniform(-lim, lim, (fan_in, fan_out)).astype(dtype))
+        params.append(np.zeros(fan_out, dtype))
     return params
+
+
+def _act(z, act):
+    if act == "tanh":
+        return np.tanh(z)
+    return 1 / (1 + np.exp(-z))   # sigmoid (seed 001's MLP)
+
+
+def _act_grad(h, act):
+    """d act / d z from the activation's output h."""
+    return 1 - h * h if act == "tanh" else h * (1 - h)
 
 
 def shapes(layers=SEMIFL_LAYERS) -> list[tuple[int, ...]]:
@@ -30,15 +41,15 @@ def shapes(layers=SEMIFL_LAYERS) -> list[tuple[int, ...]]:
     return out
 
 
-def forward(params: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """-> (softmax probabilities, activations per layer input)."""
+def forward(params: Params, x: np.ndarray, act: str = "tanh") -> tuple[np.ndarray, list[np.ndarray]]:
+    """-> (softmax probabilities, activations per layer input). Computes in the params' dtype."""
     acts = [x]
     h = x
     n_layers = len(params) // 2
     for i in range(n_layers):
         z = h @ params[2 * i] + params[2 * i + 1]
         if i < n_layers - 1:
-            h = np.tanh(z)
+            h = _act(z, act)
             acts.append(h)
         else:
             z = z - z.max(axis=1, keepdims=True)
@@ -47,25 +58,25 @@ def forward(params: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]
     return h, acts
 
 
-def loss_and_grad(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
+def loss_and_grad(params: Params, x: np.ndarray, y: np.ndarray, act: str = "tanh") -> tuple[float, Params]:
     """Mean cross-entropy over the batch and its gradient (same order as params). y: int labels."""
-    p, acts = forward(params, x)
+    p, acts = forward(params, x, act)
     n = x.shape[0]
     loss = float(-np.log(np.maximum(p[np.arange(n), y], 1e-12)).mean())
     delta = p.copy()
     delta[np.arange(n), y] -= 1.0
-    delta /= np.float32(n)
+    delta /= delta.dtype.type(n)
     grads: Params = [None] * len(params)
     for i in range(len(params) // 2 - 1, -1, -1):
         grads[2 * i] = acts[i].T @ delta
         grads[2 * i + 1] = delta.sum(axis=0)
         if i > 0:
-            delta = (delta @ params[2 * i].T) * (1.0 - acts[i] ** 2)
+            delta = (delta @ params[2 * i].T) * _act_grad(acts[i], act)
     return loss, grads
 
 
-def predict(params: Params, x: np.ndarray) -> np.ndarray:
-    return forward(params, x)[0].argmax(axis=1)
+def predict(params: Params, x: np.ndarray, act: str = "tanh") -> np.ndarray:
+    return forward(params, x, act)[0].argmax(axis=1)
 
 
 def evaluate(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -118,7 +118,7 @@ def test_chunks(case):
     kind, bid, size, count = case["kind_code"], case["blob_id"], case["chunk_size"], case["count"]
     blob = bytes.fromhex(case["blob"])
     exp = [bytes.fromhex(x) for x in case["chunks"]]
-    assert wire.KINDS[kind - 1] == kind and case["kind"] == {1: "model", 2: "update", 3: "samples"}[kind]
+    assert wire.KINDS[kind - 1] == kind and case["kind"] == {1: "model", 2: "update", 3: "samples", 4: "model_int8"}[kind]
     assert zlib.crc32(blob) == case["blob_crc"] and len(blob) == case["blob_len"]
     assert wire.chunk_count(len(blob), size) == count == len(exp)
     assert list(wire.iter_chunks(kind, bid, blob, size)) == exp

@@ -34,7 +34,7 @@ from semifl.protocol import sampling, wire  # noqa: E402  (only to assert agreem
 # --- reference implementation, from docs/protocol.md ---------------------------------------------
 VERSION = 1
 CHUNK_FMT = "<2sBBIHHIII"  # magic, version, kind, blob_id, seq, count, blob_len, blob_crc, chunk_crc
-KIND = {"model": 1, "update": 2, "samples": 3}
+KIND = {"model": 1, "update": 2, "samples": 3, "model_int8": 4}
 # dtype name -> (code, struct code, itemsize)   (sec. 7)
 DT = {"float32": (1, "f", 4), "int8": (2, "b", 1), "uint8": (3, "B", 1), "int32": (4, "i", 4),
       "float16": (5, "e", 2), "float64": (6, "d", 8)}
@@ -172,6 +172,11 @@ def blob_cases():
         ("samples_784", {"kind": "samples", "round": 7, "task": 4294967295, "device": "mcu-06", "n": 3},
          [tensor("uint8", [3, 784], pixels, fill="pixel i = (37 * i + 11) % 256"), tensor("uint8", [3], [6, 6, 2])]),
         ("no_tensors", {"kind": "model", "round": 0}, []),
+        ("model_int8_one_layer", {"kind": "model_int8", "round": 10, "input": {"scale": 0.00390625, "zp": -128},
+                                  "layers": [{"in": 3, "out": 2, "in_zp": -128, "out_zp": 5, "act": "tanh"}]},
+         [tensor("int8", [2, 3], [127, -127, 0, 1, -1, 64]), tensor("int32", [2], [1000, -1000]),
+          tensor("int32", [2], [1518500250, 1073741824]), tensor("int32", [2], [-7, 0]),
+          tensor("int8", [256], [max(-128, min(127, i - 128)) for i in range(256)], fill="table[i] = i - 128")]),
         ("mixed_dtypes", {"kind": "model", "round": 1},
          [tensor("int8", [2, 2], [-128, 0, 1, 127], scale=0.5, zero_point=1),
           tensor("float16", [3], [1.5, -0.25, 2048.0]),
@@ -206,6 +211,7 @@ def chunk_cases(blobs):
         ("one_byte_chunks", "samples", 5, b"semifl", 1),
         ("samples_784_at_1024", "samples", 7, by_name["samples_784"], 1024),
         ("max_blob_id", "update", 0xFFFFFFFF, by_name["update_small"], 100),
+        ("model_int8_at_64", "model_int8", 10, by_name["model_int8_one_layer"], 64),
     ]
     out = []
     for name, kind, blob_id, blob, size in cases:
@@ -325,7 +331,7 @@ def invalid_cases(blobs):
 
     chunk("chunk_bad_magic", ref_chunk(1, 3, 0, 1, len(data), crc(data), data, magic=b"SG"), "malformed")
     chunk("chunk_bad_version", ref_chunk(1, 3, 0, 1, len(data), crc(data), data, version=2), "version")
-    chunk("chunk_unknown_kind", ref_chunk(4, 3, 0, 1, len(data), crc(data), data), "malformed")
+    chunk("chunk_unknown_kind", ref_chunk(9, 3, 0, 1, len(data), crc(data), data), "malformed")
     chunk("chunk_kind_zero", ref_chunk(0, 3, 0, 1, len(data), crc(data), data), "malformed")
     chunk("chunk_bad_crc", ref_chunk(1, 3, 0, 1, len(data), crc(data), data, chunk_crc=crc(data) ^ 1), "crc")
     chunk("chunk_data_flipped", good[:-1] + bytes([good[-1] ^ 0x80]), "crc")

@@ -35,6 +35,10 @@ def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
     chosen = sum(r["participants"]["cl"].count("mcu-06") for r in summary["rounds"])
     assert devs["mcu-06"]["bytes_up"] >= chosen * 1800 * 785
     assert (tmp_path / "run" / "rounds.png").stat().st_size > 10_000
+    # seed 001's round time split per device class, measured: Pis download, train and upload; MCUs upload
+    t = summary["round_time_s"]
+    assert set(t["pi"]) == {"download", "local", "upload", "global"} and set(t["mcu"]) == {"upload", "global"}
+    assert all(v > 0 for row in t.values() for v in row.values())
 
 
 def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedded):

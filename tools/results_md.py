@@ -215,6 +215,21 @@ def main(argv=None):
                   f"memory {ra['float32_vs_float64_memory']:.2f}x (seed {ra['seed_float32_vs_float64_memory']:.2f}x). numpy has no "
                   "native float16 arithmetic on this CPU, so float16 is emulated (slower) and, at the same step size, "
                   "unstable by the end of training.", ""]
+    rt = REPO / "benchmarks" / "results" / "round_time.json"
+    if rt.exists():
+        d = json.loads(rt.read_text())
+        lines += ["## Seed 001: where a round's time goes, per device class", "",
+                  f"`python benchmarks/bench_round_time.py` → `benchmarks/results/round_time.json`: `semifl run`, "
+                  f"{d['rounds']} rounds, the virtual fleet (Pi agents; MCU nodes under MicroPython at an ESP32 heap). "
+                  "T_download and T_local measured on the device, T_upload by the host from its request to the last "
+                  "chunk, T_global = the host's aggregation. Mean seconds per participating device and round.", "",
+                  "| link | class | T_download | T_local | T_upload | T_global | mean round |", "|---|---|---|---|---|---|---|"]
+        for link, r in d["links"].items():
+            for cls, t in r["round_time_s"].items():
+                cell = lambda k: f"{t[k]:.3f}" if t.get(k) is not None else "—"
+                lines.append(f"| {link} | {cls} | {cell('download')} | {cell('local')} | {cell('upload')} | "
+                             f"{cell('global')} | {r['mean_round_wall_s']:.2f} |")
+        lines.append("")
     (DOCS / "results.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'results.md'}")
 

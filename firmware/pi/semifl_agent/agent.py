@@ -45,6 +45,8 @@ class PiAgent:
         self.inbox: queue.Queue = queue.Queue()
         self.models: dict[int, list[np.ndarray]] = {}   # round -> global params (last few)
         self._assembling: dict[int, wire.Assembler] = {}
+        self.download_started: dict[int, float] = {}   # model blob id -> when its first chunk came
+        self.download_s: dict[int, float] = {}         # model blob id -> T_download of that model
         self.pending_tasks: list[dict] = []
         self.results: dict[int, tuple] = {}              # round -> (delta, n, norm)
         self.bytes_up = self.bytes_down = 0
@@ -113,8 +115,10 @@ class PiAgent:
         asm = self._assembling.get(blob_id)
         if asm is None:
             asm = self._assembling[blob_id] = wire.Assembler(kind, blob_id, count, blob_len)
+            self.download_started[blob_id] = time.perf_counter()
         if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
             del self._assembling[blob_id]
+            self.download_s[blob_id] = time.perf_counter() - self.download_started.pop(blob_id)
             meta, arrays = decode_arrays(bytes(asm.buf))
             self.models[meta["round"]] = [a.copy() for a in arrays]
             for old in [r for r in self.models if r < meta["round"] - 1]:
@@ -130,9 +134,11 @@ class PiAgent:
                     continue
                 t0 = time.perf_counter()
                 delta, n, norm = local_update(self.models[rnd], self.x, self.y, task)
-                self.battery.compute(time.perf_counter() - t0)
+                t_local = time.perf_counter() - t0
+                self.battery.compute(t_local)
                 self.results = {rnd: (delta, n, norm)}
-                self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm})
+                self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
+                             "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
             elif task["role"] == "upload":
                 if rnd not in self.results:
                     log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)

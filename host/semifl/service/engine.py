@@ -85,6 +85,8 @@ class RoundEngine:
         self.calib_fallback = calib_x
         self.calib: list[np.ndarray] = []  # CL samples the host holds anyway: the int8 calibration set
         self.evals: dict[str, dict] = {}   # device -> its on-device int8 evaluations reported this round
+        self.asked: dict[str, float] = {}  # device -> when it was asked for its upload (this round)
+        self.times: dict[str, dict] = {}   # device -> seconds: download, local (device-measured), upload
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
@@ -185,6 +187,8 @@ class RoundEngine:
             if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
                 raise Rejected("schema", "trained status needs a finite norm and a positive n")
             self.norms[dev], self.trained_n[dev] = float(norm), n
+            t = {k: float(msg[f"t_{k}_s"]) for k in ("download", "local") if isinstance(msg.get(f"t_{k}_s"), (int, float))}
+            self.times.setdefault(dev, {}).update(t)
         elif kind == "error":   # the device could not do its task (out of memory, bad model, ...)
             err = str(msg.get("error", "?"))[:40]
             self.failed[dev] = err
@@ -255,6 +259,7 @@ class RoundEngine:
             raise Rejected("schema", f"n={meta['n']} exceeds the device's {self.registry.devices[dev]['n_samples']} samples")
         self.store.accept(rnd, dev, "update", meta["n"], blob)
         self.accepted.add((dev, "update"))
+        self._took_upload(dev)
 
     def _accept_samples(self, dev, rnd, meta, tensors, blob):
         if meta.get("kind") != "samples":
@@ -272,8 +277,14 @@ class RoundEngine:
             raise Rejected("schema", f"label out of range 0..{self.n_classes - 1}")
         self.store.accept(rnd, dev, "samples", k, blob)
         self.accepted.add((dev, "samples"))
+        self._took_upload(dev)
 
     # --- the round ------------------------------------------------------------------------------------
+    def _took_upload(self, dev):
+        """T_upload as the host sees it: from asking for the blob to holding all of it."""
+        if dev in self.asked:
+            self.times.setdefault(dev, {})["upload"] = round(time.monotonic() - self.asked[dev], 4)
+
     def wait_for_devices(self, n: int, timeout: float) -> bool:
         """Block until n devices have reported capabilities and are online (the fleet is up)."""
         return self.pump(lambda: len(self.registry.online) >= n, timeout)
@@ -282,6 +293,7 @@ class RoundEngine:
         t0 = time.time()
         self.round, self.rejected = rnd, Counter()
         self.norms, self.trained_n, self.failed, self.evals = {}, {}, {}, {}
+        self.asked, self.times = {}, {}
         up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
         row = self.store.round_row(rnd)
         online = sorted(self.registry.online)
@@ -312,6 +324,7 @@ class RoundEngine:
                                prune=self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs))
         for d in self.plan.cl:
             if (d, "samples") not in self.accepted:
+                self.asked[d] = time.monotonic()
                 self._send(d, dict(common, role="cl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
                                    fraction=self.cfg.cl_fraction))
         deadline = time.monotonic() + self.cfg.collect_timeout_s
@@ -323,6 +336,7 @@ class RoundEngine:
         phases["train"] = time.time() - t0 - sum(phases.values())
         for d in self.uploaders:
             if (d, "update") not in self.accepted:
+                self.asked[d] = time.monotonic()
                 self._send(d, {"round": rnd, "role": "upload", "task": self.task_id(rnd, d)})
         self.pump(lambda: cl_done() and all((d, "update") in self.accepted or d in self.failed for d in self.uploaders),
                   deadline - time.monotonic())
@@ -348,7 +362,7 @@ class RoundEngine:
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
                    "rejected": dict(self.rejected), "device_errors": dict(self.failed),
-                   "device_evals": dict(self.evals),
+                   "device_evals": dict(self.evals), "device_times_s": dict(self.times),
                    "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
         meta, arrays = self.strategy.state()

@@ -29,6 +29,24 @@ def make_evaluator(ds: Dataset):
     return lambda params: mlp.evaluate(params, x, y)
 
 
+def round_time_breakdown(rounds: list[dict], classes: dict[str, str]) -> dict:
+    """Seed 001's T = T_download + T_local + T_upload + T_global per device class, mean seconds over the
+    rounds a device took part in (download and local measured by the device, upload by the host from
+    request to the last chunk, global = the host's aggregate phase)."""
+    acc: dict[str, dict[str, list]] = {}
+    for m in rounds:
+        for dev, t in m.get("device_times_s", {}).items():
+            for k, v in t.items():
+                acc.setdefault(classes.get(dev, "?"), {}).setdefault(k, []).append(v)
+    glob = [m["phases_s"]["aggregate"] for m in rounds if "aggregate" in m.get("phases_s", {})]
+    out = {}
+    for cls, parts in sorted(acc.items()):
+        row = {k: round(sum(v) / len(v), 5) for k, v in sorted(parts.items())}
+        row["global"] = round(sum(glob) / len(glob), 5) if glob else None
+        out[cls] = row
+    return out
+
+
 def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> RoundEngine:
     return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed), cfg.engine(),
                        mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes,
@@ -77,6 +95,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
             "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
         }
+        summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
         write_summary(out, summary)
         if cfg.plot and rounds:
             plot_rounds(out, rounds, f"{cfg.strategy} on {ds.name}, {len(specs)} devices")

@@ -222,7 +222,8 @@ def main(argv=None):
                   f"`python benchmarks/bench_round_time.py` → `benchmarks/results/round_time.json`: `semifl run`, "
                   f"{d['rounds']} rounds, the virtual fleet (Pi agents; MCU nodes under MicroPython at an ESP32 heap). "
                   "T_download and T_local measured on the device, T_upload by the host from its request to the last "
-                  "chunk, T_global = the host's aggregation. Mean seconds per participating device and round.", "",
+                  "chunk, T_global = the host's aggregation. Mean seconds per participating device and round. The "
+                  "simulated link delays what a device sends (uplink); downloads run at loopback speed.", "",
                   "| link | class | T_download | T_local | T_upload | T_global | mean round |", "|---|---|---|---|---|---|---|"]
         for link, r in d["links"].items():
             for cls, t in r["round_time_s"].items():

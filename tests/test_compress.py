@@ -56,7 +56,8 @@ def test_local_model_prunes_clusters_and_rounds():
 def test_policy_from_capabilities():
     mb = 200_000
     assert compress.for_device({"ram": 4 << 30}, mb) == Compression()
-    assert compress.for_device({"ram": 1_000_000}, mb) == Compression(prune=0.3, dtype="float16")
-    assert compress.for_device({"ram": 110_000}, mb) == Compression(prune=0.6, dtype="int8")
+    assert compress.for_device({"ram": 64 << 20}, mb) == Compression(prune=0.3, dtype="float16")
+    assert compress.for_device({"ram": 16 << 20}, mb) == Compression(prune=0.6, dtype="int8")
+    assert compress.for_device({"ram": 64 << 20}, 40 << 20) == Compression(prune=0.6, dtype="int8")   # a 10x bigger model
     with pytest.raises(ValueError):
         Compression(dtype="int4")

@@ -41,13 +41,29 @@ def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
     assert all(v > 0 for row in t.values() for v in row.values())
 
 
-def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedded):
-    cfg = RunConfig(rounds=6, seed=7, out=str(tmp_path / "mqtt"), broker=embedded, plot=False)
-    run_experiment(cfg, ds=fashion)
+@pytest.mark.parametrize("compression", ["none", "auto"])
+def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedded, compression):
+    """With per-device compression too: Pis of 4 GB, 64 MB and 16 MB train full, fp16 + P=0.3 and
+    int8 + P=0.6 copies, send float32, float16 and int8 deltas; the host merges them mask-aware."""
+    extra = dict(compression="auto", pi_ram="4e9,64e6,16e6", fl_uploaders=6) if compression == "auto" else {}
+    cfg = RunConfig(rounds=6, seed=7, out=str(tmp_path / "mqtt"), broker=embedded, plot=False, int8_every=0, **extra)
+    summary = run_experiment(cfg, ds=fashion)
     over_mqtt = np.load(tmp_path / "mqtt" / "final_model.npz")
     in_process = run_inprocess(cfg, fashion)
     for i, p in enumerate(in_process):
         assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
+    assert all(r["rejected"] == {} for r in summary["rounds"])
+    if compression == "auto":   # an update costs 4, 2 or 1 bytes a weight on the wire: float32, fp16, int8
+        limits = {0: (199_000, 205_000), 1: (99_000, 104_000), 2: (49_000, 54_000)}   # pi-0i: RAM i % 3
+        checked = 0
+        for d in (d for d in summary["devices"] if d["device_class"] == "pi"):
+            uploads = sum(d["id"] in r["participants"]["fl"] for r in summary["rounds"])
+            if uploads:
+                lo, hi = limits[int(d["id"][-2:]) % 3]
+                status = 6 * 400   # ready and trained statuses, a few hundred bytes a round
+                assert lo * uploads <= d["bytes_up"] - status <= hi * uploads + status, (d, uploads)
+                checked += 1
+        assert checked == 6
 
 
 def test_fedavg_baseline_never_uses_cl_devices(tmp_path, fashion, embedded):

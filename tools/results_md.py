@@ -151,11 +151,12 @@ def main(argv=None):
             if r:
                 lines.append(f"| {name} | {what} | {pct(r['acc@300'])} | {pct(r[f'acc@{n}'])} | {pct(r['best'])} | "
                              f"{r['first_round_82'] or '—'} | {r['uplink_bytes'] / 1e9:.2f} GB | {r['pct_cl_per_round']:.2f} % |")
-        seeds = [by[k] for k in ("plus", "plus.s1", "plus.s2") if k in by]
-        if len(seeds) > 1:
-            lines += ["", f"semifl+ over seeds {', '.join(str(i) for i in range(len(seeds)))}: "
-                      + ", ".join(pct(r[f'acc@{n}']) for r in seeds) + f" at round {n}; "
-                      + ", ".join(pct(r['acc@300']) for r in seeds) + " at round 300."]
+        for run, label in (("plus", "semifl+"), ("semifl", "SemiFL")):
+            seeds = [by[k] for k in (run, f"{run}.s1", f"{run}.s2") if k in by]
+            if len(seeds) > 1:
+                lines += ["", f"{label} over seeds {', '.join(str(i) for i in range(len(seeds)))}: "
+                          + ", ".join(pct(r[f'acc@{n}']) for r in seeds) + f" at round {n}; "
+                          + ", ".join(pct(r['acc@300']) for r in seeds) + " at round 300."]
         lines.append("")
     if sweep:
         shutil.copy(Path(a.sweep) / "sweep.png", DOCS / "img" / "semifl_sweep.png")
@@ -215,6 +216,17 @@ def main(argv=None):
                   f"memory {ra['float32_vs_float64_memory']:.2f}x (seed {ra['seed_float32_vs_float64_memory']:.2f}x). numpy has no "
                   "native float16 arithmetic on this CPU, so float16 is emulated (slower) and, at the same step size, "
                   "unstable by the end of training.", ""]
+    cp = REPO / "benchmarks" / "results" / "compression.json"
+    if cp.exists():
+        d = json.loads(cp.read_text())
+        lines += [f"## SemiFL with per-device compression ({d['rounds']} rounds)", "",
+                  f"`python benchmarks/bench_compression.py` → `benchmarks/results/compression.json`. {d['setup']}", "",
+                  "| strategy | FL clients | final accuracy | best | FL uplink | total uplink |", "|---|---|---|---|---|---|"]
+        for k, r in d["runs"].items():
+            strat, name = k.split(" | ")
+            lines.append(f"| {strat} | {name} | {pct(r['final_accuracy'])} | {pct(r['best'])} | "
+                         f"{r['fl_uplink_bytes'] / 1e6:.0f} MB | {r['uplink_bytes'] / 1e6:.0f} MB |")
+        lines.append("")
     rt = REPO / "benchmarks" / "results" / "round_time.json"
     if rt.exists():
         d = json.loads(rt.read_text())

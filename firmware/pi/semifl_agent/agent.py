@@ -20,10 +20,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays, encode_arrays
+from semifl.protocol.tensors import decode_arrays
 
 from . import hardware
-from .train import local_update
+from .train import encode_update, local_update
 
 log = logging.getLogger("semifl.agent")
 FIRMWARE = "semifl-pi/0.1"
@@ -78,7 +78,9 @@ class PiAgent:
     def capabilities(self) -> dict:
         hist = np.bincount(self.y, minlength=int(self.cfg.get("n_classes", 10))).tolist()
         return {"v": wire.VERSION, "id": self.id, "class": "pi", "fw": FIRMWARE, "proto": [wire.VERSION],
-                "ram": hardware.ram_bytes(), "flash": hardware.flash_bytes(), "cpu_score": hardware.cpu_score(),
+                # "ram" in config.json: a simulated board's memory (the virtual fleet's heterogeneous Pis)
+                "ram": int(self.cfg.get("ram") or hardware.ram_bytes()), "flash": hardware.flash_bytes(),
+                "cpu_score": hardware.cpu_score(),
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
                 "roles": ["fl"], "runtime": sys.implementation.name, "board": self.cfg.get("board", "rpi")}
@@ -136,15 +138,15 @@ class PiAgent:
                 delta, n, norm = local_update(self.models[rnd], self.x, self.y, task)
                 t_local = time.perf_counter() - t0
                 self.battery.compute(t_local)
-                self.results = {rnd: (delta, n, norm)}
+                self.results = {rnd: (encode_update(delta, task), n, norm)}
                 self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
             elif task["role"] == "upload":
                 if rnd not in self.results:
                     log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)
                     continue
-                delta, n, _ = self.results[rnd]
-                blob = encode_arrays({"kind": "update", "round": rnd, "task": task["task"], "device": self.id, "n": n}, delta)
+                tensors, n, _ = self.results[rnd]
+                blob = wire.encode_blob({"kind": "update", "round": rnd, "task": task["task"], "device": self.id, "n": n}, tensors)
                 for chunk in wire.iter_chunks(wire.KIND_UPDATE, rnd, blob, self.max_chunk):
                     self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
             else:

@@ -7,28 +7,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from semifl.learn import mlp
+from semifl.learn import compress, mlp
 from semifl.learn.aggregate import global_norm
 from semifl.learn.data import to_float
 from semifl.protocol.sampling import ceil_fraction, select
+from semifl.protocol.tensors import to_wire
 
 
 def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: dict,
                  masks: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], int, float]:
     """One FL round on this device, as the seed: a batch of ceil(fraction*n) samples chosen by the
-    task's seed, the global model pruned at rate `prune` (pruned entries stay 0), `epochs` full-batch
-    gradient steps of size `lr`. Returns (delta = local - global, samples used, ||delta||).
+    task's seed, the global model pruned at rate `prune` (pruned entries stay 0) or, when the task
+    names a `compression`, the copy it describes, `epochs` full-batch gradient steps of size `lr`. Returns (delta = local - global, samples used, ||delta||).
     `masks`: the pruning masks of these params at this rate, when the caller already has them (the
     in-process simulator computes them once for all its devices; a device computes its own)."""
     n = len(y)
     idx = select(n, ceil_fraction(n, task.get("fraction", 1.0)), task["seed"])
     xb, yb = to_float(x[idx]), y[idx].astype(np.int64)
-    prune = task.get("prune", 0.0)
-    if prune <= 0:
-        masks = None
-    elif masks is None:
-        masks = mlp.prune_mask(params, prune)
-    start = [p * m for p, m in zip(params, masks)] if masks else params
+    if "compression" in task:   # a copy compressed to what this device carries (seed 001)
+        start, masks = compress.local_model(params, compress.Compression(**task["compression"]))
+    else:
+        prune = task.get("prune", 0.0)
+        if prune <= 0:
+            masks = None
+        elif masks is None:
+            masks = mlp.prune_mask(params, prune)
+        start = [p * m for p, m in zip(params, masks)] if masks else params
     local = [s.copy() for s in start]
     lr = np.float32(task.get("lr", 0.1))
     for _ in range(int(task.get("epochs", 1))):
@@ -39,3 +43,9 @@ def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: d
             local[i] = local[i] - lr * g
     delta = [(lo - s).astype(np.float32) for lo, s in zip(local, start)]
     return delta, len(idx), global_norm(delta)
+
+
+def encode_update(delta: list[np.ndarray], task: dict) -> list[tuple]:
+    """The delta as wire tensors in the dtype the task's compression asks for (float32 otherwise)."""
+    dtype = task.get("compression", {}).get("dtype", "float32")
+    return [to_wire(a, scale) for a, scale in compress.encode_delta(delta, dtype)]

@@ -37,14 +37,16 @@ class Compression:
         return asdict(self)
 
 
-def for_device(caps: dict, model_bytes: int) -> Compression:
-    """The policy: the lightest compression that fits. A device whose RAM holds the float32 model and
-    its training buffers four times over trains it whole; less RAM, then fp16 and pruning; MCU-class
-    memory, int8 with heavy pruning (such devices are CL uploaders in SemiFL and rarely get here)."""
+def for_device(caps: dict, model_bytes: int, full: int = 256 << 20, half: int = 32 << 20) -> Compression:
+    """The policy, from the RAM a device reports (FL clients have at least the planner's min_ram, 8 MB):
+    `full` or more trains the float32 model whole; `half` or more a copy pruned at 0.3, sending fp16;
+    less, a copy pruned at 0.6, sending int8. `model_bytes` scales the thresholds for models larger
+    than 4 MB (the float32 size at which they were set for the 200 kB MLP with room to spare)."""
+    scale = max(1.0, model_bytes / (4 << 20))
     ram = int(caps.get("ram") or 0)
-    if ram >= 16 * model_bytes:
+    if ram >= full * scale:
         return Compression()
-    if ram >= 4 * model_bytes:
+    if ram >= half * scale:
         return Compression(prune=0.3, dtype="float16")
     return Compression(prune=0.6, dtype="int8")
 

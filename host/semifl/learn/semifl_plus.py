@@ -36,7 +36,7 @@ import numpy as np
 
 from . import aggregate, mlp
 from .data import to_float
-from .strategy import CLBatch, FLUpdate, Strategy
+from .strategy import CLBatch, FLUpdate, Strategy, average_fl
 
 SERVER_OPTS = ("sgd", "avgm", "adam", "yogi")
 SCHEDULES = ("constant", "cosine")
@@ -159,7 +159,7 @@ class SemiFLPlus(Strategy):
         if fl:
             f = self.fl_floor
             w = [self.weight(u.device, u.n) * (f + (1 - f) * self.fl_decay ** age.get(u.device, 0)) for u in fl]
-            parts.append(aggregate.weighted_average([u.delta for u in fl], w))
+            parts.append(average_fl(fl, w))
             weights.append(sum(w))
         sets = [s for s in self.cl_sets(cl) if len(s[2])]
         if sets:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import aggregate, mlp
+from . import aggregate, compress, mlp
 from .data import to_float
 
 
@@ -19,6 +19,15 @@ class FLUpdate:
     device: str
     delta: list[np.ndarray]
     n: int  # samples the device trained on
+    mask: list[np.ndarray] | None = None   # entries its compressed copy kept (seed 001); None: all
+
+
+def average_fl(fl: list[FLUpdate], weights: list[float]) -> list[np.ndarray]:
+    """The FL part of a round: the weighted mean of the deltas or, when any device trained a pruned
+    copy of its own (per-device compression), the mask-aware mean: each weight over the devices that kept it."""
+    if any(u.mask is not None for u in fl):
+        return compress.masked_average([u.delta for u in fl], [u.mask for u in fl], weights)
+    return aggregate.weighted_average([u.delta for u in fl], weights)
 
 
 @dataclass
@@ -57,7 +66,7 @@ class FedAvg(Strategy):
         if not fl:
             return params
         fl = sorted(fl, key=lambda u: u.device)
-        return aggregate.apply_delta(params, aggregate.weighted_average([u.delta for u in fl], [u.n for u in fl]))
+        return aggregate.apply_delta(params, average_fl(fl, [u.n for u in fl]))
 
 
 class SemiFL(Strategy):
@@ -81,7 +90,7 @@ class SemiFL(Strategy):
         parts, weights = [], []
         if fl:
             n_fl = sum(u.n for u in fl)
-            parts.append(aggregate.weighted_average([u.delta for u in fl], [u.n for u in fl]))
+            parts.append(average_fl(fl, [u.n for u in fl]))
             weights.append(n_fl)
         if cl:
             d, n_cl = self.cl_delta(params, cl)

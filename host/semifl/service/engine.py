@@ -20,11 +20,11 @@ import numpy as np
 
 from semifl.fleet.planner import PlannerConfig, RoundPlan, plan_round, select_fl_uploaders, task_seed
 from semifl.fleet.registry import Registry
-from semifl.learn import int8
+from semifl.learn import compress, int8, mlp
 from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays, encode_arrays
+from semifl.protocol.tensors import decode_arrays, dequantize, encode_arrays, from_wire
 
 log = logging.getLogger("semifl.engine")
 ROW = 784
@@ -44,6 +44,8 @@ class EngineConfig:
     max_blob: int = 32 << 20
     max_blobs_in_flight: int = 4      # per device: bounds the memory a misbehaving device can pin
     int8_every: int = 0               # push the int8 model to inference-capable MCUs every N rounds (0: never)
+    compression: str = "none"         # "none": every FL client trains the model pruned at `prune`; "auto": per
+                                      # device from its capabilities (learn/compress.py, seed 001)
     calibration: int = 1000           # samples that set the int8 activation ranges
 
 
@@ -76,6 +78,7 @@ class RoundEngine:
         self.shapes = [p.shape for p in self.params]
         self.round = 0
         self.plan: RoundPlan | None = None
+        self.assigned: dict = {}   # FL client -> the Compression it trains with this round (None: uniform)
         self.norms: dict[str, float] = {}
         self.trained_n: dict[str, int] = {}
         self.uploaders: list[str] | None = None
@@ -248,10 +251,11 @@ class RoundEngine:
         if (dev, "update") in self.accepted:
             raise Rejected("replay", f"{dev} already delivered its round {rnd} update")
         got = [(t[0], tuple(t[1])) for t in tensors]
-        want = [("float32", tuple(s)) for s in self.shapes]
+        c = self.assigned.get(dev)
+        want = [(c.dtype if c is not None else "float32", tuple(s)) for s in self.shapes]
         if got != want:
             raise Rejected("shape", f"update tensors {got[:3]}... do not match the model {want[:3]}...")
-        _, arrays = decode_arrays(blob)
+        arrays = [dequantize(t) for t in tensors]
         for a in arrays:
             if not np.isfinite(a).all():
                 raise Rejected("nonfinite", "update contains NaN or Inf")
@@ -280,6 +284,12 @@ class RoundEngine:
         self._took_upload(dev)
 
     # --- the round ------------------------------------------------------------------------------------
+    def compression_for(self, dev: str):
+        """The Compression this FL client trains with, or None for the uniform setting (`prune`)."""
+        if self.cfg.compression == "none":
+            return None
+        return compress.for_device(self.registry.devices.get(dev, {}), sum(p.nbytes for p in self.params))
+
     def _took_upload(self, dev):
         """T_upload as the host sees it: from asking for the blob to holding all of it."""
         if dev in self.asked:
@@ -309,6 +319,8 @@ class RoundEngine:
             self.plan = plan_round(rnd, self.registry.view(rnd), self.cfg.planner, use_cl=self.strategy.uses_cl)
             self.store.begin_round(rnd, asdict(self.plan))
         self.uploaders = row["uploaders"] if row else None
+        # per-device compression is a pure function of caps, so a restarted host assigns the same again
+        self.assigned = {d: self.compression_for(d) for d in self.plan.fl}
         self.accepted = {(d, k) for d, k, _, _ in self.store.contributions(rnd)}
 
         # stage 2: model and tasks out, norms and samples in, then the top-K upload
@@ -320,8 +332,12 @@ class RoundEngine:
             self._broadcast(wire.T_MODEL, b"", pis, blob=(wire.KIND_MODEL, rnd, blob, chunk))
         common = {"round": rnd, "lr": self.cfg.lr}
         for d in fl_todo:
-            self._send(d, dict(common, role="fl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
-                               prune=self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs))
+            c = self.assigned[d]
+            task = dict(common, role="fl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
+                        prune=c.prune if c is not None else self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs)
+            if c is not None:
+                task["compression"] = c.to_task()
+            self._send(d, task)
         for d in self.plan.cl:
             if (d, "samples") not in self.accepted:
                 self.asked[d] = time.monotonic()
@@ -346,10 +362,14 @@ class RoundEngine:
         # stage 3: aggregate what was accepted (read back from the store: the durable copy)
         fl, cl = [], []
         for dev, kind, n, blob in self.store.contributions(rnd):
-            meta, arrays = decode_arrays(blob)
+            meta, ts = wire.decode_blob(blob)
             if kind == "update":
-                fl.append(FLUpdate(dev, [a.copy() for a in arrays], n))
+                arrays = [dequantize(t) for t in ts]   # float16 and int8 deltas (compressed clients) to float32
+                c = self.assigned.get(dev)
+                mask = mlp.prune_mask(self.params, c.prune) if c is not None and c.prune > 0 else None
+                fl.append(FLUpdate(dev, [a.astype(np.float32, copy=True) for a in arrays], n, mask))
             else:
+                arrays = [from_wire(t) for t in ts]     # raw uint8 samples and labels
                 cl.append(CLBatch(dev, arrays[0], arrays[1]))
                 if sum(len(c) for c in self.calib) < self.cfg.calibration:
                     self.calib.append(np.array(arrays[0][: self.cfg.calibration]))

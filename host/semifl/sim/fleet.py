@@ -64,6 +64,10 @@ def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
     "class" (the seed: one class each), "k-classes", "dirichlet" or "iid" (semifl.learn.partition)."""
     specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
                        LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
+    rams = [int(float(v)) for v in cfg.pi_ram.split(",") if v.strip()] if getattr(cfg, "pi_ram", "") else []
+    for i, spec in enumerate(s for s in specs if s.device_class == "pi"):
+        if rams:
+            spec.sim["ram"] = rams[i % len(rams)]
     if cfg.partition != "class":
         params = {"k-classes": {"k": cfg.k_classes}, "dirichlet": {"alpha": cfg.alpha}}.get(cfg.partition, {})
         parts = partition(cfg.partition, ds.y_train, len(specs), cfg.seed, **params)
@@ -96,6 +100,8 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
     if spec.device_class == "pi":
         np.savez(d / "data.npz", x=x, y=y)
         cfg.update(data=str(d / "data.npz"), max_chunk=65536)
+        if "ram" in sim:
+            cfg["ram"] = sim.pop("ram")   # a simulated board's memory, reported in its caps
     else:
         (d / "samples.bin").write_bytes(x.tobytes())
         (d / "labels.bin").write_bytes(y.astype(np.uint8).tobytes())

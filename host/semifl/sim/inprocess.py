@@ -13,14 +13,15 @@ from threadpoolctl import ThreadpoolController
 
 from semifl.config import RunConfig
 from semifl.fleet.planner import plan_round, select_fl_uploaders, task_seed
-from semifl.learn import mlp
+from semifl.learn import compress, mlp
 from semifl.learn.data import Dataset, to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy, make_strategy
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction, select
+from semifl.protocol.tensors import dequantize
 from semifl.sim.fleet import fleet_for, shard
 from semifl.sim.link import SimRadio
-from semifl_agent.train import local_update
+from semifl_agent.train import encode_update, local_update
 
 PI_CHUNK, MCU_CHUNK = 65536, 4096   # the virtual fleet's max_chunk per device class
 TASK_DIGITS = 10                    # task nonces are up to 10 decimal digits
@@ -37,7 +38,8 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
     data = {s.id: shard(ds, s) for s in specs}
     radios = {s.id: SimRadio(s.sim) for s in specs}
     caps = {s.id: {"class": s.device_class, "raw_ok": s.raw_ok, "n_samples": len(data[s.id][1]),
-                   "cpu_score": 1e4 if s.device_class == "pi" else 1.0, "ram": 1 << 30 if s.device_class == "pi" else 110_000}
+                   "cpu_score": 1e4 if s.device_class == "pi" else 1.0,
+                   "ram": s.sim.get("ram", 1 << 30) if s.device_class == "pi" else 110_000}
             for s in specs}
     ecfg = cfg.engine()
     strategy = strategy or make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed)
@@ -52,13 +54,22 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
         plan = plan_round(rnd, view, ecfg.planner, use_cl=strategy.uses_cl)
         results = {}
         masks = mlp.prune_mask(params, cfg.prune) if cfg.prune > 0 and plan.fl else None  # same for every device
+        comp = {d: compress.for_device(caps[d], sum(p.nbytes for p in params)) if cfg.compression == "auto" else None
+                for d in plan.fl}   # as RoundEngine.compression_for
         for d in plan.fl:
             t = {"round": rnd, "seed": task_seed(cfg.seed, rnd, d), "prune": cfg.prune, "lr": cfg.lr,
                  "fraction": cfg.fl_fraction, "epochs": cfg.epochs}
+            if comp[d] is not None:
+                t.update(prune=comp[d].prune, compression=comp[d].to_task())
             with blas.limit(limits=1):  # as the device processes run (VirtualFleet): same BLAS sums, same bits
-                results[d] = local_update(params, *data[d], t, masks)
+                delta, n, norm = local_update(params, *data[d], t, masks if comp[d] is None else None)
+            # what the host gets back from the wire: the delta in the dtype the device sent
+            tensors = encode_update(delta, t)
+            results[d] = ([dequantize(w) for w in tensors], n, norm, tensors)
         uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
-        fl = [FLUpdate(d, results[d][0], results[d][1]) for d in uploaders]
+        fl = [FLUpdate(d, results[d][0], results[d][1],
+                       mlp.prune_mask(params, comp[d].prune) if comp[d] is not None and comp[d].prune > 0 else None)
+              for d in uploaders]
         cl = []
         for d in plan.cl:
             x, y = data[d]
@@ -66,7 +77,7 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
             cl.append(CLBatch(d, x[idx], y[idx]))
         model_bytes = wire_bytes({"kind": "model", "round": rnd}, param_headers, PI_CHUNK) if plan.fl else 0
         up_fl = sum(wire_bytes({"kind": "update", "round": rnd, "task": task, "device": u.device, "n": u.n},
-                               param_headers, PI_CHUNK) for u in fl)
+                               [(w[0], w[1], w[2], w[3]) for w in results[u.device][3]], PI_CHUNK) for u in fl)
         up_cl = sum(wire_bytes({"kind": "samples", "round": rnd, "task": task, "device": b.device, "n": len(b.y)},
                                [("uint8", b.x.shape, 1.0, 0), ("uint8", b.y.shape, 1.0, 0)], MCU_CHUNK) for b in cl)
         params = strategy.aggregate(params, fl, cl)

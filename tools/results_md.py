@@ -226,7 +226,9 @@ def main(argv=None):
             strat, name = k.split(" | ")
             lines.append(f"| {strat} | {name} | {pct(r['final_accuracy'])} | {pct(r['best'])} | "
                          f"{r['fl_uplink_bytes'] / 1e6:.0f} MB | {r['uplink_bytes'] / 1e6:.0f} MB |")
-        lines.append("")
+        lines += ["", "Pruned updates still travel dense (pruned entries as float32 zeros), so uniform P saves no "
+                  "uplink here; per-device compression saves it through fp16/int8 deltas. A sparse update encoding "
+                  "is not implemented yet.", ""]
     rt = REPO / "benchmarks" / "results" / "round_time.json"
     if rt.exists():
         d = json.loads(rt.read_text())

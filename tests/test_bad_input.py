@@ -54,7 +54,9 @@ def rig(tmp_path, broker_url):
 
 
 def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=4096, **meta):
-    arrays = arrays if arrays is not None else [np.full(s, 0.01, np.float32) for s in engine.shapes]
+    # a good update changes only what the client's copy holds (the model pruned at cfg.prune)
+    arrays = arrays if arrays is not None else [np.where(m, 0.01, 0.0).astype(np.float32)
+                                                for m in engine.prune_mask(engine.cfg.prune)]
     m = {"kind": "update", "round": rnd, "task": engine.task_id(rnd, device) if task is None else task,
          "device": device, "n": 100}
     m.update(meta)
@@ -95,6 +97,8 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     nan = [np.zeros(s, np.float32) for s in engine.shapes]
     nan[2][0, 0] = np.nan
     bad("nonfinite", "pi-x", wire.T_UP, update_chunks(engine, nan))
+    sneaky = [np.full(s, 0.01, np.float32) for s in engine.shapes]   # also moves entries it pruned away
+    bad("mask", "pi-x", wire.T_UP, update_chunks(engine, sneaky))
     inf = [np.zeros(s, np.float32) for s in engine.shapes]
     inf[1][3] = np.inf
     bad("nonfinite", "pi-x", wire.T_UP, update_chunks(engine, inf))
@@ -123,6 +127,6 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     stored = {(d, k) for d, k, _, _ in store.contributions(RND)}
     assert stored == {("pi-x", "update"), ("mcu-y", "samples")}
     reasons = {r[2] for r in store.rejections()}
-    assert reasons == {"malformed", "truncated", "crc", "version", "shape", "nonfinite", "stale_round", "replay",
+    assert reasons == {"malformed", "truncated", "crc", "version", "shape", "nonfinite", "mask", "stale_round", "replay",
                        "unknown_device", "schema", "oversized", "unexpected"}
     assert sum(engine.rejected.values()) == len(store.rejections())

@@ -79,6 +79,7 @@ class RoundEngine:
         self.round = 0
         self.plan: RoundPlan | None = None
         self.assigned: dict = {}   # FL client -> the Compression it trains with this round (None: uniform)
+        self._masks: dict = {}     # (round, rate) -> keep-masks of that round's model
         self.norms: dict[str, float] = {}
         self.trained_n: dict[str, int] = {}
         self.uploaders: list[str] | None = None
@@ -259,6 +260,11 @@ class RoundEngine:
         for a in arrays:
             if not np.isfinite(a).all():
                 raise Rejected("nonfinite", "update contains NaN or Inf")
+        rate = c.prune if c is not None else self.cfg.prune
+        if rate > 0:   # a pruned copy cannot change what it does not have: such an update is not its own
+            for a, m in zip(arrays, self.prune_mask(rate)):
+                if np.any(a[~m] != 0):
+                    raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
         if meta["n"] > self.registry.devices[dev]["n_samples"]:
             raise Rejected("schema", f"n={meta['n']} exceeds the device's {self.registry.devices[dev]['n_samples']} samples")
         self.store.accept(rnd, dev, "update", meta["n"], blob)
@@ -284,6 +290,13 @@ class RoundEngine:
         self._took_upload(dev)
 
     # --- the round ------------------------------------------------------------------------------------
+    def prune_mask(self, rate: float) -> list[np.ndarray]:
+        """Keep-masks of this round's global model at `rate`, as every client derives them (cached)."""
+        key = (self.round, rate)
+        if key not in self._masks:
+            self._masks = {key: mlp.prune_mask(self.params, rate)}
+        return self._masks[key]
+
     def compression_for(self, dev: str):
         """The Compression this FL client trains with, or None for the uniform setting (`prune`)."""
         if self.cfg.compression == "none":
@@ -366,7 +379,7 @@ class RoundEngine:
             if kind == "update":
                 arrays = [dequantize(t) for t in ts]   # float16 and int8 deltas (compressed clients) to float32
                 c = self.assigned.get(dev)
-                mask = mlp.prune_mask(self.params, c.prune) if c is not None and c.prune > 0 else None
+                mask = self.prune_mask(c.prune) if c is not None and c.prune > 0 else None
                 fl.append(FLUpdate(dev, [a.astype(np.float32, copy=True) for a in arrays], n, mask))
             else:
                 arrays = [from_wire(t) for t in ts]     # raw uint8 samples and labels

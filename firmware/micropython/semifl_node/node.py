@@ -19,6 +19,7 @@ try:
 except ImportError:  # CPython with the host package installed
     from semifl.protocol import sampling, wire
 from semifl_node import int8
+from semifl_node.download import FlashAssembler, replace
 
 FIRMWARE = "semifl-mcu/0.1"
 ROW = 784
@@ -38,15 +39,6 @@ def since_ms(t0):
     return diff(now_ms(), t0) if diff else now_ms() - t0
 
 
-def replace(src, dst):
-    """Atomic swap where the filesystem renames over a file (POSIX, LittleFS); FAT needs the remove."""
-    try:
-        os.rename(src, dst)
-    except OSError:
-        os.remove(dst)
-        os.rename(src, dst)
-
-
 def cpu_score(iterations=20000):
     """A timed integer loop, scaled so an ESP32 at 240 MHz scores in the single digits."""
     ticks = getattr(time, "ticks_ms", None)
@@ -57,60 +49,6 @@ def cpu_score(iterations=20000):
     t1 = ticks() if ticks else time.time() * 1000
     ms = (time.ticks_diff(t1, t0) if ticks else t1 - t0) or 1
     return round(iterations / ms / 100, 2)
-
-
-class FlashAssembler:
-    """A blob reassembled straight into a flash file: each chunk is written at its offset as it comes
-    (every chunk but the last is full, so the offset follows from seq), in any order, RAM = one chunk.
-    Done when every chunk is in and the file's CRC-32 equals the blob CRC of the last chunk."""
-
-    def __init__(self, path, blob_id, count, blob_len):
-        self.blob_id, self.count, self.blob_len = blob_id, count, blob_len
-        self.got = bytearray(count)
-        self.left = count
-        self.blob_crc = None
-        self.f = open(path, "wb")
-        zeros = bytes(512)
-        for off in range(0, blob_len, 512):   # the file at full length: writes land in place
-            self.f.write(zeros[:min(512, blob_len - off)])
-        self.f.close()
-        self.f = open(path, "r+b")
-
-    def add(self, seq, bcrc, data):
-        if self.got[seq]:
-            return False   # QoS 1 delivers at least once
-        last = seq == self.count - 1
-        if last:
-            off = self.blob_len - len(data)
-            self.blob_crc = bcrc
-        else:
-            off = seq * len(data)
-        if off < 0 or off + len(data) > self.blob_len or (not last and off + len(data) > self.blob_len - 1):
-            raise wire.WireError("malformed", "chunk %d does not fit a %d-byte blob" % (seq, self.blob_len))
-        self.f.seek(off)
-        self.f.write(data)
-        self.got[seq] = 1
-        self.left -= 1
-        if self.left:
-            return False
-        self.f.flush()
-        self.f.seek(0)
-        crc = 0
-        buf = bytearray(512)
-        while True:
-            n = self.f.readinto(buf)
-            if not n:
-                break
-            crc = wire.crc32(buf if n == 512 else buf[:n], crc)
-        self.close()
-        if crc & 0xFFFFFFFF != self.blob_crc:
-            raise wire.WireError("crc", "blob %d" % self.blob_id)
-        return True
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None
 
 
 class Node:

@@ -20,6 +20,7 @@ MP_DIR = REPO / "firmware" / "micropython"
 APP = [
     (MP_DIR / "semifl_node" / "node.py", "semifl_node/node"),
     (MP_DIR / "semifl_node" / "int8.py", "semifl_node/int8"),
+    (MP_DIR / "semifl_node" / "download.py", "semifl_node/download"),
     (REPO / "host" / "semifl" / "protocol" / "wire.py", "wire"),
     (REPO / "host" / "semifl" / "protocol" / "sampling.py", "sampling"),
     (MP_DIR / "lib" / "umqtt" / "simple.py", "lib/umqtt/simple"),

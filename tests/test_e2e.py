@@ -27,6 +27,11 @@ def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
     # the MCU devices were the real MicroPython interpreter running the board build; the Pis, CPython
     assert {(d["runtime"], d["board"]) for d in devs.values() if d["device_class"] == "mcu"} == {("micropython", "esp32")}
     assert {d["runtime"] for d in devs.values() if d["device_class"] == "pi"} == {"cpython"}
+    # energy from the virtual meter, per device and phase, in joules
+    for d in devs.values():
+        assert d["meter"] == "virtual" and set(d["energy_by_phase"]) == {"train", "infer", "upload", "download", "idle"}
+        assert d["energy_j"] == pytest.approx(sum(d["energy_by_phase"].values()), abs=1e-3) and d["energy_j"] > 0
+    assert all(d["energy_by_phase"]["train"] > 0 for d in devs.values() if d["device_class"] == "pi")
     # after round 10 each MCU got the int8 model, swapped it in and reported its accuracy on its own data
     for d in (d for d in devs.values() if d["device_class"] == "mcu"):
         assert d["int8_eval"]["model_round"] in (10, 20) and 0 <= d["int8_eval"]["accuracy"] <= 1, d

@@ -391,17 +391,19 @@ class RoundEngine:
         phases["aggregate"] = time.time() - t0 - sum(phases.values())
         acc, loss = self.evaluate(self.params)
         phases["evaluate"] = time.time() - t0 - sum(phases.values())
+        if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
+            self.push_int8(rnd)   # inside the round, so its bytes count towards it
+        up, down = self.bytes_up - up0, self.bytes_down - down0
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
                    "rejected": dict(self.rejected), "device_errors": dict(self.failed),
                    "device_evals": dict(self.evals), "device_times_s": dict(self.times),
-                   "bytes_up": sum((self.bytes_up - up0).values()), "bytes_down": sum((self.bytes_down - down0).values()),
+                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
+                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
         meta, arrays = self.strategy.state()
         self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
-        if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
-            self.push_int8(rnd)
         return metrics
 
     def push_int8(self, rnd: int) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from semifl.config import RunConfig
+from semifl.energy import fleet_energy
 from semifl.learn import mlp
 from semifl.learn.data import Dataset, load_idx_dataset, to_float
 from semifl.learn.strategy import make_strategy
@@ -96,6 +97,10 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
             "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
         }
         summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
+        # no hardware meter in a virtual fleet: the virtual meter, per board profile (semifl.energy)
+        energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
+        for d in summary["devices"]:
+            d.update(energy.get(d["id"], {}))
         write_summary(out, summary)
         if cfg.plot and rounds:
             plot_rounds(out, rounds, f"{cfg.strategy} on {ds.name}, {len(specs)} devices")

@@ -1,0 +1,33 @@
+"""The virtual meter against hand-computed joules, and its profiles' sources."""
+import pytest
+
+from semifl.energy import PHASES, PROFILES, VirtualMeter, fleet_energy, load_profile
+
+
+def test_round_joules_by_hand():
+    p = load_profile("esp32")   # 3.3 V; cpu 68 mA, idle 30 mA, tx 180 mA, rx 100 mA; 2 Mbit/s
+    j = VirtualMeter(p).round_joules(wall_s=10.0, train_s=0.0, infer_s=0.5, bytes_up=250_000, bytes_down=50_000)
+    assert j["infer"] == pytest.approx(0.5 * 3.3 * 0.068)
+    assert j["upload"] == pytest.approx(1.0 * 3.3 * 0.180)        # 2 Mbit at 2 Mbit/s
+    assert j["download"] == pytest.approx(0.2 * 3.3 * 0.100)
+    assert j["idle"] == pytest.approx((10 - 0.5 - 1.0 - 0.2) * 3.3 * 0.030)
+    assert set(j) == set(PHASES)
+
+
+def test_fleet_energy_sums_rounds_and_skips_unknown_boards():
+    rounds = [{"wall_s": 2.0, "device_bytes": {"pi-0": [0, 0]}, "device_times_s": {"pi-0": {"local": 1.0}}},
+              {"wall_s": 2.0, "device_bytes": {}, "device_times_s": {}}]
+    e = fleet_energy(rounds, {"pi-0": "rpi4", "x": "no-such-board"})
+    assert set(e) == {"pi-0"} and e["pi-0"]["meter"] == "virtual"
+    # round 1: 1 s at 5.1 V x 0.725 A + 1 s idle at 5.1 x 0.54; round 2: 2 s idle
+    assert e["pi-0"]["energy_j"] == pytest.approx(5.1 * 0.725 + 5.1 * 0.54 * 3, abs=1e-3)
+
+
+def test_every_profile_cites_its_source():
+    for path in PROFILES.glob("*.toml"):
+        text = path.read_text()
+        assert "Source" in text, path
+        p = load_profile(path.stem)
+        assert {"cpu_active", "idle", "wifi_tx", "wifi_rx"} <= set(p.current_a) and p.throughput_bps > 0
+    with pytest.raises(FileNotFoundError, match="no power profile"):
+        load_profile("pdp11")

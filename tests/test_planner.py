@@ -48,3 +48,15 @@ def test_channel_model_is_seeded_and_follows_path_loss():
     # averaged over many rounds, Rician fading has unit mean power: gain ~ C0 * d^-2.2
     mean = sum(ch.gains(r) for r in range(2000)) / 2000
     assert mean == pytest.approx(ch.large_scale, rel=0.1)
+
+
+def test_energy_aware_a_low_battery_board_uploads_samples_instead_of_training():
+    devices = {"pi-full": caps("pi", -50, battery=0.9),
+               "pi-low": caps("pi", -30, battery=0.2),                    # may send raw data: becomes a CL uploader
+               "pi-low-private": caps("pi", -30, battery=0.2, raw_ok=False),   # may not: sits out
+               "mcu-1": caps("mcu", -60)}
+    off = plan_round(1, devices, PlannerConfig(cl_uploaders=2))
+    assert off.fl == ["pi-full", "pi-low", "pi-low-private"]            # default: battery only below 5 %
+    on = plan_round(1, devices, PlannerConfig(cl_uploaders=2, fl_min_battery=0.3))
+    assert on.fl == ["pi-full"] and on.cl == ["mcu-1", "pi-low"]
+    assert on.idle["pi-low-private"] == "battery too low to train"

@@ -38,6 +38,7 @@ class RunConfig:
     bandwidth_bps: float = 0.0
     drop: float = 0.0
     int8_every: int = 10          # every N rounds the MCUs get the int8 model and report on-device accuracy (0: never)
+    fl_min_battery: float = 0.0   # energy-aware planning: capable boards below this battery upload samples, not train
     compression: str = "none"     # none: FL clients prune at `prune`; auto: per device from its caps (seed 001)
     pi_ram: str = ""              # simulated RAM of the Pi-class devices, bytes, comma-separated and cycled
                                   # (e.g. "4e9,64e6,16e6"); empty: each reports the machine's
@@ -58,7 +59,8 @@ class RunConfig:
     def engine(self) -> EngineConfig:
         return EngineConfig(seed=self.seed, lr=self.lr, epochs=self.epochs, prune=self.prune,
                             fl_fraction=self.fl_fraction, cl_fraction=self.cl_fraction,
-                            planner=PlannerConfig(cl_uploaders=self.cl_uploaders, fl_uploaders=self.fl_uploaders),
+                            planner=PlannerConfig(cl_uploaders=self.cl_uploaders, fl_uploaders=self.fl_uploaders,
+                                                  fl_min_battery=self.fl_min_battery),
                             ready_timeout_s=self.ready_timeout_s, collect_timeout_s=self.collect_timeout_s,
                             int8_every=self.int8_every, compression=self.compression)
 

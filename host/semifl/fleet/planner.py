@@ -19,6 +19,8 @@ class PlannerConfig:
     min_cpu_score: float = 50.0    # below this a device counts as computing-limited
     min_ram: int = 8 << 20         # bytes; an MCU with 520 KB is computing-limited
     min_battery: float = 0.05      # below this a device sits the round out
+    fl_min_battery: float = 0.0    # energy-aware: a capable device below this does not train this round; it
+                                   # uploads samples instead if its policy lets raw data go, else sits out
 
 
 @dataclass
@@ -39,10 +41,13 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
     cl_candidates = []
     for dev_id in sorted(devices):
         caps = devices[dev_id]
-        if caps.get("battery", 1.0) < cfg.min_battery:
+        battery = caps.get("battery", 1.0)
+        if battery < cfg.min_battery:
             plan.idle[dev_id] = "battery"
-        elif is_capable(caps, cfg):
+        elif is_capable(caps, cfg) and battery >= cfg.fl_min_battery:
             plan.fl.append(dev_id)
+        elif is_capable(caps, cfg) and not (use_cl and caps.get("raw_ok", False)):
+            plan.idle[dev_id] = "battery too low to train"
         elif not use_cl:
             plan.idle[dev_id] = "strategy uses no CL"
         elif not caps.get("raw_ok", False):

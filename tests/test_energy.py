@@ -31,3 +31,21 @@ def test_every_profile_cites_its_source():
         assert {"cpu_active", "idle", "wifi_tx", "wifi_rx"} <= set(p.current_a) and p.throughput_bps > 0
     with pytest.raises(FileNotFoundError, match="no power profile"):
         load_profile("pdp11")
+
+
+def test_report_energy_vs_accuracy(tmp_path, capsys):
+    import json
+
+    from semifl.cli import main
+
+    for name, strategy, acc, joules in (("a", "semifl", 0.40, [3.0, 1.5]), ("b", "semifl+", 0.80, [2.0, 2.0])):
+        (tmp_path / name).mkdir()
+        devices = [{"id": "pi-0", "device_class": "pi", "energy_j": joules[0], "meter": "virtual"},
+                   {"id": "mcu-1", "device_class": "mcu", "energy_j": joules[1], "meter": "virtual"}]
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"strategy": strategy, "rounds": [{}] * 5, "final_accuracy": acc, "devices": devices}))
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "e.png")]) == 0
+    out = capsys.readouterr().out
+    assert "semifl, 5 rounds, accuracy 40.00 %, devices 4.5 J (mcu 1.5 J, pi 3.0 J; meter virtual)" in out
+    assert "semifl+, 5 rounds, accuracy 80.00 %, devices 4.0 J" in out
+    assert (tmp_path / "e.png").stat().st_size > 5_000

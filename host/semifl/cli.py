@@ -206,6 +206,20 @@ def cmd_flash(args):
         return 2
 
 
+def cmd_report(args):
+    from pathlib import Path
+
+    from semifl.service.report import energy_table, plot_energy_vs_accuracy
+
+    rows = energy_table([Path(r) for r in args.runs])
+    for r in rows:
+        per = ", ".join(f"{k} {v:.1f} J" for k, v in r["energy_j_by_class"].items())
+        print(f"{r['run']}: {r['strategy']}, {r['rounds']} rounds, accuracy {100 * r['final_accuracy']:.2f} %, "
+              f"devices {r['energy_j']:.1f} J ({per}; meter {'/'.join(r['meter']) or 'none'})")
+    print(f"wrote {plot_energy_vs_accuracy(rows, Path(args.out))}")
+    return 0
+
+
 def cmd_models(args):
     from pathlib import Path
 
@@ -256,6 +270,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
                                             "MATLAB's sample-and-class mean, i.e. 0.01)")
     p.set_defaults(fn=cmd_reproduce)
+    p = sub.add_parser("report", help="energy vs accuracy of finished runs (their summary.json)")
+    p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl runs/fedavg")
+    p.add_argument("--out", default="energy_vs_accuracy.png")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("models", help="model definitions; `export NAME`: int8 .tflite, C array, card (needs [export])")
     p.add_argument("action", choices=["list", "export"])
     p.add_argument("name", nargs="?", default="mlp-fmnist")

@@ -34,3 +34,38 @@ def plot_rounds(out: Path, rounds: list[dict], title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def energy_table(runs: list[Path]) -> list[dict]:
+    """One row per run directory: its strategy, final accuracy and device energy, total and per class."""
+    rows = []
+    for run in runs:
+        s = json.loads((Path(run) / "summary.json").read_text())
+        by_class: dict[str, float] = {}
+        for d in s["devices"]:
+            by_class[d["device_class"]] = by_class.get(d["device_class"], 0.0) + d.get("energy_j", 0.0)
+        rows.append({"run": str(run), "strategy": s["strategy"], "rounds": len(s["rounds"]),
+                     "final_accuracy": s["final_accuracy"], "energy_j": round(sum(by_class.values()), 3),
+                     "energy_j_by_class": {k: round(v, 3) for k, v in sorted(by_class.items())},
+                     "meter": sorted({d.get("meter") for d in s["devices"] if d.get("meter")})})
+    return rows
+
+
+def plot_energy_vs_accuracy(rows: list[dict], path: Path) -> Path:
+    """Device joules spent against final accuracy, one point per run, labelled by strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        ax.scatter(r["energy_j"], 100 * r["final_accuracy"])
+        ax.annotate(f"{r['strategy']} ({Path(r['run']).name})", (r["energy_j"], 100 * r["final_accuracy"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(xlabel="device energy, all devices (J)", ylabel="final test accuracy (%)", title="energy vs accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

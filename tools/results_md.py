@@ -229,6 +229,19 @@ def main(argv=None):
         lines += ["", "Pruned updates still travel dense (pruned entries as float32 zeros), so uniform P saves no "
                   "uplink here; per-device compression saves it through fp16/int8 deltas. A sparse update encoding "
                   "is not implemented yet.", ""]
+    en = REPO / "benchmarks" / "results" / "energy.json"
+    if en.exists():
+        d = json.loads(en.read_text())
+        lines += [f"## Energy against accuracy ({d['rounds']} rounds, virtual meter)", "",
+                  "`python benchmarks/bench_energy.py` → `benchmarks/results/energy.json` and the plot: `semifl run` on "
+                  "the seed's fleet (6 Pi 4 FL clients, 4 ESP32 CL uploaders under MicroPython), joules from each "
+                  "device's measured CPU time and counted bytes with the board profiles in `hil_tests/profiles/`.", "",
+                  "| strategy | final accuracy | device energy | Pis | MCUs |", "|---|---|---|---|---|"]
+        for r in d["runs"]:
+            c = r["energy_j_by_class"]
+            lines.append(f"| {r['strategy']} | {pct(r['final_accuracy'])} | {r['energy_j']:.0f} J | "
+                         f"{c.get('pi', 0):.0f} J | {c.get('mcu', 0):.0f} J |")
+        lines += ["", "![energy vs accuracy](img/energy_vs_accuracy.png)", ""]
     rt = REPO / "benchmarks" / "results" / "round_time.json"
     if rt.exists():
         d = json.loads(rt.read_text())

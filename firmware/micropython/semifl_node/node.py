@@ -190,6 +190,8 @@ class Node:
                 if m.predict(row) == fl.read(1)[0]:
                     correct += 1
         ms = since_ms(t0)
+        m = row = None
+        gc.collect()   # the model's arrays go before the next upload needs its chunk buffers
         self.status({"kind": "eval", "round": model_round, "accuracy": correct / n, "n": n, "ms": ms})
         return correct / n
 

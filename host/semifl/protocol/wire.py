@@ -203,7 +203,7 @@ def chunk_count(blob_len, chunk_size):
 
 def encode_chunk(kind, blob_id, seq, count, blob_len, data, blob_crc=0):
     return struct.pack(CHUNK_HEADER, MAGIC, VERSION, kind, blob_id, seq, count, blob_len,
-                       blob_crc if seq == count - 1 else 0, crc32(data) & 0xFFFFFFFF) + data
+                       blob_crc if seq == count - 1 else 0, crc32(data) & 0xFFFFFFFF) + bytes(data)
 
 
 def iter_chunks(kind, blob_id, blob, chunk_size):
@@ -221,23 +221,31 @@ class ChunkWriter:
     def __init__(self, kind, blob_id, blob_len, chunk_size, send):
         self.kind, self.blob_id, self.blob_len, self.size, self.send = kind, blob_id, blob_len, chunk_size, send
         self.count = chunk_count(blob_len, chunk_size)
-        self.seq, self.crc, self.buf, self.written = 0, 0, b"", 0
+        self.seq, self.crc, self.written = 0, 0, 0
+        # one buffer for the whole blob, filled in place: on an MCU, growing bytes objects per write
+        # fragment the heap until a 4 KB allocation fails
+        self.buf = bytearray(min(chunk_size, blob_len))
+        self.fill = 0
 
     def write(self, data):
         self.written += len(data)
         if self.written > self.blob_len:
             raise WireError("oversized", "wrote past the declared blob length")
         self.crc = crc32(data, self.crc) & 0xFFFFFFFF
-        self.buf += data
-        while len(self.buf) >= self.size and self.seq < self.count - 1:
-            self._emit(self.buf[:self.size])
-            self.buf = self.buf[self.size:]
+        mv, off = memoryview(data), 0
+        while off < len(mv):
+            n = min(self.size - self.fill, len(mv) - off)
+            self.buf[self.fill:self.fill + n] = mv[off:off + n]
+            self.fill += n
+            off += n
+            if self.fill == self.size and self.seq < self.count - 1:
+                self._emit(self.buf)
+                self.fill = 0
 
     def close(self):
         if self.written != self.blob_len:
             raise WireError("truncated", "wrote %d of %d bytes" % (self.written, self.blob_len))
-        self._emit(self.buf)
-        self.buf = b""
+        self._emit(memoryview(self.buf)[:self.fill])
 
     def _emit(self, data):
         self.send(encode_chunk(self.kind, self.blob_id, self.seq, self.count, self.blob_len, data, self.crc))

@@ -113,6 +113,83 @@ def pruning_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def render(sec: dict, result: str) -> list[str]:
+    """A benchmark's section: title, the command and its JSON, an intro, one or more tables, a closing text."""
+    out = [f"## {sec['title']}", "",
+           f"`python benchmarks/{sec['script']}` → `benchmarks/results/{result}`. {sec['intro']}", ""]
+    for header, rows in sec["tables"]:
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        out.append("")
+    return out + list(sec.get("after", [])) + ([""] if sec.get("after") else [])
+
+
+def mcu_section(m: dict) -> dict:
+    return {"title": "MCU node budget (MicroPython)", "script": "bench_mcu.py", "intro": f"{m['what']}; {m['note']}.",
+            "tables": [(["S", "heap a round needs", "CL upload on air", "int8 model download on air", "int8 inference (unix port)"],
+                        [[s, f"{r['heap_needed_bytes'] / 1000:.1f} kB", f"{r['cl_upload_bytes_on_air'] / 1e6:.2f} MB",
+                          f"{r['model_int8_download_bytes_on_air'] / 1000:.1f} kB", f"{r['infer_ms_per_sample_unix']:.1f} ms/sample"]
+                         for s, r in m["by_fraction"].items()]),
+                       (["board", "free heap", "fits S = 0.05 / 0.3 / 1", "margin at S = 0.3"],
+                        [[b, f"{r['free_heap_bytes'] / 1000:.0f} kB", " / ".join("yes" if v else "no" for v in r["fits"].values()),
+                          f"{r['margin_bytes_at_S0.3'] / 1000:.0f} kB"] for b, r in m["boards"].items()])]}
+
+
+def seed001_section(d: dict) -> dict:
+    def seed_cell(k):
+        sp = d["seed_paper"].get(k)
+        return f"{sp['ms_per_epoch']} / {sp['mb_per_epoch']}" if sp else "—"
+    ra = d["ratios"]
+    return {"title": "Seed 001: training in float64, float32, float16; int8 weights", "script": "bench_seed001.py",
+            "intro": f"{d['setup']}, {d['epochs']} epochs, lr {d['lr']}, one core of this machine (the seed: a Raspberry Pi-class device).",
+            "tables": [(["row", "ms / epoch", "MB / epoch (peak allocated)", "test accuracy", "model bytes", "seed ms / MB"],
+                        [[k, r.get("ms_per_epoch", "—"), r.get("mb_per_epoch", "—"), pct(r["test_accuracy"]), r["model_bytes"], seed_cell(k)]
+                         for k, r in d["rows"].items()])],
+            "after": [f"float32 / float64: time {ra['float32_vs_float64_time']:.2f}x (seed {ra['seed_float32_vs_float64_time']:.2f}x), "
+                      f"memory {ra['float32_vs_float64_memory']:.2f}x (seed {ra['seed_float32_vs_float64_memory']:.2f}x). numpy has no "
+                      "native float16 arithmetic on this CPU, so float16 is emulated (slower) and, at the same step size, "
+                      "unstable by the end of training."]}
+
+
+def compression_section(d: dict) -> dict:
+    return {"title": f"SemiFL with per-device compression ({d['rounds']} rounds)", "script": "bench_compression.py",
+            "intro": d["setup"],
+            "tables": [(["strategy", "FL clients", "final accuracy", "best", "FL uplink", "total uplink"],
+                        [k.split(" | ") + [pct(r["final_accuracy"]), pct(r["best"]), f"{r['fl_uplink_bytes'] / 1e6:.0f} MB",
+                                           f"{r['uplink_bytes'] / 1e6:.0f} MB"] for k, r in d["runs"].items()])],
+            "after": ["Pruned updates still travel dense (pruned entries as float32 zeros), so uniform P saves no uplink "
+                      "here; per-device compression saves it through fp16/int8 deltas. A sparse update encoding is not "
+                      "implemented yet."]}
+
+
+def energy_section(d: dict) -> dict:
+    return {"title": f"Energy against accuracy ({d['rounds']} rounds, virtual meter)", "script": "bench_energy.py",
+            "intro": "`semifl run` on the seed's fleet (6 Pi 4 FL clients, 4 ESP32 CL uploaders under MicroPython), joules "
+                     "from each device's measured CPU time and counted bytes with the board profiles in `hil_tests/profiles/`.",
+            "tables": [(["strategy", "final accuracy", "device energy", "Pis", "MCUs"],
+                        [[r["strategy"], pct(r["final_accuracy"]), f"{r['energy_j']:.0f} J",
+                          f"{r['energy_j_by_class'].get('pi', 0):.0f} J", f"{r['energy_j_by_class'].get('mcu', 0):.0f} J"]
+                         for r in d["runs"]])],
+            "after": ["![energy vs accuracy](img/energy_vs_accuracy.png)"]}
+
+
+def round_time_section(d: dict) -> dict:
+    cell = lambda t, k: f"{t[k]:.3f}" if t.get(k) is not None else "—"
+    return {"title": "Seed 001: where a round's time goes, per device class", "script": "bench_round_time.py",
+            "intro": f"`semifl run`, {d['rounds']} rounds, the virtual fleet (Pi agents; MCU nodes under MicroPython at an "
+                     "ESP32 heap). T_download and T_local measured on the device, T_upload by the host from its request to "
+                     "the last chunk, T_global = the host's aggregation. Mean seconds per participating device and round. "
+                     "The simulated link delays what a device sends (uplink); downloads run at loopback speed.",
+            "tables": [(["link", "class", "T_download", "T_local", "T_upload", "T_global", "mean round"],
+                        [[link, cls] + [cell(t, k) for k in ("download", "local", "upload", "global")]
+                         + [f"{r['mean_round_wall_s']:.2f}"] for link, r in d["links"].items() for cls, t in r["round_time_s"].items()])]}
+
+
+BENCH_SECTIONS = [("mcu.json", mcu_section), ("seed001_dtypes.json", seed001_section),
+                  ("compression.json", compression_section), ("energy.json", energy_section),
+                  ("round_time.json", round_time_section)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--reproduce", required=True)
@@ -182,82 +259,10 @@ def main(argv=None):
         ratios = b.get("ratios") or {f"{k}/flower {m}": v for k, r in b["results"].items()
                                      for m, v in r.get("vs_flower", {}).items()}
         lines += [""] + [f"- {k}: {v:.2f}x" for k, v in ratios.items()] + [""]
-    mcu = REPO / "benchmarks" / "results" / "mcu.json"
-    if mcu.exists():
-        m = json.loads(mcu.read_text())
-        lines += ["## MCU node budget (MicroPython)", "",
-                  "`python benchmarks/bench_mcu.py` → `benchmarks/results/mcu.json`. " + m["what"] + "; " + m["note"] + ".", "",
-                  "| S | heap a round needs | CL upload on air | int8 model download on air | int8 inference (unix port) |",
-                  "|---|---|---|---|---|"]
-        for s, r in m["by_fraction"].items():
-            lines.append(f"| {s} | {r['heap_needed_bytes'] / 1000:.1f} kB | {r['cl_upload_bytes_on_air'] / 1e6:.2f} MB | "
-                         f"{r['model_int8_download_bytes_on_air'] / 1000:.1f} kB | {r['infer_ms_per_sample_unix']:.1f} ms/sample |")
-        lines += ["", "| board | free heap | fits S = 0.05 / 0.3 / 1 | margin at S = 0.3 |", "|---|---|---|---|"]
-        for b, r in m["boards"].items():
-            lines.append(f"| {b} | {r['free_heap_bytes'] / 1000:.0f} kB | "
-                         + " / ".join("yes" if v else "no" for v in r["fits"].values())
-                         + f" | {r['margin_bytes_at_S0.3'] / 1000:.0f} kB |")
-        lines.append("")
-    s1 = REPO / "benchmarks" / "results" / "seed001_dtypes.json"
-    if s1.exists():
-        d = json.loads(s1.read_text())
-        lines += ["## Seed 001: training in float64, float32, float16; int8 weights", "",
-                  f"`python benchmarks/bench_seed001.py` → `benchmarks/results/seed001_dtypes.json`. {d['setup']}, "
-                  f"{d['epochs']} epochs, lr {d['lr']}, one core of this machine (the seed: a Raspberry Pi-class device).", "",
-                  "| row | ms / epoch | MB / epoch (peak allocated) | test accuracy | model bytes | seed ms / MB |",
-                  "|---|---|---|---|---|---|"]
-        for k, r in d["rows"].items():
-            sp = d["seed_paper"].get(k)
-            seed_cell = f"{sp['ms_per_epoch']} / {sp['mb_per_epoch']}" if sp else "—"
-            lines.append(f"| {k} | {r.get('ms_per_epoch', '—')} | {r.get('mb_per_epoch', '—')} | {pct(r['test_accuracy'])} | "
-                         f"{r['model_bytes']} | {seed_cell} |")
-        ra = d["ratios"]
-        lines += ["", f"float32 / float64: time {ra['float32_vs_float64_time']:.2f}x (seed {ra['seed_float32_vs_float64_time']:.2f}x), "
-                  f"memory {ra['float32_vs_float64_memory']:.2f}x (seed {ra['seed_float32_vs_float64_memory']:.2f}x). numpy has no "
-                  "native float16 arithmetic on this CPU, so float16 is emulated (slower) and, at the same step size, "
-                  "unstable by the end of training.", ""]
-    cp = REPO / "benchmarks" / "results" / "compression.json"
-    if cp.exists():
-        d = json.loads(cp.read_text())
-        lines += [f"## SemiFL with per-device compression ({d['rounds']} rounds)", "",
-                  f"`python benchmarks/bench_compression.py` → `benchmarks/results/compression.json`. {d['setup']}", "",
-                  "| strategy | FL clients | final accuracy | best | FL uplink | total uplink |", "|---|---|---|---|---|---|"]
-        for k, r in d["runs"].items():
-            strat, name = k.split(" | ")
-            lines.append(f"| {strat} | {name} | {pct(r['final_accuracy'])} | {pct(r['best'])} | "
-                         f"{r['fl_uplink_bytes'] / 1e6:.0f} MB | {r['uplink_bytes'] / 1e6:.0f} MB |")
-        lines += ["", "Pruned updates still travel dense (pruned entries as float32 zeros), so uniform P saves no "
-                  "uplink here; per-device compression saves it through fp16/int8 deltas. A sparse update encoding "
-                  "is not implemented yet.", ""]
-    en = REPO / "benchmarks" / "results" / "energy.json"
-    if en.exists():
-        d = json.loads(en.read_text())
-        lines += [f"## Energy against accuracy ({d['rounds']} rounds, virtual meter)", "",
-                  "`python benchmarks/bench_energy.py` → `benchmarks/results/energy.json` and the plot: `semifl run` on "
-                  "the seed's fleet (6 Pi 4 FL clients, 4 ESP32 CL uploaders under MicroPython), joules from each "
-                  "device's measured CPU time and counted bytes with the board profiles in `hil_tests/profiles/`.", "",
-                  "| strategy | final accuracy | device energy | Pis | MCUs |", "|---|---|---|---|---|"]
-        for r in d["runs"]:
-            c = r["energy_j_by_class"]
-            lines.append(f"| {r['strategy']} | {pct(r['final_accuracy'])} | {r['energy_j']:.0f} J | "
-                         f"{c.get('pi', 0):.0f} J | {c.get('mcu', 0):.0f} J |")
-        lines += ["", "![energy vs accuracy](img/energy_vs_accuracy.png)", ""]
-    rt = REPO / "benchmarks" / "results" / "round_time.json"
-    if rt.exists():
-        d = json.loads(rt.read_text())
-        lines += ["## Seed 001: where a round's time goes, per device class", "",
-                  f"`python benchmarks/bench_round_time.py` → `benchmarks/results/round_time.json`: `semifl run`, "
-                  f"{d['rounds']} rounds, the virtual fleet (Pi agents; MCU nodes under MicroPython at an ESP32 heap). "
-                  "T_download and T_local measured on the device, T_upload by the host from its request to the last "
-                  "chunk, T_global = the host's aggregation. Mean seconds per participating device and round. The "
-                  "simulated link delays what a device sends (uplink); downloads run at loopback speed.", "",
-                  "| link | class | T_download | T_local | T_upload | T_global | mean round |", "|---|---|---|---|---|---|---|"]
-        for link, r in d["links"].items():
-            for cls, t in r["round_time_s"].items():
-                cell = lambda k: f"{t[k]:.3f}" if t.get(k) is not None else "—"
-                lines.append(f"| {link} | {cls} | {cell('download')} | {cell('local')} | {cell('upload')} | "
-                             f"{cell('global')} | {r['mean_round_wall_s']:.2f} |")
-        lines.append("")
+    for name, build in BENCH_SECTIONS:
+        path = REPO / "benchmarks" / "results" / name
+        if path.exists():
+            lines += render(build(json.loads(path.read_text())), name)
     (DOCS / "results.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'results.md'}")
 

@@ -17,6 +17,8 @@ python3 -m venv /opt/semifl/venv
 # the agent's own needs only: the host's extras (broker, plots, MicroPython) stay off the board
 /opt/semifl/venv/bin/pip install -q "numpy>=1.24" "paho-mqtt>=2,<3"
 /opt/semifl/venv/bin/pip install -q --no-deps "$repo"
+# LiteRT runs the exported int8 model (config "tflite"); training does not need it
+/opt/semifl/venv/bin/pip install -q ai-edge-litert || echo "ai-edge-litert unavailable: int8 inference off"
 [ -f /etc/semifl/agent.json ] || install -m 0640 -g semifl "$config" /etc/semifl/agent.json
 install -m 0644 "$here/semifl-agent.service" /etc/systemd/system/semifl-agent.service
 systemctl daemon-reload

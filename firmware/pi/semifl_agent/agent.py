@@ -48,6 +48,7 @@ class PiAgent:
         self.download_started: dict[int, float] = {}   # model blob id -> when its first chunk came
         self.download_s: dict[int, float] = {}         # model blob id -> T_download of that model
         self.pending_tasks: list[dict] = []
+        self.evaluated = False   # the exported model (config "tflite") is evaluated once per start
         self.results: dict[int, tuple] = {}              # round -> (delta, n, norm)
         self.bytes_up = self.bytes_down = 0
         self._stop = threading.Event()
@@ -85,11 +86,26 @@ class PiAgent:
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
                 "roles": ["fl"], "runtime": sys.implementation.name, "board": self.cfg.get("board", "rpi")}
 
+    def evaluate_tflite(self):
+        """Accuracy of the exported int8 model (config "tflite") on up to eval_n local samples, run by
+        LiteRT, reported as an eval status of model round 0 (a fixed model, not a round's)."""
+        from .infer import LiteRTClassifier
+
+        n = min(int(self.cfg.get("eval_n", 256)), len(self.y))
+        pick = np.linspace(0, len(self.y) - 1, n).astype(int)
+        t0 = time.perf_counter()
+        pred = LiteRTClassifier(self.cfg["tflite"]).predict(self.x[pick])
+        ms = int(1000 * (time.perf_counter() - t0))
+        self.evaluated = True
+        self.status({"kind": "eval", "round": 0, "accuracy": float((pred == self.y[pick]).mean()), "n": n, "ms": ms})
+
     # --- message handling (agent thread) -----------------------------------------------------------
     def handle(self, topic: str, payload: bytes):
         if topic == "_connected":
             self.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"online", retain=True)
             self.publish(wire.dev_topic(self.id, wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)
+            if self.cfg.get("tflite") and not self.evaluated:
+                self.evaluate_tflite()
         elif topic == wire.host_topic("round"):
             self.bytes_down += len(payload)
             if not payload:

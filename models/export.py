@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from semifl.learn import int8, mlp
-from semifl.learn.data import Dataset, load_dataset, to_float
+from semifl.learn.data import load_dataset, to_float
 
 from . import get
 
@@ -23,21 +23,39 @@ CALIBRATION = 1000   # representative samples from the training set, seeded
 GOLDEN = 64          # test inputs whose int8 outputs every runtime must reproduce
 
 
-def train(layers, ds: Dataset, epochs: int = 8, batch: int = 128, lr: float = 0.05, seed: int = 0) -> list[np.ndarray]:
-    """Centralized minibatch SGD with momentum 0.9 on the whole training set: the reference float model."""
+def train(layers, x: np.ndarray, y: np.ndarray, hidden: str = "tanh", epochs: int = 8, batch: int = 128,
+          lr: float = 0.05, momentum: float = 0.9, seed: int = 0) -> list[np.ndarray]:
+    """Centralized (minibatch or, batch=0, full-batch) SGD with momentum: the reference float model."""
     params = mlp.init_params(layers, seed=seed)
     vel = [np.zeros_like(p) for p in params]
     rng = np.random.default_rng(seed)
-    x, y = ds.x_train, ds.y_train.astype(np.int64)
+    y = y.astype(np.int64)
+    batch = batch or len(y)
     for _ in range(epochs):
-        order = rng.permutation(len(y))
+        order = rng.permutation(len(y)) if batch < len(y) else np.arange(len(y))
         for i in range(0, len(y), batch):
             idx = order[i:i + batch]
-            _, g = mlp.loss_and_grad(params, to_float(x[idx]), y[idx])
+            _, g = mlp.loss_and_grad(params, x[idx], y[idx], hidden)
             for k in range(len(params)):
-                vel[k] = np.float32(0.9) * vel[k] - np.float32(lr) * g[k]
+                vel[k] = np.float32(momentum) * vel[k] - np.float32(lr) * g[k]
                 params[k] = params[k] + vel[k]
     return params
+
+
+def gaussian5(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Seed 001's data: 5 features ~ N(-1, 1) (class 0) or N(+1, 1) (class 1)."""
+    y = rng.integers(0, 2, n)
+    return (rng.normal(0, 1, (n, 5)) + np.where(y[:, None] == 1, 1.0, -1.0)).astype(np.float32), y
+
+
+def model_data(dataset: str, data: str | None):
+    """-> (name, float x_train, y_train, float x_test, y_test, raw test inputs kept in the golden file)."""
+    if dataset == "gaussian5":
+        rng = np.random.default_rng(0)
+        (xtr, ytr), (xte, yte) = gaussian5(1000, rng), gaussian5(1000, rng)
+        return "gaussian5", xtr, ytr, xte, yte, xte
+    ds = load_dataset(data)
+    return ds.name, to_float(ds.x_train), ds.y_train, to_float(ds.x_test), ds.y_test, ds.x_test
 
 
 def keras_model(params, hidden: str):
@@ -124,43 +142,43 @@ def card_md(card: dict) -> str:
 def export(name: str, out: Path, params_path: str | None = None, data: str | None = None, cards: Path | None = None) -> dict:
     spec = get(name)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(data)
+    ds_name, x_train, y_train, x_test, y_test, raw_test = model_data(spec.dataset, data)
     if params_path:
         npz = np.load(params_path)
         params = [npz[f"arr_{i}"].astype(np.float32) for i in range(len(npz.files))]
         source = str(params_path)
     else:
-        params = train(spec.layers, ds)
+        params = train(spec.layers, x_train, y_train, spec.hidden, **spec.train)
         np.savez(out / f"{name}.fp32.npz", *params)
-        source = f"trained by semifl models export (SGD, momentum 0.9, 8 epochs) -> {name}.fp32.npz"
+        source = f"trained by semifl models export ({spec.train}) -> {name}.fp32.npz"
     rng = np.random.default_rng(0)
-    calib = to_float(ds.x_train[rng.choice(len(ds.y_train), CALIBRATION, replace=False)])
+    calib = x_train[rng.choice(len(y_train), min(CALIBRATION, len(y_train)), replace=False)]
     tfl = convert(params, spec.hidden, calib)
     (out / f"{name}.tflite").write_bytes(tfl)
     (out / f"{name}.h").write_text(c_array(tfl, name.replace("-", "_") + "_int8"))
 
     model = int8.from_tflite(tfl)
-    x_q = model.quantize_input(ds.x_test)
+    x_q = model.quantize_float(x_test)
     lite = run_litert(tfl, x_q)
     arena = tflm_arena(tfl)
     micro = run_tflm(tfl, x_q[:GOLDEN], arena)
     ours = model.forward(x_q)
     card = {
         "name": name, "layers": list(spec.layers), "hidden": spec.hidden, "input": spec.input,
-        "params": int(sum(p.size for p in params)), "source": source, "dataset": ds.name,
-        "calibration_samples": CALIBRATION, "size_bytes": len(tfl), "arena_bytes": arena,
-        "ops": ["FULLY_CONNECTED"] * len(model.layers) + ["TANH"] * sum(L.act == "tanh" for L in model.layers),
+        "params": int(sum(p.size for p in params)), "source": source, "dataset": ds_name,
+        "calibration_samples": len(calib), "size_bytes": len(tfl), "arena_bytes": arena,
+        "ops": ["FULLY_CONNECTED"] * len(model.layers) + [int8.ACTS[L.act][1] for L in model.layers if L.act != "none"],
         "input_scale": model.input_params[0], "input_zero_point": model.input_params[1],
-        "fp32_accuracy": float((mlp.predict(params, to_float(ds.x_test)) == ds.y_test).mean()),
-        "int8_accuracy": float((lite.argmax(1) == ds.y_test).mean()),
-        "int8_accuracy_tflm_rounding": float((ours.argmax(1) == ds.y_test).mean()),
+        "fp32_accuracy": float((mlp.predict(params, x_test, spec.hidden) == y_test).mean()),
+        "int8_accuracy": float((lite.argmax(1) == y_test).mean()),
+        "int8_accuracy_tflm_rounding": float((ours.argmax(1) == y_test).mean()),
         "max_lsb_tflm_vs_litert": int(np.abs(ours.astype(int) - lite.astype(int)).max()),
         "argmax_agreement_tflm_vs_litert": float((ours.argmax(1) == lite.argmax(1)).mean()),
         "host_single_rounding_equals_litert": bool(np.array_equal(model.forward(x_q, "single"), lite)),
         "host_double_rounding_equals_tflm": bool(np.array_equal(ours[:GOLDEN], micro)),
     }
-    np.savez(out / f"{name}.golden.npz", pixels=ds.x_test[:GOLDEN], labels=ds.y_test[:GOLDEN], x_int8=x_q[:GOLDEN],
-             litert=lite[:GOLDEN], tflm=micro)
+    raw = {"pixels" if raw_test.dtype == np.uint8 else "x_float": raw_test[:GOLDEN]}
+    np.savez(out / f"{name}.golden.npz", labels=y_test[:GOLDEN], x_int8=x_q[:GOLDEN], litert=lite[:GOLDEN], tflm=micro, **raw)
     (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / f"{name}.md").write_text(card_md(card))
     if cards is not None:

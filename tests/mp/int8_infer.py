@@ -10,7 +10,7 @@ model_path, inputs, outputs, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.
 m = Int8MLP(model_path)
 gc.collect()
 free0 = gc.mem_free()
-row = bytearray(784)
+row = bytearray(m.layers[0].n_in)
 t0 = time.ticks_ms()
 low = free0
 with open(inputs, "rb") as fi, open(outputs, "wb") as fo:

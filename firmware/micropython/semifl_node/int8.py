@@ -65,7 +65,7 @@ class Int8MLP:
                 mult, off = self._read(f, off, "int32", (spec["out"],))
                 shift, off = self._read(f, off, "int32", (spec["out"],))
                 lut = None
-                if spec["act"] == "tanh":
+                if spec["act"] != "none":   # tanh or sigmoid: a 256-entry table
                     lut, off = self._read(f, off, "int8", (256,))
                 self.layers.append(Layer(spec, w_off, bias, mult, shift, lut))
 

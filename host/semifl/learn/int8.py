@@ -22,6 +22,10 @@ import numpy as np
 from semifl.protocol import wire
 
 TANH_SCALE, TANH_ZP = 1.0 / 128, 0     # TFLite fixes tanh's int8 output to [-1, 1)
+# the int8 output quantization TFLite fixes for each table activation, and the op that computes it
+ACTS = {"tanh": ((TANH_SCALE, TANH_ZP), "TANH", np.tanh),
+        "sigmoid": ((1.0 / 256, -128), "LOGISTIC", lambda x: 1 / (1 + np.exp(-x)))}
+OPS = {op: act for act, (_, op, _) in ACTS.items()}
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -73,12 +77,17 @@ def activation_params(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), int(min(127, max(-128, zp)))
 
 
-def tanh_lut(in_scale: float, in_zp: int) -> np.ndarray:
-    """int8 -> int8 tanh table, built like TFLite's LUTPopulate (float32 all the way)."""
+def act_lut(act: str, in_scale: float, in_zp: int) -> np.ndarray:
+    """int8 -> int8 table of a tanh or sigmoid layer, built like TFLite's LUTPopulate (float32 all the way)."""
+    (out_scale, out_zp), _, f = ACTS[act]
     q = np.arange(-128, 128, dtype=np.int32)
     x = np.float32(in_scale) * (q - in_zp).astype(np.float32)
-    y = np.round(np.tanh(x) * np.float32(1 / TANH_SCALE)) + TANH_ZP
+    y = np.round(f(x).astype(np.float32) * np.float32(1 / out_scale)) + out_zp
     return np.clip(y, -128, 127).astype(np.int8)
+
+
+def tanh_lut(in_scale: float, in_zp: int) -> np.ndarray:
+    return act_lut("tanh", in_scale, in_zp)
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Int8Layer:
     in_zp: int
     out_scale: float
     out_zp: int
-    act: str = "none"        # "tanh" or "none"
+    act: str = "none"        # "tanh", "sigmoid" or "none"
     mult: np.ndarray = field(init=False)
     shift: np.ndarray = field(init=False)
     lut: np.ndarray | None = field(init=False)
@@ -101,7 +110,7 @@ class Int8Layer:
               for s in self.w_scale]
         self.mult = np.array([m for m, _ in ms], np.int32)
         self.shift = np.array([s for _, s in ms], np.int32)
-        self.lut = tanh_lut(self.out_scale, self.out_zp) if self.act == "tanh" else None
+        self.lut = act_lut(self.act, self.out_scale, self.out_zp) if self.act != "none" else None
 
 
 @dataclass
@@ -112,11 +121,14 @@ class Int8Model:
     def input_params(self) -> tuple[float, int]:
         return self.layers[0].in_scale, self.layers[0].in_zp
 
-    def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels (0..255, the model's input is pixels/255) -> the int8 input tensor."""
+    def quantize_float(self, x: np.ndarray) -> np.ndarray:
+        """float inputs -> the int8 input tensor."""
         scale, zp = self.input_params
-        x = np.asarray(pixels, np.float32) / np.float32(255.0)
-        return np.clip(np.round(x / np.float32(scale)) + zp, -128, 127).astype(np.int8)
+        return np.clip(np.round(np.asarray(x, np.float32) / np.float32(scale)) + zp, -128, 127).astype(np.int8)
+
+    def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (0..255; an image model's input is pixels / 255) -> the int8 input tensor."""
+        return self.quantize_float(np.asarray(pixels, np.float32) / np.float32(255.0))
 
     def forward(self, x_int8: np.ndarray, rounding: str = "double") -> np.ndarray:
         """int8 logits (batch, classes) exactly as TFLite-Micro ("double") or LiteRT ("single") computes them."""
@@ -134,11 +146,11 @@ class Int8Model:
         return self.forward(self.quantize_input(pixels)).argmax(axis=1)
 
 
-def quantize(params: list[np.ndarray], calib_x: np.ndarray) -> Int8Model:
+def quantize(params: list[np.ndarray], calib_x: np.ndarray, hidden: str = "tanh") -> Int8Model:
     """Post-training full-integer quantization of the float MLP (semifl.learn.mlp layout), with
-    activation ranges from `calib_x` (float inputs in [0, 1]), as TFLite's converter does it."""
+    activation ranges from `calib_x` (float inputs, e.g. pixels / 255), as TFLite's converter does it."""
     n = len(params) // 2
-    in_scale, in_zp = activation_params(0.0, 1.0)
+    in_scale, in_zp = activation_params(float(np.min(calib_x)), float(np.max(calib_x)))
     h = np.asarray(calib_x, np.float32)
     layers = []
     for i in range(n):
@@ -148,10 +160,10 @@ def quantize(params: list[np.ndarray], calib_x: np.ndarray) -> Int8Model:
         w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12).astype(np.float32) / np.float32(127)
         wq = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8).T.copy()
         bq = np.round(b / (np.float32(in_scale) * w_scale)).astype(np.int32)
-        act = "tanh" if i < n - 1 else "none"
+        act = hidden if i < n - 1 else "none"
         layers.append(Int8Layer(wq, bq, w_scale, in_scale, in_zp, out_scale, out_zp, act))
-        h = np.tanh(z) if act == "tanh" else z
-        in_scale, in_zp = (TANH_SCALE, TANH_ZP) if act == "tanh" else (out_scale, out_zp)
+        h = ACTS[act][2](z) if act != "none" else z
+        in_scale, in_zp = ACTS[act][0] if act != "none" else (out_scale, out_zp)
     return Int8Model(layers)
 
 
@@ -184,12 +196,12 @@ def from_tflite(path_or_bytes) -> Int8Model:
             w_s = np.broadcast_to(w_s, (w.shape[0],)).astype(np.float32)
             bias = it.get_tensor(b_i).astype(np.int32) if b_i >= 0 else np.zeros(w.shape[0], np.int32)
             layers.append(Int8Layer(w, bias, w_s, float(in_s), int(in_zp), float(out_s), int(out_zp)))
-        elif name == "TANH":
-            L = layers[-1]
+        elif name in OPS:
+            L, act = layers[-1], OPS[name]
             (s,), (zp,) = qp(op["outputs"][0])
-            if (float(s), int(zp)) != (TANH_SCALE, TANH_ZP):
-                raise ValueError(f"tanh output quantized as ({s}, {zp}), not TFLite's (1/128, 0)")
-            L.act, L.lut = "tanh", tanh_lut(L.out_scale, L.out_zp)
+            if (float(s), int(zp)) != ACTS[act][0]:
+                raise ValueError(f"{name} output quantized as ({s}, {zp}), not TFLite's {ACTS[act][0]}")
+            L.act, L.lut = act, act_lut(act, L.out_scale, L.out_zp)
         elif name not in ("QUANTIZE", "DEQUANTIZE"):
             raise ValueError(f"op {name} is not part of the int8 MLP")
     return Int8Model(layers)

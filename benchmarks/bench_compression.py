@@ -24,6 +24,7 @@ RUNS = {
     "uniform P=0": dict(prune=0.0),
     "uniform P=0.3 (the seed)": dict(prune=0.3),
     "uniform P=0.6": dict(prune=0.6),
+    "uniform P=0.3, sparse updates": dict(prune=0.3, sparse_updates=True),
     # the uniform rate is unused by the clients here; semifl+ masks its host step at the strongest client
     # rate (0.6): unmasked it reached 60.3 %, masked at 0.3 75.5 %, at 0.6 78.3 % (300 rounds)
     "per-device (auto)": dict(compression="auto", pi_ram="4e9,64e6,16e6", prune=0.6),

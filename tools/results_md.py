@@ -157,9 +157,9 @@ def compression_section(d: dict) -> dict:
             "tables": [(["strategy", "FL clients", "final accuracy", "best", "FL uplink", "total uplink"],
                         [k.split(" | ") + [pct(r["final_accuracy"]), pct(r["best"]), f"{r['fl_uplink_bytes'] / 1e6:.0f} MB",
                                            f"{r['uplink_bytes'] / 1e6:.0f} MB"] for k, r in d["runs"].items()])],
-            "after": ["Pruned updates still travel dense (pruned entries as float32 zeros), so uniform P saves no uplink "
-                      "here; per-device compression saves it through fp16/int8 deltas. A sparse update encoding is not "
-                      "implemented yet."]}
+            "after": ["By default pruned updates travel dense (pruned entries as float32 zeros), so uniform P alone "
+                      "saves no uplink; `--sparse-updates` sends only the entries a client's copy holds (the host knows "
+                      "the mask), the same model for P fewer bytes; per-device compression adds fp16/int8 deltas."]}
 
 
 def energy_section(d: dict) -> dict:

@@ -29,6 +29,8 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--compression", choices=["none", "auto"],
                    help="auto: each FL client trains a copy compressed to its capabilities (prune, fp16/int8 deltas)")
     p.add_argument("--pi-ram", help="simulated RAM of the virtual Pis, bytes, comma-separated and cycled (e.g. 4e9,64e6,16e6)")
+    p.add_argument("--sparse-updates", action="store_true", default=None,
+                   help="pruned FL clients send only the entries their copy holds (the host knows the mask)")
     p.add_argument("--fl-min-battery", type=float,
                    help="energy-aware planning: a capable board below this battery level uploads samples instead of training")
     p.add_argument("--int8-every", type=int, help="rounds between int8 model pushes to MCUs for on-device eval (0: never)")
@@ -54,7 +56,8 @@ def _load_config(args):
     over = {k: getattr(args, k, None) for k in ("name", "strategy", "rounds", "fl_devices", "cl_devices", "fl_uploaders",
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
                                                "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed",
-                                               "int8_every", "compression", "pi_ram", "fl_min_battery")}
+                                               "int8_every", "compression", "pi_ram", "fl_min_battery",
+                                               "sparse_updates")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]

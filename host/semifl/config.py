@@ -39,6 +39,7 @@ class RunConfig:
     drop: float = 0.0
     int8_every: int = 10          # every N rounds the MCUs get the int8 model and report on-device accuracy (0: never)
     fl_min_battery: float = 0.0   # energy-aware planning: capable boards below this battery upload samples, not train
+    sparse_updates: bool = False  # pruned FL clients send only the entries their copy holds (~P fewer bytes)
     compression: str = "none"     # none: FL clients prune at `prune`; auto: per device from its caps (seed 001)
     pi_ram: str = ""              # simulated RAM of the Pi-class devices, bytes, comma-separated and cycled
                                   # (e.g. "4e9,64e6,16e6"); empty: each reports the machine's
@@ -62,7 +63,8 @@ class RunConfig:
                             planner=PlannerConfig(cl_uploaders=self.cl_uploaders, fl_uploaders=self.fl_uploaders,
                                                   fl_min_battery=self.fl_min_battery),
                             ready_timeout_s=self.ready_timeout_s, collect_timeout_s=self.collect_timeout_s,
-                            int8_every=self.int8_every, compression=self.compression)
+                            int8_every=self.int8_every, compression=self.compression,
+                            sparse_updates=self.sparse_updates)
 
     def to_dict(self) -> dict:
         return asdict(self)

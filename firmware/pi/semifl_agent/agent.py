@@ -154,7 +154,7 @@ class PiAgent:
                 delta, n, norm = local_update(self.models[rnd], self.x, self.y, task)
                 t_local = time.perf_counter() - t0
                 self.battery.compute(t_local)
-                self.results = {rnd: (encode_update(delta, task), n, norm)}
+                self.results = {rnd: (encode_update(delta, task, self.models[rnd]), n, norm)}
                 self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
             elif task["role"] == "upload":

@@ -45,7 +45,17 @@ def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: d
     return delta, len(idx), global_norm(delta)
 
 
-def encode_update(delta: list[np.ndarray], task: dict) -> list[tuple]:
-    """The delta as wire tensors in the dtype the task's compression asks for (float32 otherwise)."""
+def update_masks(params: list[np.ndarray], task: dict) -> list[np.ndarray] | None:
+    """The keep-masks of the copy this task trains (None when nothing is pruned)."""
+    rate = task.get("compression", {}).get("prune", task.get("prune", 0.0))
+    return mlp.prune_mask(params, rate) if rate > 0 else None
+
+
+def encode_update(delta: list[np.ndarray], task: dict, params: list[np.ndarray] | None = None) -> list[tuple]:
+    """The delta as wire tensors in the dtype the task's compression asks for (float32 otherwise);
+    with `"sparse": true` only the entries the pruned copy holds (`params`: the round's global model)."""
     dtype = task.get("compression", {}).get("dtype", "float32")
+    masks = update_masks(params, task) if task.get("sparse") and params is not None else None
+    if masks is not None:
+        delta = compress.gather(delta, masks)
     return [to_wire(a, scale) for a, scale in compress.encode_delta(delta, dtype)]

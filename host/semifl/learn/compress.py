@@ -119,3 +119,20 @@ def masked_average(deltas: list[list[np.ndarray]], masks: list[list[np.ndarray] 
             den += w * keep
         out.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32))
     return out
+
+
+def gather(arrays: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """The entries a pruned copy holds, tensor by tensor in C order: what a sparse update sends."""
+    return [a[m] for a, m in zip(arrays, masks)]
+
+
+def scatter(values: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Inverse of `gather`: full tensors, zero where the copy was pruned. The host knows the masks
+    (it derived the copy), so a sparse update needs no indices."""
+    out = []
+    for v, m in zip(values, masks):
+        full = np.zeros(m.shape, np.float32)
+        full[m] = v
+        out.append(full)
+    return out
+

@@ -44,6 +44,7 @@ class EngineConfig:
     max_blob: int = 32 << 20
     max_blobs_in_flight: int = 4      # per device: bounds the memory a misbehaving device can pin
     int8_every: int = 0               # push the int8 model to inference-capable MCUs every N rounds (0: never)
+    sparse_updates: bool = False      # pruned clients send only the entries their copy holds (host scatters)
     compression: str = "none"         # "none": every FL client trains the model pruned at `prune`; "auto": per
                                       # device from its capabilities (learn/compress.py, seed 001)
     calibration: int = 1000           # samples that set the int8 activation ranges
@@ -253,15 +254,17 @@ class RoundEngine:
             raise Rejected("replay", f"{dev} already delivered its round {rnd} update")
         got = [(t[0], tuple(t[1])) for t in tensors]
         c = self.assigned.get(dev)
-        want = [(c.dtype if c is not None else "float32", tuple(s)) for s in self.shapes]
+        rate = c.prune if c is not None else self.cfg.prune
+        sparse = self.cfg.sparse_updates and rate > 0
+        shapes = [(int(m.sum()),) for m in self.prune_mask(rate)] if sparse else self.shapes
+        want = [(c.dtype if c is not None else "float32", tuple(s)) for s in shapes]
         if got != want:
             raise Rejected("shape", f"update tensors {got[:3]}... do not match the model {want[:3]}...")
-        arrays = [dequantize(t) for t in tensors]
+        arrays = self.update_arrays(dev, tensors)
         for a in arrays:
             if not np.isfinite(a).all():
                 raise Rejected("nonfinite", "update contains NaN or Inf")
-        rate = c.prune if c is not None else self.cfg.prune
-        if rate > 0:   # a pruned copy cannot change what it does not have: such an update is not its own
+        if rate > 0 and not sparse:   # a pruned copy cannot change what it does not have: not its own update
             for a, m in zip(arrays, self.prune_mask(rate)):
                 if np.any(a[~m] != 0):
                     raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
@@ -290,6 +293,16 @@ class RoundEngine:
         self._took_upload(dev)
 
     # --- the round ------------------------------------------------------------------------------------
+    def update_arrays(self, dev: str, tensors) -> list[np.ndarray]:
+        """An accepted update's tensors as float32 model-shaped deltas: fp16/int8 dequantized, a sparse
+        update scattered back through the mask of the copy the client trained."""
+        arrays = [dequantize(t) for t in tensors]
+        c = self.assigned.get(dev)
+        rate = c.prune if c is not None else self.cfg.prune
+        if self.cfg.sparse_updates and rate > 0:
+            arrays = compress.scatter(arrays, self.prune_mask(rate))
+        return arrays
+
     def prune_mask(self, rate: float) -> list[np.ndarray]:
         """Keep-masks of this round's global model at `rate`, as every client derives them (cached)."""
         key = (self.round, rate)
@@ -350,6 +363,8 @@ class RoundEngine:
                         prune=c.prune if c is not None else self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs)
             if c is not None:
                 task["compression"] = c.to_task()
+            if self.cfg.sparse_updates and task["prune"] > 0:
+                task["sparse"] = True
             self._send(d, task)
         for d in self.plan.cl:
             if (d, "samples") not in self.accepted:
@@ -377,7 +392,7 @@ class RoundEngine:
         for dev, kind, n, blob in self.store.contributions(rnd):
             meta, ts = wire.decode_blob(blob)
             if kind == "update":
-                arrays = [dequantize(t) for t in ts]   # float16 and int8 deltas (compressed clients) to float32
+                arrays = self.update_arrays(dev, ts)
                 c = self.assigned.get(dev)
                 mask = self.prune_mask(c.prune) if c is not None and c.prune > 0 else None
                 fl.append(FLUpdate(dev, [a.astype(np.float32, copy=True) for a in arrays], n, mask))

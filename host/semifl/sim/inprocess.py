@@ -61,11 +61,16 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
                  "fraction": cfg.fl_fraction, "epochs": cfg.epochs}
             if comp[d] is not None:
                 t.update(prune=comp[d].prune, compression=comp[d].to_task())
+            if cfg.sparse_updates and t["prune"] > 0:
+                t["sparse"] = True
             with blas.limit(limits=1):  # as the device processes run (VirtualFleet): same BLAS sums, same bits
                 delta, n, norm = local_update(params, *data[d], t, masks if comp[d] is None else None)
             # what the host gets back from the wire: the delta in the dtype the device sent
-            tensors = encode_update(delta, t)
-            results[d] = ([dequantize(w) for w in tensors], n, norm, tensors)
+            tensors = encode_update(delta, t, params)
+            back = [dequantize(w) for w in tensors]
+            if t.get("sparse"):
+                back = compress.scatter(back, mlp.prune_mask(params, t["prune"]))
+            results[d] = (back, n, norm, tensors)
         uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
         fl = [FLUpdate(d, results[d][0], results[d][1],
                        mlp.prune_mask(params, comp[d].prune) if comp[d] is not None and comp[d].prune > 0 else None)

@@ -61,7 +61,7 @@ def test_quantization_arithmetic_by_hand():
     assert int8.multiply_by_quantized_multiplier(np.array([6, -6, 5, -5]), m, s).tolist() == [2, -2, 2, -1]
     assert int8.multiply_by_quantized_multiplier_single(np.array([6, -6, 5, -5]), m, s).tolist() == [2, -1, 1, -1]
     assert int8.activation_params(0.0, 1.0) == (pytest.approx(1 / 255), -128)
-    lut = int8.tanh_lut(0.05, 3)           # input q -> tanh(0.05 * (q - 3)) at scale 1/128
+    lut = int8.act_lut("tanh", 0.05, 3)    # input q -> tanh(0.05 * (q - 3)) at scale 1/128
     assert lut[3 + 128] == 0 and lut[0] == -128 and lut[255] == 127 and np.all(np.diff(lut.astype(int)) >= 0)
     assert lut[13 + 128] == round(np.tanh(0.5) * 128)   # q = 13: tanh(0.5) * 128 = 59.2 -> 59
 

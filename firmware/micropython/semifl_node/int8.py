@@ -28,7 +28,8 @@ def mbqm(acc, mult, shift):
     if acc == INT32_MIN and mult == INT32_MIN:
         high = 0x7FFFFFFF
     else:
-        s = acc * mult + ((1 << 30) if acc * mult >= 0 else 1 - (1 << 30))
+        ab = acc * mult   # up to 62 bits: a long int on the board, computed once
+        s = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
         high = s >> 31 if s >= 0 else -((-s) >> 31)   # C division truncates toward zero
     right = -shift
     mask = (1 << right) - 1

@@ -30,8 +30,9 @@ def file_size(path):
 
 
 def now_ms():
+    """Milliseconds on MicroPython's tick counter (time.time() under CPython)."""
     ticks = getattr(time, "ticks_ms", None)
-    return ticks() if ticks else int(time.time() * 1000)
+    return ticks() if ticks else time.time() * 1000
 
 
 def since_ms(t0):
@@ -41,13 +42,11 @@ def since_ms(t0):
 
 def cpu_score(iterations=20000):
     """A timed integer loop, scaled so an ESP32 at 240 MHz scores in the single digits."""
-    ticks = getattr(time, "ticks_ms", None)
-    t0 = ticks() if ticks else time.time() * 1000
+    t0 = now_ms()
     acc = 0
     for i in range(iterations):
         acc = (acc + i * 7) ^ (acc >> 3)
-    t1 = ticks() if ticks else time.time() * 1000
-    ms = (time.ticks_diff(t1, t0) if ticks else t1 - t0) or 1
+    ms = since_ms(t0) or 1
     return round(iterations / ms / 100, 2)
 
 

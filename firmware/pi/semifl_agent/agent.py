@@ -23,7 +23,7 @@ from semifl.protocol import wire
 from semifl.protocol.tensors import decode_arrays
 
 from . import hardware
-from .train import encode_update, local_update
+from .train import encode_update, local_update, update_masks
 
 log = logging.getLogger("semifl.agent")
 FIRMWARE = "semifl-pi/0.1"
@@ -151,10 +151,11 @@ class PiAgent:
                     still.append(task)  # the model of this round is still arriving
                     continue
                 t0 = time.perf_counter()
-                delta, n, norm = local_update(self.models[rnd], self.x, self.y, task)
+                masks = update_masks(self.models[rnd], task)
+                delta, n, norm = local_update(self.models[rnd], self.x, self.y, task, masks)
                 t_local = time.perf_counter() - t0
                 self.battery.compute(t_local)
-                self.results = {rnd: (encode_update(delta, task, self.models[rnd]), n, norm)}
+                self.results = {rnd: (encode_update(delta, task, masks), n, norm)}
                 self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
             elif task["role"] == "upload":

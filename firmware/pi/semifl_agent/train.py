@@ -18,20 +18,17 @@ def local_update(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, task: d
                  masks: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], int, float]:
     """One FL round on this device, as the seed: a batch of ceil(fraction*n) samples chosen by the
     task's seed, the global model pruned at rate `prune` (pruned entries stay 0) or, when the task
-    names a `compression`, the copy it describes, `epochs` full-batch gradient steps of size `lr`. Returns (delta = local - global, samples used, ||delta||).
-    `masks`: the pruning masks of these params at this rate, when the caller already has them (the
-    in-process simulator computes them once for all its devices; a device computes its own)."""
+    names a `compression`, the copy it describes, `epochs` full-batch gradient steps of size `lr`.
+    Returns (delta = local - global, samples used, ||delta||). `masks`: this task's keep-masks
+    (`update_masks`) when the caller already has them; the same ones then go to `encode_update`."""
     n = len(y)
     idx = select(n, ceil_fraction(n, task.get("fraction", 1.0)), task["seed"])
     xb, yb = to_float(x[idx]), y[idx].astype(np.int64)
+    if masks is None:
+        masks = update_masks(params, task)
     if "compression" in task:   # a copy compressed to what this device carries (seed 001)
-        start, masks = compress.local_model(params, compress.Compression(**task["compression"]))
+        start, _ = compress.local_model(params, compress.Compression(**task["compression"]), masks)
     else:
-        prune = task.get("prune", 0.0)
-        if prune <= 0:
-            masks = None
-        elif masks is None:
-            masks = mlp.prune_mask(params, prune)
         start = [p * m for p, m in zip(params, masks)] if masks else params
     local = [s.copy() for s in start]
     lr = np.float32(task.get("lr", 0.1))
@@ -51,11 +48,10 @@ def update_masks(params: list[np.ndarray], task: dict) -> list[np.ndarray] | Non
     return mlp.prune_mask(params, rate) if rate > 0 else None
 
 
-def encode_update(delta: list[np.ndarray], task: dict, params: list[np.ndarray] | None = None) -> list[tuple]:
+def encode_update(delta: list[np.ndarray], task: dict, masks: list[np.ndarray] | None = None) -> list[tuple]:
     """The delta as wire tensors in the dtype the task's compression asks for (float32 otherwise);
-    with `"sparse": true` only the entries the pruned copy holds (`params`: the round's global model)."""
+    with `"sparse": true` only the entries the pruned copy holds (`masks`: this task's keep-masks)."""
     dtype = task.get("compression", {}).get("dtype", "float32")
-    masks = update_masks(params, task) if task.get("sparse") and params is not None else None
-    if masks is not None:
+    if task.get("sparse") and masks is not None:
         delta = compress.gather(delta, masks)
     return [to_wire(a, scale) for a, scale in compress.encode_delta(delta, dtype)]

@@ -63,15 +63,18 @@ def prepare(job: FlashJob) -> dict[str, str]:
 
     if job.board not in MARCH or job.board == "unix":
         raise FlashError(f"unknown board {job.board!r}; choose from {sorted(b for b in MARCH if b != 'unix')}")
-    manifest = build_app(job.build / "app", job.board)
-    (job.build / "app" / "config.json").write_text(json.dumps(device_config(job), indent=1))
-    for src, name in ((job.samples, "samples.bin"), (job.labels, "labels.bin")):
-        if src is not None:
-            (job.build / "app" / name).write_bytes(Path(src).read_bytes())
     import hashlib
 
-    return {str(p.relative_to(job.build / "app")): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((job.build / "app").rglob("*")) if p.is_file()}
+    app = job.build / "app"
+    manifest = build_app(app, job.board)
+    extra = {"config.json": json.dumps(device_config(job), indent=1).encode()}
+    for src, name in ((job.samples, "samples.bin"), (job.labels, "labels.bin")):
+        if src is not None:
+            extra[name] = Path(src).read_bytes()
+    for name, data in extra.items():
+        (app / name).write_bytes(data)
+        manifest[name] = hashlib.sha256(data).hexdigest()
+    return dict(sorted(manifest.items()))
 
 
 def commands(job: FlashJob, manifest: dict[str, str]) -> list[list[str]]:

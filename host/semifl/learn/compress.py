@@ -66,12 +66,17 @@ def cluster(a: np.ndarray, k: int, iters: int = 10) -> np.ndarray:
     return cent[idx].reshape(a.shape).astype(a.dtype)
 
 
-def local_model(params: list[np.ndarray], c: Compression) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """(the compressed copy a device trains, its keep-masks or None when nothing is pruned)."""
-    masks = mlp.prune_mask(params, c.prune) if c.prune > 0 else None
+def local_model(params: list[np.ndarray], c: Compression,
+                masks: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(the compressed copy a device trains, its keep-masks or None when nothing is pruned).
+    `masks`: the keep-masks at c.prune when the caller already has them."""
+    if masks is None and c.prune > 0:
+        masks = mlp.prune_mask(params, c.prune)
     local = [p * m for p, m in zip(params, masks)] if masks else [p.copy() for p in params]
-    if c.clusters:
-        local = [cluster(p, c.clusters) * (m if masks else 1) for p, m in zip(local, masks or [None] * len(local))]
+    if c.clusters:   # shared values per tensor; pruned entries stay 0
+        local = [cluster(p, c.clusters) for p in local]
+        if masks:
+            local = [p * m for p, m in zip(local, masks)]
     if c.dtype == "float16":
         local = [p.astype(np.float16).astype(np.float32) for p in local]
     return local, masks

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semifl.learn import mlp
 from semifl.protocol import wire
 
 TANH_SCALE, TANH_ZP = 1.0 / 128, 0     # TFLite fixes tanh's int8 output to [-1, 1)
 # the int8 output quantization TFLite fixes for each table activation, and the op that computes it
-ACTS = {"tanh": ((TANH_SCALE, TANH_ZP), "TANH", np.tanh),
-        "sigmoid": ((1.0 / 256, -128), "LOGISTIC", lambda x: 1 / (1 + np.exp(-x)))}
-OPS = {op: act for act, (_, op, _) in ACTS.items()}
+ACTS = {"tanh": ((TANH_SCALE, TANH_ZP), "TANH"), "sigmoid": ((1.0 / 256, -128), "LOGISTIC")}
+OPS = {op: act for act, (_, op) in ACTS.items()}
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -79,15 +79,12 @@ def activation_params(lo: float, hi: float) -> tuple[float, int]:
 
 def act_lut(act: str, in_scale: float, in_zp: int) -> np.ndarray:
     """int8 -> int8 table of a tanh or sigmoid layer, built like TFLite's LUTPopulate (float32 all the way)."""
-    (out_scale, out_zp), _, f = ACTS[act]
+    (out_scale, out_zp), _ = ACTS[act]
     q = np.arange(-128, 128, dtype=np.int32)
     x = np.float32(in_scale) * (q - in_zp).astype(np.float32)
-    y = np.round(f(x).astype(np.float32) * np.float32(1 / out_scale)) + out_zp
+    y = np.round(mlp.activation(x, act).astype(np.float32) * np.float32(1 / out_scale)) + out_zp
     return np.clip(y, -128, 127).astype(np.int8)
 
-
-def tanh_lut(in_scale: float, in_zp: int) -> np.ndarray:
-    return act_lut("tanh", in_scale, in_zp)
 
 
 @dataclass
@@ -162,7 +159,7 @@ def quantize(params: list[np.ndarray], calib_x: np.ndarray, hidden: str = "tanh"
         bq = np.round(b / (np.float32(in_scale) * w_scale)).astype(np.int32)
         act = hidden if i < n - 1 else "none"
         layers.append(Int8Layer(wq, bq, w_scale, in_scale, in_zp, out_scale, out_zp, act))
-        h = ACTS[act][2](z) if act != "none" else z
+        h = mlp.activation(z, act) if act != "none" else z
         in_scale, in_zp = ACTS[act][0] if act != "none" else (out_scale, out_zp)
     return Int8Model(layers)
 

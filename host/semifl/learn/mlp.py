@@ -23,7 +23,8 @@ def init_params(layers=SEMIFL_LAYERS, seed: int = 0, dtype=np.float32) -> Params
     return params
 
 
-def _act(z, act):
+def activation(z, act: str):
+    """A hidden layer's activation: "tanh" (SemiFL's MLP) or "sigmoid" (seed 001's)."""
     if act == "tanh":
         return np.tanh(z)
     return 1 / (1 + np.exp(-z))   # sigmoid (seed 001's MLP)
@@ -49,7 +50,7 @@ def forward(params: Params, x: np.ndarray, act: str = "tanh") -> tuple[np.ndarra
     for i in range(n_layers):
         z = h @ params[2 * i] + params[2 * i + 1]
         if i < n_layers - 1:
-            h = _act(z, act)
+            h = activation(z, act)
             acts.append(h)
         else:
             z = z - z.max(axis=1, keepdims=True)

@@ -4,6 +4,9 @@ The host sends a seed in each task; the device picks its samples with `select(n,
 MicroPython's `random` differs from CPython's, the generator is specified here (xorshift32, see
 docs/protocol.md) so the host can reproduce any device's choice bit for bit.
 """
+import sys
+
+_MICROPYTHON = sys.implementation.name == "micropython"
 
 
 def xorshift32(state):
@@ -40,13 +43,6 @@ def select(n, k, seed):
             w += 1
     # a view, not a slice: a copy would need a second contiguous block of up to 12 KB on the device
     return memoryview(idx)[:k] if _MICROPYTHON else list(idx[:k])
-
-
-try:
-    import sys as _sys
-    _MICROPYTHON = _sys.implementation.name == "micropython"
-except (ImportError, AttributeError):
-    _MICROPYTHON = True
 
 
 def ceil_fraction(n, fraction):

@@ -222,8 +222,8 @@ class ChunkWriter:
         self.kind, self.blob_id, self.blob_len, self.size, self.send = kind, blob_id, blob_len, chunk_size, send
         self.count = chunk_count(blob_len, chunk_size)
         self.seq, self.crc, self.written = 0, 0, 0
-        # one buffer for the whole blob, filled in place: on an MCU, growing bytes objects per write
-        # fragment the heap until a 4 KB allocation fails
+        # one chunk-sized buffer, filled in place and reused: on an MCU, growing bytes objects per
+        # write fragment the heap until a 4 KB allocation fails
         self.buf = bytearray(min(chunk_size, blob_len))
         self.fill = 0
 

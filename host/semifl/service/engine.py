@@ -254,7 +254,7 @@ class RoundEngine:
             raise Rejected("replay", f"{dev} already delivered its round {rnd} update")
         got = [(t[0], tuple(t[1])) for t in tensors]
         c = self.assigned.get(dev)
-        rate = c.prune if c is not None else self.cfg.prune
+        rate = self.prune_rate(dev)
         sparse = self.cfg.sparse_updates and rate > 0
         shapes = [(int(m.sum()),) for m in self.prune_mask(rate)] if sparse else self.shapes
         want = [(c.dtype if c is not None else "float32", tuple(s)) for s in shapes]
@@ -297,11 +297,15 @@ class RoundEngine:
         """An accepted update's tensors as float32 model-shaped deltas: fp16/int8 dequantized, a sparse
         update scattered back through the mask of the copy the client trained."""
         arrays = [dequantize(t) for t in tensors]
-        c = self.assigned.get(dev)
-        rate = c.prune if c is not None else self.cfg.prune
+        rate = self.prune_rate(dev)
         if self.cfg.sparse_updates and rate > 0:
             arrays = compress.scatter(arrays, self.prune_mask(rate))
         return arrays
+
+    def prune_rate(self, dev: str) -> float:
+        """The rate an FL client's copy is pruned at this round: its compression's, else the uniform one."""
+        c = self.assigned.get(dev)
+        return c.prune if c is not None else self.cfg.prune
 
     def prune_mask(self, rate: float) -> list[np.ndarray]:
         """Keep-masks of this round's global model at `rate`, as every client derives them (cached)."""
@@ -360,7 +364,7 @@ class RoundEngine:
         for d in fl_todo:
             c = self.assigned[d]
             task = dict(common, role="fl", task=self.task_id(rnd, d), seed=task_seed(self.cfg.seed, rnd, d),
-                        prune=c.prune if c is not None else self.cfg.prune, fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs)
+                        prune=self.prune_rate(d), fraction=self.cfg.fl_fraction, epochs=self.cfg.epochs)
             if c is not None:
                 task["compression"] = c.to_task()
             if self.cfg.sparse_updates and task["prune"] > 0:
@@ -392,10 +396,10 @@ class RoundEngine:
         for dev, kind, n, blob in self.store.contributions(rnd):
             meta, ts = wire.decode_blob(blob)
             if kind == "update":
-                arrays = self.update_arrays(dev, ts)
-                c = self.assigned.get(dev)
-                mask = self.prune_mask(c.prune) if c is not None and c.prune > 0 else None
-                fl.append(FLUpdate(dev, [a.astype(np.float32, copy=True) for a in arrays], n, mask))
+                # mask-aware merging for per-device copies; the uniform setting keeps SemiFL's plain mean
+                own = self.assigned.get(dev) is not None and self.prune_rate(dev) > 0
+                mask = self.prune_mask(self.prune_rate(dev)) if own else None
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts), n, mask))
             else:
                 arrays = [from_wire(t) for t in ts]     # raw uint8 samples and labels
                 cl.append(CLBatch(dev, arrays[0], arrays[1]))

@@ -21,7 +21,7 @@ from semifl.protocol.sampling import ceil_fraction, select
 from semifl.protocol.tensors import dequantize
 from semifl.sim.fleet import fleet_for, shard
 from semifl.sim.link import SimRadio
-from semifl_agent.train import encode_update, local_update
+from semifl_agent.train import encode_update, local_update, update_masks
 
 PI_CHUNK, MCU_CHUNK = 65536, 4096   # the virtual fleet's max_chunk per device class
 TASK_DIGITS = 10                    # task nonces are up to 10 decimal digits
@@ -53,7 +53,7 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
         view = {d: dict(c, rssi=radios[d].rssi(rnd), battery=1.0) for d, c in caps.items() if not radios[d].drops(rnd)}
         plan = plan_round(rnd, view, ecfg.planner, use_cl=strategy.uses_cl)
         results = {}
-        masks = mlp.prune_mask(params, cfg.prune) if cfg.prune > 0 and plan.fl else None  # same for every device
+        masks_at = {}   # prune rate -> keep-masks of this round's model: one argsort per rate, shared by devices
         comp = {d: compress.for_device(caps[d], sum(p.nbytes for p in params)) if cfg.compression == "auto" else None
                 for d in plan.fl}   # as RoundEngine.compression_for
         for d in plan.fl:
@@ -63,17 +63,19 @@ def run_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, strategy: Strategy
                 t.update(prune=comp[d].prune, compression=comp[d].to_task())
             if cfg.sparse_updates and t["prune"] > 0:
                 t["sparse"] = True
+            if t["prune"] not in masks_at:
+                masks_at[t["prune"]] = update_masks(params, t)
+            m = masks_at[t["prune"]]
             with blas.limit(limits=1):  # as the device processes run (VirtualFleet): same BLAS sums, same bits
-                delta, n, norm = local_update(params, *data[d], t, masks if comp[d] is None else None)
+                delta, n, norm = local_update(params, *data[d], t, m)
             # what the host gets back from the wire: the delta in the dtype the device sent
-            tensors = encode_update(delta, t, params)
+            tensors = encode_update(delta, t, m)
             back = [dequantize(w) for w in tensors]
             if t.get("sparse"):
-                back = compress.scatter(back, mlp.prune_mask(params, t["prune"]))
-            results[d] = (back, n, norm, tensors)
+                back = compress.scatter(back, m)
+            results[d] = (back, n, norm, tensors, m)
         uploaders = select_fl_uploaders({d: r[2] for d, r in results.items()}, ecfg.planner.fl_uploaders)
-        fl = [FLUpdate(d, results[d][0], results[d][1],
-                       mlp.prune_mask(params, comp[d].prune) if comp[d] is not None and comp[d].prune > 0 else None)
+        fl = [FLUpdate(d, results[d][0], results[d][1], results[d][4] if comp[d] is not None else None)
               for d in uploaders]
         cl = []
         for d in plan.cl:

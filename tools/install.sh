@@ -16,7 +16,7 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 extra=""
-[ $dev = 1 ] && extra="[dev]"
+[ $dev = 1 ] && extra="[dev,iotsl]"   # the tests cover the IoTSL generators (torch) too
 python3 -m pip install -q --disable-pip-version-check -e ".$extra"
 python3 tools/fetch_mplib.py >/dev/null   # umqtt.simple for the MicroPython node (pinned, hash-checked)
 echo "semifl installed$([ $dev = 1 ] && echo ' (with test tools and mosquitto)')"

@@ -252,6 +252,7 @@ def json_cases():
         ("task_cl", {"v": 1, "round": 4, "role": "cl", "task": 77, "seed": 0, "fraction": 0.3, "lr": 0.1}),
         ("task_upload", {"v": 1, "round": 4, "role": "upload", "task": 918273645}),
         ("trained", {"v": 1, "kind": "trained", "round": 4, "task": 918273645, "n": 1800, "norm": 0.52}),
+        ("phase", {"v": 1, "kind": "phase", "round": 4, "phase": "upload", "t_ms": 81234}),
         ("stop", {"v": 1, "round": 10, "stop": True}),
         ("escapes", {"v": 1, "detail": "a \"quoted\" \\ back/slash\nnewline\ttab", "empty": {}, "nested": {"b": [], "a": [1, {"z": None, "y": -1}]}}),
     ]

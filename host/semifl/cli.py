@@ -201,7 +201,7 @@ def cmd_flash(args):
                    wifi_ssid=args.wifi_ssid or "", wifi_password=os.environ.get("SEMIFL_WIFI_PASSWORD", ""),
                    firmware=Path(args.firmware) if args.firmware else None,
                    samples=Path(args.samples) if args.samples else None,
-                   labels=Path(args.labels) if args.labels else None)
+                   labels=Path(args.labels) if args.labels else None, phases=args.phases)
     try:
         return flash(job, dry_run=args.dry_run)
     except (FlashError, BuildError) as e:
@@ -294,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", help="the sensor's samples file to store (n x 784 uint8)")
     p.add_argument("--labels", help="its labels file (n uint8)")
     p.add_argument("--build", help="build folder (default build/flash-<device id>)")
+    p.add_argument("--phases", action="store_true", help="the node marks its phases on its status topic (HIL bench)")
     p.add_argument("--dry-run", action="store_true", help="print the esptool/mpremote commands, one per line")
     p.set_defaults(fn=cmd_flash)
     p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")

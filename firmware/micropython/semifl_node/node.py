@@ -72,8 +72,11 @@ class Node:
         self.eval_n = int(cfg.get("eval_n", 32))
         self.dl = None           # the FlashAssembler of the download in progress
         self.model_round = None   # blob id (round) of the model in model_path
+        self.model_crc = None     # its blob CRC, reported with each eval: the bench checks what landed
         self.pending = None       # the CL task being uploaded, until its last chunk is out
         self.ping_s = int(cfg.get("keepalive", 60)) // 2
+        self.marks = bool(cfg.get("phases"))   # phase statuses for a bench's power meter (off: no bytes)
+        self.cur_phase = None
         try:
             os.remove(self.model_path + ".tmp")   # what a reset mid-download left behind
         except OSError:
@@ -118,6 +121,13 @@ class Node:
         msg["v"] = wire.VERSION
         self.publish(self.topic(wire.T_STATUS), wire.encode_json(msg))
 
+    def phase(self, name):
+        """A `phase` status at each change (train, infer, upload, download, idle), stamped with the
+        device's millisecond tick, so a meter's samples can be attributed (semifl.meters.align)."""
+        if self.marks and name != self.cur_phase:
+            self.cur_phase = name
+            self.status({"kind": "phase", "round": self.round, "phase": name, "t_ms": int(now_ms())})
+
     def on_message(self, topic, msg):
         # umqtt calls this inside wait_msg(); queue it and act outside, where publishing is safe
         self.queue.append((topic.decode() if isinstance(topic, bytes) else topic, msg))
@@ -133,12 +143,15 @@ class Node:
                 self.stopped = True
                 return
             self.round = obj["round"]
+            self.phase("idle")
             if not self.radio.drops(obj["round"]):
                 self.status({"kind": "ready", "round": obj["round"], "rssi": self.radio.rssi(obj["round"]),
                              "battery": self.battery.level()})
         elif topic == self.topic(wire.T_TASK):
             if obj.get("role") == "cl":
+                self.phase("upload")
                 self.upload_samples(obj)
+                self.phase("idle")
 
     # --- int8 model: download to flash, swap, evaluate on local samples --------------------------
     def on_model_chunk(self, payload):
@@ -148,6 +161,7 @@ class Node:
             raise wire.WireError("malformed", "kind %d on the int8 model topic" % kind)
         if blob_id == self.model_round:
             return   # a late duplicate of the model already swapped in
+        self.phase("download")
         dl = self.dl
         if dl is None or (dl.blob_id, dl.count, dl.blob_len) != (blob_id, count, blob_len):
             self.abort_download()
@@ -160,8 +174,10 @@ class Node:
         if done:
             self.dl = None
             replace(self.model_path + ".tmp", self.model_path)
-            self.model_round = blob_id
+            self.model_round, self.model_crc = blob_id, dl.blob_crc
+            self.phase("infer")
             self.evaluate(blob_id)
+            self.phase("idle")
 
     def abort_download(self):
         if self.dl is not None:
@@ -191,7 +207,8 @@ class Node:
         ms = since_ms(t0)
         m = row = None
         gc.collect()   # the model's arrays go before the next upload needs its chunk buffers
-        self.status({"kind": "eval", "round": model_round, "accuracy": correct / n, "n": n, "ms": ms})
+        self.status({"kind": "eval", "round": model_round, "accuracy": correct / n, "n": n, "ms": ms,
+                     "crc": self.model_crc})
         return correct / n
 
     def report_error(self, topic, e):

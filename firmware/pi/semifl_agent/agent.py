@@ -51,6 +51,8 @@ class PiAgent:
         self.evaluated = False   # the exported model (config "tflite") is evaluated once per start
         self.results: dict[int, tuple] = {}              # round -> (delta, n, norm)
         self.bytes_up = self.bytes_down = 0
+        self.marks = bool(config.get("phases"))   # phase statuses for a bench's power meter
+        self.cur_phase, self.round = None, 0
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
         self.client.max_inflight_messages_set(64)
@@ -76,6 +78,12 @@ class PiAgent:
         msg["v"] = wire.VERSION
         self.publish(wire.dev_topic(self.id, wire.T_STATUS), wire.encode_json(msg))
 
+    def phase(self, name: str):
+        """A `phase` status at each change (train, infer, upload, download, idle), device time in ms."""
+        if self.marks and name != self.cur_phase:
+            self.cur_phase = name
+            self.status({"kind": "phase", "round": self.round, "phase": name, "t_ms": int(time.monotonic() * 1000)})
+
     def capabilities(self) -> dict:
         hist = np.bincount(self.y, minlength=int(self.cfg.get("n_classes", 10))).tolist()
         return {"v": wire.VERSION, "id": self.id, "class": "pi", "fw": FIRMWARE, "proto": [wire.VERSION],
@@ -92,12 +100,14 @@ class PiAgent:
         from .infer import LiteRTClassifier
 
         n = min(int(self.cfg.get("eval_n", 256)), len(self.y))
+        self.phase("infer")
         pick = np.linspace(0, len(self.y) - 1, n).astype(int)
         t0 = time.perf_counter()
         pred = LiteRTClassifier(self.cfg["tflite"]).predict(self.x[pick])
         ms = int(1000 * (time.perf_counter() - t0))
         self.evaluated = True
         self.status({"kind": "eval", "round": 0, "accuracy": float((pred == self.y[pick]).mean()), "n": n, "ms": ms})
+        self.phase("idle")
 
     # --- message handling (agent thread) -----------------------------------------------------------
     def handle(self, topic: str, payload: bytes):
@@ -117,6 +127,8 @@ class PiAgent:
                 return
             if self.radio.drops(rnd):
                 return  # the simulated link lost this round: the host must cope without us
+            self.round = rnd
+            self.phase("idle")
             self.status({"kind": "ready", "round": rnd, "rssi": self.radio.rssi(rnd), "battery": self.battery.level()})
         elif topic == wire.host_topic(wire.T_MODEL):
             self.bytes_down += len(payload)
@@ -134,6 +146,7 @@ class PiAgent:
         if asm is None:
             asm = self._assembling[blob_id] = wire.Assembler(kind, blob_id, count, blob_len)
             self.download_started[blob_id] = time.perf_counter()
+            self.phase("download")
         if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
             del self._assembling[blob_id]
             self.download_s[blob_id] = time.perf_counter() - self.download_started.pop(blob_id)
@@ -141,6 +154,7 @@ class PiAgent:
             self.models[meta["round"]] = [a.copy() for a in arrays]
             for old in [r for r in self.models if r < meta["round"] - 1]:
                 del self.models[old]
+            self.phase("idle")
 
     def _run_tasks(self):
         still = []
@@ -150,6 +164,7 @@ class PiAgent:
                 if rnd not in self.models:
                     still.append(task)  # the model of this round is still arriving
                     continue
+                self.phase("train")
                 t0 = time.perf_counter()
                 masks = update_masks(self.models[rnd], task)
                 delta, n, norm = local_update(self.models[rnd], self.x, self.y, task, masks)
@@ -158,14 +173,17 @@ class PiAgent:
                 self.results = {rnd: (encode_update(delta, task, masks), n, norm)}
                 self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
+                self.phase("idle")
             elif task["role"] == "upload":
                 if rnd not in self.results:
                     log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)
                     continue
                 tensors, n, _ = self.results[rnd]
                 blob = wire.encode_blob({"kind": "update", "round": rnd, "task": task["task"], "device": self.id, "n": n}, tensors)
+                self.phase("upload")
                 for chunk in wire.iter_chunks(wire.KIND_UPDATE, rnd, blob, self.max_chunk):
                     self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
+                self.phase("idle")
             else:
                 log.warning("%s: role %r is not one this agent plays", self.id, task["role"])
         self.pending_tasks = still

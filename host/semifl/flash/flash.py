@@ -48,11 +48,14 @@ class FlashJob:
     firmware: Path | None = None  # a MicroPython image to write first (erases the flash)
     samples: Path | None = None   # the sensor's data files to put in flash (n x 784 uint8, n uint8)
     labels: Path | None = None
+    phases: bool = False          # the node marks phases for a power meter (the HIL bench)
 
 
 def device_config(job: FlashJob) -> dict:
     cfg = {"id": job.device_id, "board": job.board, "broker": job.broker, "wifi_ssid": job.wifi_ssid,
            "wifi_password": job.wifi_password, "samples": "samples.bin", "labels": "labels.bin", "max_chunk": 4096}
+    if job.phases:
+        cfg["phases"] = True
     return cfg
 
 

@@ -180,6 +180,8 @@ class RoundEngine:
                 raise Rejected("schema", "eval status needs accuracy in [0, 1] and a positive n")
             self.evals[dev] = {"model_round": rnd, "accuracy": float(acc), "n": n, "ms": msg.get("ms")}
             return
+        if kind == "phase":   # marks for a bench's power meter (semifl.meters.align); any round, nothing to do here
+            return
         self._check_round(dev, rnd, f"status {kind!r}")
         if kind == "ready":
             self.registry.on_ready(dev, msg)

@@ -33,6 +33,7 @@ class DeviceSpec:
     raw_ok: bool               # privacy policy: may raw samples leave the device?
     sim: dict = field(default_factory=dict)
     indices: np.ndarray | None = None   # its training samples, when a partitioner chose them
+    config: dict = field(default_factory=dict)   # extra config.json keys (e.g. "phases": true on the HIL bench)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
         (d / "rssi.bin").write_bytes(np.round(np.asarray(sim.pop("rssi")) * 100).astype("<i2").tobytes())
         sim["rssi_file"] = str(d / "rssi.bin")
     cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes, "sim": sim,
-           "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32")}
+           "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32"), **spec.config}
     if spec.device_class == "pi":
         np.savez(d / "data.npz", x=x, y=y)
         cfg.update(data=str(d / "data.npz"), max_chunk=65536)

@@ -86,7 +86,7 @@ def train_generator(x, y, steps: int, batch: int = 64, n_critic: int = 5, sigma:
         loss_g.backward()
         opt_g.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            history.append({"step": step, "loss_d": float(loss_d), "loss_g": float(loss_g) / batch,
+            history.append({"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item() / batch,
                             "seconds": round(time.perf_counter() - t0, 2)})
     q = batch / n
     return TrainedGenerator(gen.eval(), [int(c) for c in hist], dp.epsilon(sigma, steps, q, delta), delta,

@@ -118,9 +118,12 @@ class BoardDUT:
         self.ser.close()
 
 
-def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_timeout: float = 90.0) -> BenchRun:
-    """Host + a Pi-class FL client + the DUT as CL uploader (int8 model every 2 rounds) for `rounds`
-    rounds, the DUT's meter sampling from the moment it joined until the host stops the fleet."""
+def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_timeout: float = 90.0,
+              **run) -> BenchRun:
+    """Host + one Pi-class FL client (pi-00) + one MCU CL uploader (mcu-01), int8 model every 2 rounds,
+    for `rounds` rounds; the DUT is one of them (on a real bench, the board in place of the virtual
+    one). Its meter samples from the moment the fleet joined until the host stops it. `run`: other
+    RunConfig fields (strategy, ...)."""
     from semifl.config import RunConfig
     from semifl.meters import MeterError
     from semifl.service.experiment import build_engine
@@ -128,15 +131,16 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
     from semifl.sim.fleet import VirtualFleet, fleet_for
     from semifl.transport.mqtt import HostLink
 
-    cfg = RunConfig(rounds=rounds, fl_devices=1, cl_devices=1, int8_every=2, plot=False, out=str(root), broker=url)
+    cfg = RunConfig(**{"rounds": rounds, "fl_devices": 1, "cl_devices": 1, "int8_every": 2, "plot": False,
+                       "out": str(root), "broker": url, **run})
     specs = fleet_for(cfg, ds)
-    mcu = next(s for s in specs if s.device_class == "mcu")
-    if mcu.id != dut.id:
-        raise ValueError(f"the bench's CL device is {mcu.id}; flash the board with --device-id {mcu.id}")
+    spec = next((s for s in specs if s.id == dut.id), None)
+    if spec is None:
+        raise ValueError(f"the bench's devices are {[s.id for s in specs]}; flash the board with one of those ids")
     if dut.simulated:
-        mcu.config, mcu.sim["board"] = {"phases": True}, dut.board
+        spec.config, spec.sim["board"] = {"phases": True}, dut.board
     else:
-        specs.remove(mcu)   # the board is the CL device
+        specs.remove(spec)   # the board plays that device
     root.mkdir(parents=True, exist_ok=True)
     store = Store(str(root / "state.db"))
     link = HostLink(url).connect()

@@ -253,6 +253,7 @@ def json_cases():
         ("task_upload", {"v": 1, "round": 4, "role": "upload", "task": 918273645}),
         ("trained", {"v": 1, "kind": "trained", "round": 4, "task": 918273645, "n": 1800, "norm": 0.52}),
         ("phase", {"v": 1, "kind": "phase", "round": 4, "phase": "upload", "t_ms": 81234}),
+        ("refused", {"v": 1, "kind": "refused", "round": 10, "reason": "model_ops", "detail": "this node's kernel has no TANH"}),
         ("stop", {"v": 1, "round": 10, "stop": True}),
         ("escapes", {"v": 1, "detail": "a \"quoted\" \\ back/slash\nnewline\ttab", "empty": {}, "nested": {"b": [], "a": [1, {"z": None, "y": -1}]}}),
     ]

@@ -85,7 +85,7 @@ def cmd_run(args):
         summary = run_experiment(cfg, on_round=on_round)
     out = cfg.out or f"runs/{cfg.name}"
     print(f"final accuracy {100 * summary['final_accuracy']:.2f}% after {cfg.rounds} rounds; "
-          f"rejected: {summary['rejected'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
+          f"rejected: {summary['rejected'] or 'none'}; refused: {summary['refused'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
     return 0
 
 
@@ -230,7 +230,7 @@ def cmd_models(args):
 
     if args.action == "list":
         for m in MODELS.values():
-            print(f"{m.name}: {'-'.join(map(str, m.layers))} {m.hidden}, {m.dataset}")
+            print(m.describe())
         return 0
     import json
 

@@ -38,6 +38,33 @@ def mbqm(acc, mult, shift):
     return (high >> right) + (1 if rem > threshold else 0)
 
 
+ACT_OPS = {"tanh": "TANH", "sigmoid": "LOGISTIC"}   # the table ops this kernel implements
+
+
+def _meta(f):
+    head = f.read(4)
+    meta_len = head[0] | head[1] << 8 | head[2] << 16 | head[3] << 24
+    meta = wire.decode_json(f.read(meta_len), meta_len + 1)
+    if meta.get("kind") != "model_int8":
+        raise ValueError("not a model_int8 blob")
+    return meta, meta_len
+
+
+def check(path, ops, free):
+    """Refuse, before installing it, a model this node cannot run: an op outside `ops` or more working
+    memory (as `Int8Model.working_bytes` on the host) than `free` bytes. Raises ValueError(reason: ...)."""
+    with open(path, "rb") as f:
+        meta = _meta(f)[0]
+    need = 0
+    for spec in meta["layers"]:
+        op = ACT_OPS.get(spec["act"], None if spec["act"] == "none" else spec["act"])
+        if op is not None and op not in ops:
+            raise ValueError("model_ops: this node's kernel has no %s" % op)
+        need = max(need, 2 * spec["in"] + 13 * spec["out"] + 256)
+    if free and need > free:
+        raise ValueError("arena: the model needs %d bytes, %d free" % (need, free))
+
+
 class Layer:
     def __init__(self, spec, w_off, bias, mult, shift, lut):
         self.n_in, self.n_out = spec["in"], spec["out"]
@@ -51,11 +78,7 @@ class Int8MLP:
     def __init__(self, path):
         self.path = path
         with open(path, "rb") as f:
-            head = f.read(4)
-            meta_len = head[0] | head[1] << 8 | head[2] << 16 | head[3] << 24
-            meta = wire.decode_json(f.read(meta_len), meta_len + 1)
-            if meta.get("kind") != "model_int8":
-                raise ValueError("not a model_int8 blob")
+            meta, meta_len = _meta(f)
             self.round = meta.get("round", 0)
             self.in_scale, self.in_zp = meta["input"]["scale"], meta["input"]["zp"]
             off = 4 + meta_len

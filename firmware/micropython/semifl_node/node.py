@@ -23,6 +23,7 @@ from semifl_node.download import FlashAssembler, replace
 
 FIRMWARE = "semifl-mcu/0.1"
 ROW = 784
+OPS = ["FULLY_CONNECTED", "TANH", "LOGISTIC"]   # the int8 ops semifl_node/int8.py implements
 
 
 def file_size(path):
@@ -103,18 +104,23 @@ class Node:
                         hist[b] += 1
         return hist
 
-    def capabilities(self):
+    def free_ram(self):
+        """Free heap; config "ram" stands in for a simulated board's."""
         mem_free = getattr(gc, "mem_free", None)
+        return int(self.cfg.get("ram") or (mem_free() if mem_free else 0))
+
+    def capabilities(self):
         try:
             st = os.statvfs("/")
             flash = st[0] * st[4]
         except (AttributeError, OSError):
             flash = 0
         return {"v": wire.VERSION, "id": self.id, "class": "mcu", "fw": FIRMWARE, "proto": [wire.VERSION],
-                "ram": int(self.cfg.get("ram") or (mem_free() if mem_free else 0)), "flash": flash,
+                "ram": self.free_ram(), "flash": flash,
                 "cpu_score": cpu_score(), "battery": self.battery.level(), "rssi": self.radio.rssi(0),
                 "n_samples": self.n, "hist": self.histogram(), "raw_ok": bool(self.cfg.get("raw_ok", True)),
                 "max_chunk": self.max_chunk, "roles": ["cl", "infer"], "runtime": sys.implementation.name,
+                "ops": self.cfg.get("ops", OPS),
                 "board": self.cfg.get("board", "esp32")}
 
     def status(self, msg):
@@ -172,6 +178,14 @@ class Node:
             self.abort_download()
             raise
         if done:
+            try:   # a model this node cannot run is refused here and the last good one kept
+                int8.check(self.model_path + ".tmp", self.cfg.get("ops", OPS), self.free_ram())
+            except ValueError as e:
+                self.abort_download()
+                reason, _, detail = str(e).partition(": ")
+                self.status({"kind": "refused", "round": blob_id, "reason": reason, "detail": detail[:120]})
+                self.phase("idle")
+                return
             self.dl = None
             replace(self.model_path + ".tmp", self.model_path)
             self.model_round, self.model_crc = blob_id, dl.blob_crc

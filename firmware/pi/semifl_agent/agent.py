@@ -92,7 +92,8 @@ class PiAgent:
                 "cpu_score": hardware.cpu_score(),
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
-                "roles": ["fl"], "runtime": sys.implementation.name, "board": self.cfg.get("board", "rpi")}
+                "roles": ["fl"], "runtime": sys.implementation.name,
+                "ops": ["*"], "board": self.cfg.get("board", "rpi")}   # ops: LiteRT has every TFLite builtin
 
     def evaluate_tflite(self):
         """Accuracy of the exported int8 model (config "tflite") on up to eval_n local samples, run by

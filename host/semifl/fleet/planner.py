@@ -29,24 +29,50 @@ class RoundPlan:
     cl: list[str] = field(default_factory=list)   # CL uploaders this round
     fl: list[str] = field(default_factory=list)   # FL clients that train this round
     idle: dict[str, str] = field(default_factory=dict)  # device -> why it sits out
+    refused: dict[str, str] = field(default_factory=dict)  # device -> why the model was not given to it
 
 
 def is_capable(caps: dict, cfg: PlannerConfig) -> bool:
     return caps.get("class") != "mcu" and caps.get("cpu_score", 0) >= cfg.min_cpu_score and caps.get("ram", 0) >= cfg.min_ram
 
 
-def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True) -> RoundPlan:
-    """devices: id -> latest capabilities merged with this round's link report ("rssi", "battery")."""
+def cannot_run(caps: dict, ops: list[str], need_bytes: int) -> tuple[str, str] | None:
+    """Why a device cannot run a model, as (reason, detail), or None: an op its runtime lacks (caps
+    "ops"; "*" for a full TFLite runtime) or more working memory than its free RAM (caps "ram")."""
+    have = caps.get("ops", ["*"])
+    if "*" not in have:
+        missing = sorted(set(ops) - set(have))
+        if missing:
+            return "model_ops", f"its runtime lacks {', '.join(missing)} (has {', '.join(have)})"
+    ram = int(caps.get("ram") or 0)
+    if need_bytes > ram:
+        return "arena", f"the model needs {need_bytes:,} bytes of working memory, the device reports {ram:,} free"
+    return None
+
+
+def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True,
+               train_bytes=None) -> RoundPlan:
+    """devices: id -> latest capabilities merged with this round's link report ("rssi", "battery").
+    train_bytes(caps) -> bytes a device needs to train this round's model: a capable device with less
+    RAM is refused the model before training (plan.refused) and treated as computing-limited."""
     plan = RoundPlan(rnd)
     cl_candidates = []
     for dev_id in sorted(devices):
         caps = devices[dev_id]
         battery = caps.get("battery", 1.0)
+        capable = is_capable(caps, cfg)
+        if capable and train_bytes is not None:
+            why = cannot_run(caps, [], train_bytes(caps))
+            if why:
+                plan.refused[dev_id] = f"{why[0]}: {why[1]}"
+                capable = False
         if battery < cfg.min_battery:
             plan.idle[dev_id] = "battery"
-        elif is_capable(caps, cfg) and battery >= cfg.fl_min_battery:
+        elif capable and battery >= cfg.fl_min_battery:
             plan.fl.append(dev_id)
-        elif is_capable(caps, cfg) and not (use_cl and caps.get("raw_ok", False)):
+        elif dev_id in plan.refused and not (use_cl and caps.get("raw_ok", False)):
+            plan.idle[dev_id] = "model does not fit to train"
+        elif capable and not (use_cl and caps.get("raw_ok", False)):
             plan.idle[dev_id] = "battery too low to train"
         elif not use_cl:
             plan.idle[dev_id] = "strategy uses no CL"

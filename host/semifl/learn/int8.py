@@ -118,6 +118,19 @@ class Int8Model:
     def input_params(self) -> tuple[float, int]:
         return self.layers[0].in_scale, self.layers[0].in_zp
 
+    def ops(self) -> list[str]:
+        """The TFLite builtin ops this graph is, in order: what a runtime must implement."""
+        out = []
+        for L in self.layers:
+            out += ["FULLY_CONNECTED"] + ([ACTS[L.act][1]] if L.act != "none" else [])
+        return out
+
+    def working_bytes(self) -> int:
+        """RAM the MCU node's kernel holds for the largest layer (weights stay in flash, streamed a row at
+        a time): input and output activations, one weight row, int32 bias/multiplier/shift per output
+        channel, and a 256-entry activation table."""
+        return max(2 * w.shape[1] + 13 * w.shape[0] + 256 for w in (L.w for L in self.layers))
+
     def quantize_float(self, x: np.ndarray) -> np.ndarray:
         """float inputs -> the int8 input tensor."""
         scale, zp = self.input_params

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from semifl.fleet.planner import PlannerConfig, RoundPlan, plan_round, select_fl_uploaders, task_seed
+from semifl.fleet.planner import PlannerConfig, RoundPlan, cannot_run, plan_round, select_fl_uploaders, task_seed
 from semifl.fleet.registry import Registry
-from semifl.learn import compress, int8, mlp
+from semifl.learn import compress, int8, mlp, nn
 from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
@@ -77,6 +77,8 @@ class RoundEngine:
                 raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {strategy.name!r}")
             strategy.load_state(meta["state"], arrays)
         self.shapes = [p.shape for p in self.params]
+        # the model as layers, for what training it costs a device (the activation does not change that)
+        self.net = nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
         self.round = 0
         self.plan: RoundPlan | None = None
         self.assigned: dict = {}   # FL client -> the Compression it trains with this round (None: uniform)
@@ -90,6 +92,8 @@ class RoundEngine:
         self.calib_fallback = calib_x
         self.calib: list[np.ndarray] = []  # CL samples the host holds anyway: the int8 calibration set
         self.evals: dict[str, dict] = {}   # device -> its on-device int8 evaluations reported this round
+        self.refused: dict[str, str] = {}  # device -> why it was not given the model this round
+        self.device_refused: dict[str, str] = {}   # device -> why it refused the int8 model on arrival
         self.asked: dict[str, float] = {}  # device -> when it was asked for its upload (this round)
         self.times: dict[str, dict] = {}   # device -> seconds: download, local (device-measured), upload
         self.bytes_up: Counter = Counter()
@@ -179,6 +183,11 @@ class RoundEngine:
             if not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or not isinstance(n, int) or n <= 0:
                 raise Rejected("schema", "eval status needs accuracy in [0, 1] and a positive n")
             self.evals[dev] = {"model_round": rnd, "accuracy": float(acc), "n": n, "ms": msg.get("ms")}
+            return
+        if kind == "refused":   # asynchronous too: the int8 model of round `round` was refused on arrival
+            self.device_refused[dev] = str(msg.get("reason", "?"))[:40]
+            log.warning("%s refused the int8 model of round %d: %s %s", dev, rnd, self.device_refused[dev],
+                        str(msg.get("detail", ""))[:200])
             return
         if kind == "phase":   # marks for a bench's power meter (semifl.meters.align); any round, nothing to do here
             return
@@ -334,7 +343,8 @@ class RoundEngine:
     def run_round(self, rnd: int) -> dict:
         t0 = time.time()
         self.round, self.rejected = rnd, Counter()
-        self.norms, self.trained_n, self.failed, self.evals = {}, {}, {}, {}
+        self.norms, self.trained_n, self.failed, self.evals, self.refused = {}, {}, {}, {}, {}
+        self.device_refused = {}
         self.asked, self.times = {}, {}
         up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
         row = self.store.round_row(rnd)
@@ -348,8 +358,11 @@ class RoundEngine:
         if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
             self.plan = RoundPlan(**row["plan"])
         else:
-            self.plan = plan_round(rnd, self.registry.view(rnd), self.cfg.planner, use_cl=self.strategy.uses_cl)
+            self.plan = plan_round(rnd, self.registry.view(rnd), self.cfg.planner, use_cl=self.strategy.uses_cl,
+                                   train_bytes=self.train_bytes)
             self.store.begin_round(rnd, asdict(self.plan))
+        for dev, why in self.plan.refused.items():
+            self._refuse(dev, why)
         self.uploaders = row["uploaders"] if row else None
         # per-device compression is a pure function of caps, so a restarted host assigns the same again
         self.assigned = {d: self.compression_for(d) for d in self.plan.fl}
@@ -418,7 +431,8 @@ class RoundEngine:
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
-                   "rejected": dict(self.rejected), "device_errors": dict(self.failed),
+                   "rejected": dict(self.rejected), "refused": dict(self.refused), "device_refused": dict(self.device_refused),
+                   "device_errors": dict(self.failed),
                    "device_evals": dict(self.evals), "device_times_s": dict(self.times),
                    "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
                    "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
@@ -427,14 +441,34 @@ class RoundEngine:
         self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
         return metrics
 
+    def train_bytes(self, caps: dict) -> int:
+        """Memory an FL client needs for this round's task: the model, its gradient and momentum, and
+        the activations of the full batch of ceil(fl_fraction * n_samples) it trains on."""
+        return self.net.train_bytes(int(np.ceil(self.cfg.fl_fraction * caps.get("n_samples", 0))))
+
+    def _refuse(self, dev: str, why: str):
+        """A model a device cannot run is not sent: said, logged and counted, before any work is done."""
+        self.refused[dev] = why
+        log.warning("refused %s the model: %s", dev, why)
+
     def push_int8(self, rnd: int) -> int:
         """Quantize the global model (TFLite's int8 scheme, calibrated on CL samples the host holds) and
-        send it to every online MCU that runs inference; they store it, swap it in and report `eval`."""
+        send it to every online MCU that runs inference and can run it (its ops, its free RAM); they
+        store it, swap it in and report `eval`."""
         mcus = [d for d in sorted(self.registry.online) if "infer" in self.registry.devices.get(d, {}).get("roles", ())]
         calib = np.concatenate(self.calib) if self.calib else self.calib_fallback
         if not mcus or calib is None:
             return 0
         model = int8.quantize(self.params, to_float(calib[: self.cfg.calibration]))
+        able = []
+        for d in mcus:   # the others get it too (one broadcast) and refuse it on arrival, keeping theirs
+            why = cannot_run(self.registry.devices[d], model.ops(), model.working_bytes())
+            if why:
+                self._refuse(d, f"{why[0]}: {why[1]}")
+            else:
+                able.append(d)
+        if not able:
+            return 0
         blob = int8.encode(model, rnd)
         chunk = min(self.registry.devices[d]["max_chunk"] for d in mcus)
         self._broadcast(wire.T_MODEL_INT8, b"", mcus, blob=(wire.KIND_MODEL_INT8, rnd, blob, chunk))

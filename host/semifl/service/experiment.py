@@ -95,6 +95,8 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
             "rounds": rounds,
             "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
             "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
+            # models not given to a device that could not run them (its ops, its memory), by reason
+            "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
         }
         summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
         # no hardware meter in a virtual fleet: the virtual meter, per board profile (semifl.energy)

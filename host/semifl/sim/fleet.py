@@ -107,7 +107,8 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
         (d / "samples.bin").write_bytes(x.tobytes())
         (d / "labels.bin").write_bytes(y.astype(np.uint8).tobytes())
         cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), model=str(d / "model.bin"),
-                   max_chunk=4096, ram=110_000)
+                   max_chunk=4096)
+        cfg.setdefault("ram", 110_000)
     path = d / "config.json"
     path.write_text(json.dumps(cfg))
     return path

@@ -16,7 +16,8 @@ def _common(p: argparse.ArgumentParser):
 def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
     p.add_argument("--name")
-    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+"])
+    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed"],
+                   help="sl / splitfed: split learning (the Pis keep the model's first layers, --model)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
     p.add_argument("--fl-devices", type=int)
@@ -46,6 +47,10 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--collect-timeout-s", type=float, help="deadline for a round's updates and samples")
     p.add_argument("--latency-s", type=float, help="simulated link latency per message of every virtual device")
     p.add_argument("--bandwidth-bps", type=float, help="simulated link bandwidth of every virtual device (0: unlimited)")
+    p.add_argument("--model", help="split learning: a model definition with a device part (default splitcnn-mnist)")
+    p.add_argument("--sl-batch", type=int, help="split learning: samples per smashed-data batch")
+    p.add_argument("--smashed", choices=["float32", "float16", "int8"], help="split learning: smashed data on the wire")
+    p.add_argument("--eval-n", type=int, help="test samples the host evaluates on each round (0: all)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
     _common(p)
 
@@ -57,7 +62,7 @@ def _load_config(args):
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
                                                "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed",
                                                "int8_every", "compression", "pi_ram", "fl_min_battery",
-                                               "sparse_updates")}
+                                               "sparse_updates", "model", "sl_batch", "smashed", "eval_n")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]

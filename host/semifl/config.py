@@ -12,7 +12,7 @@ from semifl.service.engine import EngineConfig
 @dataclass
 class RunConfig:
     name: str = "semifl"
-    strategy: str = "semifl"      # fedavg | semifl | semifl+
+    strategy: str = "semifl"      # fedavg | semifl | semifl+ | sl | splitfed (split learning, IoTSL's SL)
     rounds: int = 20
     fl_devices: int = 6           # Pi-class FL clients (classes 0..5)
     cl_devices: int = 4           # MCU-class CL uploaders (classes 6..9)
@@ -43,6 +43,10 @@ class RunConfig:
     compression: str = "none"     # none: FL clients prune at `prune`; auto: per device from its caps (seed 001)
     pi_ram: str = ""              # simulated RAM of the Pi-class devices, bytes, comma-separated and cycled
                                   # (e.g. "4e9,64e6,16e6"); empty: each reports the machine's
+    model: str = "splitcnn-mnist"  # split learning: the model definition (semifl.models) and its cut
+    sl_batch: int = 32            # split learning: samples per smashed batch
+    smashed: str = "float32"      # split learning: smashed data dtype on the wire (float32 | float16 | int8)
+    eval_n: int = 0               # test samples the host evaluates each round on (0: all)
     plot: bool = True
 
     @classmethod

@@ -20,9 +20,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays
+from semifl.protocol.tensors import decode_arrays, to_wire
 
 from . import hardware
+from .split import SplitClient, SplitError
 from .train import encode_update, local_update, update_masks
 
 log = logging.getLogger("semifl.agent")
@@ -53,6 +54,9 @@ class PiAgent:
         self.bytes_up = self.bytes_down = 0
         self.marks = bool(config.get("phases"))   # phase statuses for a bench's power meter
         self.cur_phase, self.round = None, 0
+        self.split: SplitClient | None = None   # split learning: f_a and the batch in flight
+        self.fa: dict[int, list[np.ndarray]] = {}   # round -> the f_a the host handed this device
+        self._down: dict[int, wire.Assembler] = {}  # kind -> blob arriving on dev/<id>/down
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
         self.client.max_inflight_messages_set(64)
@@ -64,7 +68,7 @@ class PiAgent:
     # --- paho callbacks: subscribe and enqueue, nothing else -------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         client.subscribe([(wire.host_topic("round"), 1), (wire.host_topic(wire.T_MODEL), 1),
-                          (wire.dev_topic(self.id, wire.T_TASK), 1)])
+                          (wire.dev_topic(self.id, wire.T_TASK), 1), (wire.dev_topic(self.id, wire.T_DOWN), 1)])
         self.inbox.put(("_connected", b""))
 
     # --- publishing --------------------------------------------------------------------------------
@@ -92,7 +96,7 @@ class PiAgent:
                 "cpu_score": hardware.cpu_score(),
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
-                "roles": ["fl"], "runtime": sys.implementation.name,
+                "roles": ["fl", "sl"], "runtime": sys.implementation.name,
                 "ops": ["*"], "board": self.cfg.get("board", "rpi")}   # ops: LiteRT has every TFLite builtin
 
     def evaluate_tflite(self):
@@ -137,7 +141,60 @@ class PiAgent:
         elif topic == wire.dev_topic(self.id, wire.T_TASK):
             self.bytes_down += len(payload)
             self.pending_tasks.append(wire.decode_json(payload))
+        elif topic == wire.dev_topic(self.id, wire.T_DOWN):
+            self.bytes_down += len(payload)
+            self._on_down_chunk(payload)
         self._run_tasks()
+
+    # --- split learning: f_a and gradients on dev/<id>/down, smashed data and f_a back on up --------
+    def _on_down_chunk(self, payload: bytes):
+        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, 64 << 20)
+        asm = self._down.get(kind)
+        if asm is None or (asm.blob_id, asm.count, asm.blob_len) != (blob_id, count, blob_len):
+            asm = self._down[kind] = wire.Assembler(kind, blob_id, count, blob_len)
+        if not asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
+            return
+        del self._down[kind]
+        meta, arrays = decode_arrays(bytes(asm.buf))
+        if meta.get("kind") == "fa":
+            self.fa = {meta["round"]: [a.copy() for a in arrays]}
+        elif meta.get("kind") == "grad":
+            if self.split is None or self.split.task is None or meta.get("task") != self.split.task["task"]:
+                raise SplitError(f"a gradient for task {meta.get('task')}, which this device is not running")
+            self.split.gradient(meta["batch"], arrays[0])
+            self._sl_next()
+
+    def _sl_begin(self, task: dict):
+        from semifl.learn.data import to_float
+        from semifl.models import get   # the model definitions: layers only, numpy
+
+        spec = get(task["model"])
+        f_a = spec.network().split(task["cut"])[0]
+        x = to_float(self.x).reshape((-1,) + f_a.input_shape)   # the one input scaling every side uses
+        if self.split is None or self.split.net != f_a:
+            self.split = SplitClient(f_a, x, self.y)
+        self.split.begin(task, self.fa.pop(task["round"]))
+        self.phase("train")
+        self._t_sl = time.perf_counter()
+        self._sl_next()
+
+    def _sl_next(self):
+        """Send the next batch's smashed data or, the epoch over, f_a back to the host."""
+        t = self.split.task
+        if self.split.done:
+            blob = wire.encode_blob({"kind": "fa", "round": t["round"], "task": t["task"], "device": self.id,
+                                     "n": len(self.y)}, [to_wire(p) for p in self.split.params])
+            kind = wire.KIND_UPDATE
+            self.battery.compute(time.perf_counter() - self._t_sl)
+            self.phase("idle")
+        else:
+            batch, parts, labels = self.split.smashed()
+            (a, scale), = parts
+            blob = wire.encode_blob({"kind": "smashed", "round": t["round"], "task": t["task"], "device": self.id,
+                                     "n": len(labels), "batch": batch}, [to_wire(a, scale), to_wire(labels)])
+            kind = wire.KIND_SMASHED
+        for chunk in wire.iter_chunks(kind, t["round"], blob, self.max_chunk):
+            self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
 
     def _on_model_chunk(self, payload: bytes):
         kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, 64 << 20)
@@ -175,6 +232,11 @@ class PiAgent:
                 self.status({"kind": "trained", "round": rnd, "task": task["task"], "n": n, "norm": norm,
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
                 self.phase("idle")
+            elif task["role"] == "sl":
+                if rnd not in self.fa:
+                    still.append(task)   # its f_a is still arriving
+                    continue
+                self._sl_begin(task)
             elif task["role"] == "upload":
                 if rnd not in self.results:
                     log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)
@@ -205,6 +267,9 @@ class PiAgent:
                     self.handle(topic, payload)
                 except wire.WireError as e:
                     log.warning("%s: rejected message on %s: %s", self.id, topic, e)
+                except SplitError as e:   # refused (nothing changed); the host stops waiting for us this round
+                    log.warning("%s: %s", self.id, e)
+                    self.status({"kind": "error", "round": self.round, "error": "SplitError", "detail": str(e)[:120]})
         finally:
             self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)
             self.client.disconnect()

@@ -26,6 +26,7 @@ T_UP = "up"            # binary chunks of an uploaded blob (update, samples), Qo
 T_TASK = "task"        # JSON task for this device and round, QoS 1
 T_MODEL = "model"      # binary chunks of the global model, QoS 1 (on ROOT/host/model)
 T_MODEL_INT8 = "model_int8"  # binary chunks of the int8 model for MCU inference (on ROOT/host/model_int8)
+T_DOWN = "down"        # binary chunks of a blob for this device only (split learning: f_a, gradients), QoS 1
 
 
 def dev_topic(device_id, leaf):
@@ -193,8 +194,8 @@ def decode_blob(buf):
 # device can stream a blob from flash in one pass. chunk_crc covers this chunk's data.
 CHUNK_HEADER = "<2sBBIHHIII"
 CHUNK_HEADER_LEN = 24
-KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8 = 1, 2, 3, 4
-KINDS = (KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8)
+KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8, KIND_SMASHED, KIND_GRAD = 1, 2, 3, 4, 5, 6
+KINDS = (KIND_MODEL, KIND_UPDATE, KIND_SAMPLES, KIND_MODEL_INT8, KIND_SMASHED, KIND_GRAD)
 
 
 def chunk_count(blob_len, chunk_size):

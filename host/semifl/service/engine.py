@@ -58,7 +58,7 @@ class Rejected(Exception):
 
 class RoundEngine:
     def __init__(self, link, store, strategy: Strategy, cfg: EngineConfig, init_params, evaluate, n_classes: int = 10,
-                 calib_x=None):
+                 calib_x=None, net: nn.Net | None = None):
         """calib_x: uint8 inputs that calibrate the int8 model until CL uploads have brought enough."""
         self.link, self.store, self.strategy, self.cfg = link, store, strategy, cfg
         self.registry = Registry(store)
@@ -77,8 +77,8 @@ class RoundEngine:
                 raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {strategy.name!r}")
             strategy.load_state(meta["state"], arrays)
         self.shapes = [p.shape for p in self.params]
-        # the model as layers, for what training it costs a device (the activation does not change that)
-        self.net = nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
+        # the model as layers, for what training it costs a device; default: the MLP the params describe
+        self.net = net or nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
         self.round = 0
         self.plan: RoundPlan | None = None
         self.assigned: dict = {}   # FL client -> the Compression it trains with this round (None: uniform)
@@ -161,7 +161,7 @@ class RoundEngine:
                 self._on_status(dev, wire.decode_json(payload))
             elif leaf == wire.T_UP:
                 self._on_chunk(dev, payload)
-            elif leaf != wire.T_TASK:  # our own tasks echo back through the wildcard subscription
+            elif leaf not in (wire.T_TASK, wire.T_DOWN):  # what we send a device echoes back through the wildcard
                 raise Rejected("malformed", f"unknown topic leaf {leaf!r}")
         except wire.WireError as e:
             self._reject(dev, e.reason, str(e))

@@ -11,10 +11,12 @@ import numpy as np
 
 from semifl.config import RunConfig
 from semifl.energy import fleet_energy
-from semifl.learn import mlp
+from semifl.learn import mlp, nn
 from semifl.learn.data import Dataset, load_idx_dataset, to_float
 from semifl.learn.strategy import make_strategy
+from semifl.models import get as get_model
 from semifl.service.engine import RoundEngine
+from semifl.service.split_engine import SplitEngine
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.store import Store
 from semifl.learn.partition import describe
@@ -49,6 +51,20 @@ def round_time_breakdown(rounds: list[dict], classes: dict[str, str]) -> dict:
 
 
 def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> RoundEngine:
+    if cfg.strategy in ("sl", "splitfed"):
+        spec = get_model(cfg.model)
+        if not spec.cut:
+            raise ValueError(f"model {spec.name} has no device part (cut); split learning needs one")
+        net = spec.network()
+        n = cfg.eval_n or len(ds.y_test)
+        x, y = to_float(ds.x_test[:n]).reshape((-1,) + net.input_shape), ds.y_test[:n].astype(np.int64)
+
+        def evaluate(params):
+            logits = np.concatenate([net.forward(params, x[i:i + 500]) for i in range(0, len(x), 500)])
+            return float((logits.argmax(1) == y).mean()), nn.softmax_xent(logits, y)[0]
+
+        return SplitEngine(link, store, cfg.engine(), net, spec.cut, spec.name, net.init(cfg.seed), evaluate,
+                           ds.n_classes, variant=cfg.strategy, batch=cfg.sl_batch, smashed=cfg.smashed)
     return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed), cfg.engine(),
                        mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes,
                        calib_x=ds.x_train[::60][:1000])   # int8 ranges until CL uploads arrive (fedavg has none)
@@ -75,7 +91,8 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         engine.stop_fleet()
         fleet.stop()
         rounds = store.round_metrics()
-        roles = {s.id: ("fl" if s.device_class == "pi" else "cl") for s in specs}
+        pi_role = cfg.strategy if cfg.strategy in ("sl", "splitfed") else "fl"
+        roles = {s.id: (pi_role if s.device_class == "pi" else "cl") for s in specs}
         evals = {}   # each device's latest on-device evaluation of the int8 model
         for m in rounds:
             evals.update(m.get("device_evals", {}))

@@ -52,7 +52,8 @@ class HostLink:
         self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
-        client.subscribe(wire.ROOT + "/dev/+/+", qos=1)
+        # what devices send, and only that: tasks and per-device blobs the host publishes do not echo back
+        client.subscribe([(wire.ROOT + "/dev/+/" + leaf, 1) for leaf in (wire.T_CAPS, wire.T_PRESENCE, wire.T_STATUS, wire.T_UP)])
         client.publish(wire.host_topic("presence"), b"online", qos=1, retain=True)
         self._connected.set()
 

@@ -1,0 +1,190 @@
+"""Split learning over MQTT (IoTSL's SL, seed 002; docs/protocol.md §5a).
+
+The same engine as SemiFL's (`RoundEngine`: link, store, registry, codec, rejections, byte counts);
+what differs is the round. The host keeps f_b in a `SplitServer`, sends each SL client the f_a to
+start from, answers every `smashed` blob with the `grad` of that batch, and takes back the client's
+f_a at the end of its epoch: one client after another (`sl`, the seed's order) or all at once
+(`splitfed`, f_a averaged). Every message a device sends lands in `_on_blob`; the global model
+changes in `SplitServer.step` (f_b, per batch) and at each hand-over (f_a).
+"""
+from __future__ import annotations
+
+import binascii
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict
+
+import numpy as np
+
+from semifl.fleet.planner import RoundPlan, task_seed
+from semifl.learn import compress, nn
+from semifl.learn.split import SplitServer
+from semifl.learn.strategy import Strategy
+from semifl.protocol import wire
+from semifl.protocol.tensors import encode_arrays, from_wire
+
+from .engine import EngineConfig, Rejected, RoundEngine
+
+log = logging.getLogger("semifl.split")
+SMASHED_DTYPES = ("float32", "float16", "int8")
+
+
+def fa_crc(params) -> int:
+    """CRC-32 of f_a's bytes: which f_a a client started from and handed back (metrics `sl_chain`)."""
+    crc = 0
+    for p in params:
+        crc = binascii.crc32(np.ascontiguousarray(p, np.float32).tobytes(), crc)
+    return crc
+
+
+class SplitLearning(Strategy):
+    """The strategy record a split run keeps in its store: f_a and f_b are its checkpoint, nothing else."""
+    uses_cl = False
+
+    def __init__(self, variant: str):
+        if variant not in ("sl", "splitfed"):
+            raise ValueError(f"split learning variant {variant!r}: sl or splitfed")
+        self.name = variant
+
+
+class SplitEngine(RoundEngine):
+    def __init__(self, link, store, cfg: EngineConfig, net: nn.Net, cut: int, model: str, init_params, evaluate,
+                 n_classes: int = 10, variant: str = "sl", batch: int = 32, smashed: str = "float32"):
+        if smashed not in SMASHED_DTYPES:
+            raise ValueError(f"smashed dtype {smashed!r}: one of {SMASHED_DTYPES}")
+        super().__init__(link, store, SplitLearning(variant), cfg, init_params, evaluate, n_classes, net=net)
+        self.f_a, self.f_b = net.split(cut)
+        self.cut, self.model, self.batch, self.smashed_dtype = cut, model, batch, smashed
+        na = len(self.f_a.shapes())
+        self.server = SplitServer(self.f_b, self.params[na:], self.params[:na], lr=cfg.lr)
+        self.active: dict[str, dict] = {}   # SL client -> {"next": batch it must send next, "n": its samples}
+        self.done: dict[str, tuple] = {}    # client -> (its f_a, samples) once its epoch is over
+        self.chain: dict[str, dict] = {}    # client -> CRC-32 of the f_a it started from and of the one it handed back
+
+    # --- inbound: smashed data and the f_a a client hands back -----------------------------------
+    def _on_blob(self, dev: str, kind: int, blob: bytes):
+        meta, tensors = wire.decode_blob(blob)
+        rnd = meta.get("round")
+        self._check_round(dev, rnd, "blob")
+        if meta.get("device") != dev:
+            raise Rejected("schema", f"blob says device {meta.get('device')!r}, topic says {dev!r}")
+        if meta.get("task") != self.task_id(rnd, dev):
+            raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
+        if dev not in self.active:
+            raise Rejected("unexpected", f"{dev} is not training with the host now")
+        if kind == wire.KIND_SMASHED and meta.get("kind") == "smashed":
+            self._on_smashed(dev, rnd, meta, tensors)
+        elif kind == wire.KIND_UPDATE and meta.get("kind") == "fa":
+            self._on_fa(dev, meta, tensors)
+        else:
+            raise Rejected("malformed", f"a split client does not send blob kind {kind} ({meta.get('kind')!r})")
+
+    def _on_smashed(self, dev, rnd, meta, tensors):
+        st = self.active[dev]
+        if meta.get("batch") != st["next"]:
+            raise Rejected("schema", f"smashed batch {meta.get('batch')}, expected batch {st['next']}")
+        n = meta.get("n")
+        want = [(self.smashed_dtype, (n,) + tuple(self.f_b.input_shape)), ("uint8", (n,))]
+        if not isinstance(n, int) or not 0 < n <= self.batch or [(t[0], tuple(t[1])) for t in tensors] != want:
+            raise Rejected("shape", f"smashed tensors {[(t[0], tuple(t[1])) for t in tensors]}, expected {want} "
+                                    f"(n <= {self.batch})")
+        smashed = compress.decode_delta([(from_wire(tensors[0]), tensors[0][2])], [want[0][1]])[0]
+        labels = from_wire(tensors[1])
+        if labels.max() >= self.n_classes:
+            raise Rejected("schema", f"label {int(labels.max())} outside {self.n_classes} classes")
+        if not np.isfinite(smashed).all():
+            raise Rejected("nonfinite", "smashed data contains NaN or Inf")
+        grad, _ = self.server.step(dev, smashed, labels)
+        st["next"] += 1
+        blob = encode_arrays({"kind": "grad", "round": rnd, "task": meta["task"], "batch": meta["batch"]}, [grad])
+        self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_GRAD, rnd, blob,
+                                                       self.registry.devices[dev]["max_chunk"])
+
+    def _on_fa(self, dev, meta, tensors):
+        want = [("float32", tuple(s)) for s in self.f_a.shapes()]
+        if [(t[0], tuple(t[1])) for t in tensors] != want:
+            raise Rejected("shape", f"f_a tensors {[(t[0], tuple(t[1])) for t in tensors]} are not the device part's")
+        if dev in self.done:
+            raise Rejected("replay", f"{dev} already handed back its f_a this round")
+        params = [np.array(from_wire(t)) for t in tensors]
+        if not all(np.isfinite(p).all() for p in params):
+            raise Rejected("nonfinite", "f_a contains NaN or Inf")
+        n = meta.get("n")
+        if not isinstance(n, int) or n <= 0:
+            raise Rejected("schema", "fa blob needs a positive integer n")
+        self.done[dev] = (params, n)
+        self.chain.setdefault(dev, {})["end"] = fa_crc(params)
+        if self.strategy.name == "sl":
+            self.server.hand_over(dev, params)
+        else:
+            self.server.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params)
+
+    # --- the round ------------------------------------------------------------------------------------
+    def _start(self, rnd: int, dev: str):
+        """Hand `dev` the f_a to start from and its task."""
+        task = {"round": rnd, "role": "sl", "task": self.task_id(rnd, dev), "seed": task_seed(self.cfg.seed, rnd, dev),
+                "model": self.model, "cut": self.cut, "batch": self.batch, "lr": self.cfg.lr, "smashed": self.smashed_dtype}
+        blob = encode_arrays({"kind": "fa", "round": rnd, "task": task["task"]}, self.server.params_a)
+        self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, rnd, blob,
+                                                       self.registry.devices[dev]["max_chunk"])
+        self.server.handed(dev)
+        self.chain[dev] = {"start": fa_crc(self.server.params_a)}
+        self.active[dev] = {"next": 0}
+        self._send(dev, task)
+
+    def _gone(self, dev: str) -> bool:
+        return dev in self.failed or dev not in self.registry.online
+
+    def _work(self, devs: list[str], deadline: float):
+        """Wait until each of devs has handed back its f_a, failed, left, or the deadline passed."""
+        self.pump(lambda: all(d in self.done or self._gone(d) for d in devs), deadline - time.monotonic())
+        for d in devs:
+            self.active.pop(d, None)
+            if d not in self.done:   # dropped out mid-epoch: whatever f_a the host holds goes on
+                why = self.failed.get(d) or ("offline" if d not in self.registry.online else "timeout")
+                self.failed.setdefault(d, why)
+                log.warning("round %d: %s did not finish its epoch (%s); the next client continues", self.round, d, why)
+
+    def run_round(self, rnd: int) -> dict:
+        t0 = time.time()
+        self.round, self.rejected = rnd, Counter()
+        self.failed, self.evals, self.refused, self.device_refused, self.done, self.chain = {}, {}, {}, {}, {}, {}
+        up0, down0, v0 = Counter(self.bytes_up), Counter(self.bytes_down), {d: dict(v) for d, v in self.server.values.items()}
+        online = sorted(self.registry.online)
+        self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
+        self.pump(lambda: all(self.registry.link.get(d, {}).get("round") == rnd for d in self.registry.online),
+                  self.cfg.ready_timeout_s)
+        ready = [d for d in online if self.registry.link.get(d, {}).get("round") == rnd]
+        clients = [d for d in ready if "sl" in self.registry.devices[d].get("roles", ())]
+        self.plan = RoundPlan(rnd, fl=clients, idle={d: "no split learning role" for d in ready if d not in clients})
+        self.store.begin_round(rnd, asdict(self.plan))
+        phases = {"ready": time.time() - t0}
+        if self.strategy.name == "sl":
+            for d in clients:   # the seed's sequential SL: each client starts from the last one's f_a
+                if not self._gone(d):
+                    self._start(rnd, d)
+                    self._work([d], time.monotonic() + self.cfg.collect_timeout_s)
+        else:
+            for d in clients:
+                self._start(rnd, d)
+            self._work(clients, time.monotonic() + self.cfg.collect_timeout_s)
+            if self.done:
+                self.server.average_a([self.done[d] for d in sorted(self.done)])
+        phases["train"] = time.time() - t0 - sum(phases.values())
+        self.params = self.server.params
+        acc, loss = self.evaluate(self.params)
+        phases["evaluate"] = time.time() - t0 - sum(phases.values())
+        up, down = self.bytes_up - up0, self.bytes_down - down0
+        values = {d: {k: v[k] - v0.get(d, {}).get(k, 0) for k in ("up", "down")} for d, v in self.server.values.items()}
+        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
+                   "participants": {"cl": [], "fl": sorted(self.done)}, "trained": sorted(self.done),
+                   "idle": self.plan.idle, "rejected": dict(self.rejected), "refused": {}, "device_refused": {},
+                   "device_errors": dict(self.failed), "device_evals": {}, "device_times_s": {},
+                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
+                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
+                   "device_values": {d: v for d, v in values.items() if v["up"] or v["down"]},
+                   "sl_chain": dict(self.chain),
+                   "phases_s": {k: round(v, 4) for k, v in phases.items()}}
+        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": {}}, {}))
+        return metrics

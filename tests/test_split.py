@@ -1,0 +1,186 @@
+"""Split learning over MQTT (IoTSL's SL, seed 002): the same model in-process and over the broker,
+every value counted against the seed's formula, bad smashed data refused, a device that drops out
+mid-epoch skipped with the next one continuing from the last f_a the host holds."""
+import time
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import psutil
+import pytest
+
+from semifl.config import RunConfig
+from semifl.learn import nn
+from semifl.learn.data import Dataset
+from semifl.learn.split import SplitServer, comm_params
+from semifl.models import get
+from semifl.protocol import wire
+from semifl.protocol.tensors import decode_arrays, to_wire
+from semifl.service import experiment
+from semifl.service.engine import EngineConfig
+from semifl.service.split_engine import SplitEngine, fa_crc
+from semifl.service.store import Store
+from semifl.sim.split_inprocess import run_split_inprocess
+from semifl.transport.mqtt import HostLink, parse_broker_url
+from semifl_agent.split import SplitClient, SplitError
+
+SPEC = get("splitcnn-mnist")
+F_A, F_B = SPEC.network().split(SPEC.cut)
+F = int(np.prod(F_A.out_shapes[-1]))      # 64 x 14 x 14 = 12,544 values per smashed row
+W = F_A.n_params                          # 37,568
+
+
+def small(ds, n):
+    return Dataset(ds.name, ds.x_train[:n], ds.y_train[:n], ds.x_test[:200], ds.y_test[:200], ds.classes)
+
+
+def cfg(tmp_path, embedded, **kw):
+    base = dict(strategy="sl", rounds=2, fl_devices=3, cl_devices=0, partition="iid", lr=0.05, sl_batch=32,
+                out=str(tmp_path / "run"), broker=embedded, plot=False, int8_every=0)
+    return RunConfig(**{**base, **kw})
+
+
+def test_the_seeds_epoch_count():
+    # Section IV: 12,000 images per Pi, smashed 64x14x14, 37,824 parameters: 3.01e8 values an epoch
+    assert comm_params(12_000, 64 * 14 * 14, 37_824) == 301_105_824
+    assert comm_params(10, F, W) == 10 * (2 * F + 1) + W
+
+
+@pytest.mark.parametrize("smashed", ["float32", "int8"])
+def test_same_model_in_process_and_over_mqtt_and_every_value_counted(tmp_path, fashion, embedded, smashed):
+    ds = small(fashion, 240)   # 3 devices x 80 samples: batches of 32, 32, 16
+    c = cfg(tmp_path, embedded, smashed=smashed)
+    summary = experiment.run_experiment(c, ds=ds)
+    over_mqtt = np.load(tmp_path / "run" / "final_model.npz")
+    server = run_split_inprocess(c, ds)
+    for i, p in enumerate(server.params):
+        assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
+    for r in summary["rounds"]:
+        assert r["rejected"] == {} and r["device_errors"] == {} and r["participants"]["fl"] == ["pi-00", "pi-01", "pi-02"]
+        chain = r["sl_chain"]   # sequential SL: each client starts from the f_a the previous one handed back
+        assert chain["pi-01"]["start"] == chain["pi-00"]["end"] and chain["pi-02"]["start"] == chain["pi-01"]["end"]
+        for dev, v in r["device_values"].items():
+            # the seed's N(2F + 1) + w, plus the host relay's second hop of f_a (host -> next device)
+            assert v["up"] + v["down"] == comm_params(80, F, W) + W, dev
+            up, down = r["device_bytes"][dev]
+            width = 4 if smashed == "float32" else 1
+            # bytes on MQTT: the values at their width (gradients float32), plus headers and statuses
+            assert up >= 80 * F * width + 4 * W and down >= 80 * F * 4 + 4 * W
+            assert up <= 1.02 * (80 * F * width + 4 * W) + 4096 and down <= 1.02 * (80 * F * 4 + 4 * W) + 4096
+    assert summary["final_accuracy"] > 0.3
+
+
+def test_splitfed_averages_the_clients_f_a(tmp_path, fashion, embedded):
+    ds = small(fashion, 240)
+    summary = experiment.run_experiment(cfg(tmp_path, embedded, strategy="splitfed", rounds=1), ds=ds)
+    r = summary["rounds"][0]
+    assert r["participants"]["fl"] == ["pi-00", "pi-01", "pi-02"] and r["rejected"] == {}
+    assert len({v["start"] for v in r["sl_chain"].values()}) == 1   # all start from the same f_a
+    server = SplitServer(F_B, [], [np.zeros(1, np.float32)])
+    server.average_a([([np.array([1.0], np.float32)], 1), ([np.array([4.0], np.float32)], 3)])
+    assert server.params_a[0].tolist() == [3.25]
+
+
+def test_a_device_that_drops_mid_epoch_is_skipped(tmp_path, fashion, embedded, monkeypatch):
+    original = SplitEngine._on_smashed
+
+    def kill_after_second_batch(self, dev, rnd, meta, tensors):
+        original(self, dev, rnd, meta, tensors)
+        if dev == "pi-01" and meta["batch"] == 1:   # pull its plug: the process dies mid-epoch
+            for p in psutil.process_iter(["cmdline"]):
+                if any("pi-01" in a and a.endswith("config.json") for a in p.info["cmdline"] or []):
+                    p.kill()
+
+    monkeypatch.setattr(SplitEngine, "_on_smashed", kill_after_second_batch)
+    ds = small(fashion, 240)
+    summary = experiment.run_experiment(cfg(tmp_path, embedded, rounds=1, collect_timeout_s=30), ds=ds)
+    r = summary["rounds"][0]
+    assert r["participants"]["fl"] == ["pi-00", "pi-02"] and r["device_errors"] == {"pi-01": "offline"}
+    assert r["sl_chain"]["pi-02"]["start"] == r["sl_chain"]["pi-00"]["end"]   # not pi-01's half-trained f_a
+    assert r["device_values"]["pi-01"]["up"] == 2 * (32 * F + 32)              # its two batches were served
+
+
+def test_the_client_refuses_a_gradient_it_did_not_ask_for():
+    rng = np.random.default_rng(0)
+    c = SplitClient(F_A, rng.random((40, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 40))
+    c.begin({"seed": 1, "batch": 16, "lr": 0.1}, F_A.init(0))
+    before = [p.copy() for p in c.params]
+    with pytest.raises(SplitError, match="not the one in flight"):
+        c.gradient(0, np.zeros((16, 14, 14, 64), np.float32))        # nothing sent yet
+    b, ((smashed, _),), labels = c.smashed()
+    with pytest.raises(SplitError, match="not the one in flight"):
+        c.gradient(b + 1, np.zeros_like(smashed))
+    with pytest.raises(SplitError, match="shape"):
+        c.gradient(b, np.zeros((3, 14, 14, 64), np.float32))
+    assert all(np.array_equal(p, q) for p, q in zip(before, c.params))   # refused: nothing changed
+    c.gradient(b, np.ones_like(smashed))
+    assert not all(np.array_equal(p, q) for p, q in zip(before, c.params))
+
+
+def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
+    store = Store(str(tmp_path / "state.db"))
+    link = HostLink(embedded, client_id=f"host-{time.monotonic_ns()}").connect()
+    net = SPEC.network()
+    engine = SplitEngine(link, store, EngineConfig(lr=0.01), net, SPEC.cut, SPEC.name, net.init(0),
+                         lambda p: (0.0, 0.0), batch=4)
+    host, port = parse_broker_url(embedded)
+    got = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pi-x-{time.monotonic_ns()}")
+    dev.on_message = lambda c, u, m: got.append(m.payload)
+    dev.connect(host, port)
+    dev.loop_start()
+    dev.subscribe(wire.dev_topic("pi-x", wire.T_DOWN), 1)
+    caps = {"v": 1, "id": "pi-x", "class": "pi", "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
+            "battery": 1.0, "rssi": -50.0, "n_samples": 8, "hist": [8] + [0] * 9, "raw_ok": False,
+            "max_chunk": 65536, "roles": ["sl"]}
+    send = lambda leaf, payload: dev.publish(wire.dev_topic("pi-x", leaf), payload, qos=1).wait_for_publish(10)
+    send(wire.T_CAPS, wire.encode_json(caps))
+    send(wire.T_PRESENCE, b"online")
+    engine.round = 1
+    engine.active["pi-x"] = {"next": 0}
+    task = engine.task_id(1, "pi-x")
+
+    def smashed(batch=0, n=4, dtype=np.float32, shape=(14, 14, 64), fill=0.5, task=task, labels=None):
+        x = np.full((n,) + shape, fill, dtype)
+        y = np.zeros(n, np.uint8) if labels is None else labels
+        blob = wire.encode_blob({"kind": "smashed", "round": 1, "task": task, "device": "pi-x", "n": n, "batch": batch},
+                                [to_wire(x), to_wire(y)])
+        for chunk in wire.iter_chunks(wire.KIND_SMASHED, 1, blob, 65536):
+            send(wire.T_UP, chunk)
+
+    def expect(reason):
+        assert engine.pump(lambda: engine.rejected[reason] > 0, 10), (reason, dict(engine.rejected))
+        engine.rejected.clear()
+
+    smashed(batch=1)
+    expect("schema")                                   # not the batch in flight
+    smashed(shape=(14, 14, 32))
+    expect("shape")                                    # not the cut's shape
+    smashed(dtype=np.float64)
+    expect("shape")                                    # not the task's dtype
+    smashed(n=5)
+    expect("shape")                                    # more rows than the batch
+    smashed(fill=np.nan)
+    expect("nonfinite")
+    smashed(labels=np.full(4, 10, np.uint8))
+    expect("schema")                                   # a label outside the classes
+    smashed(task=123)
+    expect("replay")
+    smashed()                                          # and a good one is answered with its gradient
+    assert engine.pump(lambda: engine.active["pi-x"]["next"] == 1, 10)
+    asm, deadline, i = None, time.monotonic() + 10, 0
+    while time.monotonic() < deadline:
+        if i < len(got):
+            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(got[i], 1 << 24)
+            asm = asm or wire.Assembler(kind, blob_id, count, blob_len)
+            i += 1
+            if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
+                break
+        else:
+            time.sleep(0.05)
+    meta, (grad,) = decode_arrays(bytes(asm.buf))
+    assert kind == wire.KIND_GRAD and meta["batch"] == 0 and grad.shape == (4, 14, 14, 64)
+    assert engine.rejected == {}
+    dev.loop_stop()
+    dev.disconnect()
+    link.close()
+    store.close()

@@ -184,3 +184,41 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
     dev.disconnect()
     link.close()
     store.close()
+
+
+def test_iotsl_generators_pretraining_and_imputation_over_the_broker(tmp_path, fashion, embedded):
+    """Algorithm 1 on each virtual Pi (DP generator, artifact with its epsilon), the host's check and
+    pre-training, Algorithm 2's pairing sent to the devices, then SL on local + generated data."""
+    from semifl.learn.iotsl.impute import impute
+
+    ds = small(fashion, 600)
+    c = cfg(tmp_path, embedded, strategy="iotsl", partition="k-classes", k_classes=2, gen_steps=3, gen_dim=8,
+            max_epsilon=50.0, pretrain_epochs=1)
+    summary = experiment.run_experiment(c, ds=ds)
+    first, second = summary["rounds"]
+    assert first["rejected"] == {} and first["device_errors"] == {} and "generators" in first["phases_s"]
+    assert set(first["generators"]) == {"pi-00", "pi-01", "pi-02"} and second["generators"] == {}
+    assert all(0 < g["epsilon"] <= 50.0 and g["delta"] == 1e-5 for g in first["generators"].values())
+    hists = {d: v["hist"] for d, v in summary["partition"]["devices"].items()}
+    plan = impute(hists)
+    assert first["imputed"] == {d: sum(f.quantity for f in fs) for d, fs in plan.items() if fs}
+    for dev, v in second["device_values"].items():   # every client trained on local + generated samples
+        n = sum(hists[dev]) + first["imputed"][dev]
+        assert v["up"] + v["down"] == comm_params(n, F, W) + W, dev
+    store = Store(str(tmp_path / "run" / "state.db"))
+    kept = store.artifacts("generator")   # versioned artifacts with their epsilon, kept past the round
+    store.close()
+    assert set(kept) == set(first["generators"])
+    for d, a in kept.items():
+        g = first["generators"][d]
+        assert (a["version"], a["sha256"], len(a["blob"])) == (1, g["sha256"], g["bytes"]) and a["epsilon"] == g["epsilon"]
+
+
+def test_iotsl_refuses_generators_over_the_privacy_policy(tmp_path, fashion, embedded):
+    ds = small(fashion, 300)
+    c = cfg(tmp_path, embedded, strategy="iotsl", rounds=1, partition="k-classes", k_classes=2, gen_steps=3,
+            gen_dim=8, max_epsilon=0.01, pretrain_epochs=1)
+    summary = experiment.run_experiment(c, ds=ds)
+    r = summary["rounds"][0]
+    assert r["rejected"] == {"privacy": 3} and r["generators"] == {} and r["imputed"] == {}
+    assert r["participants"]["fl"] == ["pi-00", "pi-01", "pi-02"]   # and split learning goes on without them

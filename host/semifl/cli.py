@@ -16,8 +16,9 @@ def _common(p: argparse.ArgumentParser):
 def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
     p.add_argument("--name")
-    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed"],
-                   help="sl / splitfed: split learning (the Pis keep the model's first layers, --model)")
+    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed", "iotsl"],
+                   help="sl / splitfed: split learning (the Pis keep the model's first layers, --model); iotsl: "
+                        "SL after DP generators, pre-training and non-IID imputation (seed 002)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
     p.add_argument("--fl-devices", type=int)
@@ -51,6 +52,9 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--sl-batch", type=int, help="split learning: samples per smashed-data batch")
     p.add_argument("--smashed", choices=["float32", "float16", "int8"], help="split learning: smashed data on the wire")
     p.add_argument("--eval-n", type=int, help="test samples the host evaluates on each round (0: all)")
+    p.add_argument("--gen-steps", type=int, help="iotsl: generator steps per device")
+    p.add_argument("--gen-sigma", type=float, help="iotsl: DP noise multiplier on the generator's gradient")
+    p.add_argument("--max-epsilon", type=float, help="iotsl: the devices' privacy policy for a released generator")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
     _common(p)
 
@@ -62,7 +66,8 @@ def _load_config(args):
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
                                                "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed",
                                                "int8_every", "compression", "pi_ram", "fl_min_battery",
-                                               "sparse_updates", "model", "sl_batch", "smashed", "eval_n")}
+                                               "sparse_updates", "model", "sl_batch", "smashed", "eval_n", "gen_steps",
+                                               "gen_sigma", "max_epsilon")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]

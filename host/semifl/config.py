@@ -12,7 +12,7 @@ from semifl.service.engine import EngineConfig
 @dataclass
 class RunConfig:
     name: str = "semifl"
-    strategy: str = "semifl"      # fedavg | semifl | semifl+ | sl | splitfed (split learning, IoTSL's SL)
+    strategy: str = "semifl"      # fedavg | semifl | semifl+ | sl | splitfed | iotsl (split learning, seed 002)
     rounds: int = 20
     fl_devices: int = 6           # Pi-class FL clients (classes 0..5)
     cl_devices: int = 4           # MCU-class CL uploaders (classes 6..9)
@@ -47,6 +47,12 @@ class RunConfig:
     sl_batch: int = 32            # split learning: samples per smashed batch
     smashed: str = "float32"      # split learning: smashed data dtype on the wire (float32 | float16 | int8)
     eval_n: int = 0               # test samples the host evaluates each round on (0: all)
+    gen_steps: int = 150          # IoTSL: generator steps per device (Algorithm 1)
+    gen_sigma: float = 1.5        # IoTSL: DP noise multiplier on the generator's gradient (clip C = 1)
+    gen_batch: int = 16           # IoTSL: generator batch (sampling rate q = batch / samples)
+    gen_dim: int = 32             # IoTSL: generator/discriminator width (the seed: 64)
+    pretrain_epochs: int = 2      # IoTSL: the host's pre-training on the generated set
+    max_epsilon: float = 10.0     # IoTSL: the devices' privacy policy for a released generator
     plot: bool = True
 
     @classmethod

@@ -57,6 +57,7 @@ class PiAgent:
         self.split: SplitClient | None = None   # split learning: f_a and the batch in flight
         self.fa: dict[int, list[np.ndarray]] = {}   # round -> the f_a the host handed this device
         self._down: dict[int, wire.Assembler] = {}  # kind -> blob arriving on dev/<id>/down
+        self.generated = None   # IoTSL: (x float, y) the paired generators made for the classes this device lacks
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
         self.client.max_inflight_messages_set(64)
@@ -97,6 +98,7 @@ class PiAgent:
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
                 "roles": ["fl", "sl"], "runtime": sys.implementation.name,
+                "max_epsilon": float(self.cfg.get("max_epsilon", 10.0)),   # privacy policy for released generators
                 "ops": ["*"], "board": self.cfg.get("board", "rpi")}   # ops: LiteRT has every TFLite builtin
 
     def evaluate_tflite(self):
@@ -158,11 +160,43 @@ class PiAgent:
         meta, arrays = decode_arrays(bytes(asm.buf))
         if meta.get("kind") == "fa":
             self.fa = {meta["round"]: [a.copy() for a in arrays]}
+        elif meta.get("kind") == "impute":
+            self._impute(meta, arrays)
         elif meta.get("kind") == "grad":
             if self.split is None or self.split.task is None or meta.get("task") != self.split.task["task"]:
                 raise SplitError(f"a gradient for task {meta.get('task')}, which this device is not running")
             self.split.gradient(meta["batch"], arrays[0])
             self._sl_next()
+
+    def _train_generator(self, task: dict):
+        """IoTSL's Algorithm 1 on this device: a DP conditional generator of its data, sent as an artifact."""
+        from semifl.learn.iotsl import artifact
+        from semifl.learn.iotsl.train import train_generator
+
+        self.phase("train")
+        t0 = time.perf_counter()
+        tg = train_generator(self.x.reshape(-1, 28, 28), self.y, steps=task["steps"], batch=task["batch"],
+                             sigma=task["sigma"], dim=task["dim"], n_critic=2, lr=2e-4, seed=task["seed"],
+                             n_classes=int(self.cfg.get("n_classes", 10)))
+        self.battery.compute(time.perf_counter() - t0)
+        art = artifact.to_bytes(tg, self.id)
+        blob = wire.encode_blob({"kind": "generator", "round": task["round"], "task": task["task"], "device": self.id,
+                                 "n": len(self.y)}, [("uint8", (len(art),), 1.0, 0, art)])
+        self.phase("upload")
+        for chunk in wire.iter_chunks(wire.KIND_GENERATOR, task["round"], blob, self.max_chunk):
+            self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
+        self.phase("idle")
+
+    def _impute(self, meta: dict, arrays: list):
+        """Algorithm 2 on this device: the paired generators (hash-checked) make the missing classes."""
+        from semifl.learn.iotsl import artifact
+        from semifl.learn.iotsl.impute import Fill, imputed_set
+
+        open_policy = artifact.PrivacyPolicy(float("inf"), 1.0)   # the host held them to their owners' policies
+        gens = {j: artifact.load(bytes(a), open_policy, device=j)[0] for j, a in zip(meta["generators"], arrays)}
+        fills = [Fill(int(c), j, int(q)) for c, j, q in meta["fills"]]
+        x, y = imputed_set(np.zeros((0, 28, 28, 1), np.float32), np.zeros(0, np.int64), fills, gens, seed=meta["task"])
+        self.generated = (x, y)
 
     def _sl_begin(self, task: dict):
         from semifl.learn.data import to_float
@@ -170,9 +204,11 @@ class PiAgent:
 
         spec = get(task["model"])
         f_a = spec.network().split(task["cut"])[0]
-        x = to_float(self.x).reshape((-1,) + f_a.input_shape)   # the one input scaling every side uses
-        if self.split is None or self.split.net != f_a:
-            self.split = SplitClient(f_a, x, self.y)
+        x, y = to_float(self.x).reshape((-1,) + f_a.input_shape), self.y   # the one input scaling every side uses
+        if self.generated is not None:   # IoTSL: local data plus the classes the paired generators made
+            x, y = np.concatenate([x, self.generated[0]]), np.concatenate([y, self.generated[1]])
+        if self.split is None or self.split.net != f_a or len(self.split.y) != len(y):
+            self.split = SplitClient(f_a, x, y)
         self.split.begin(task, self.fa.pop(task["round"]))
         self.phase("train")
         self._t_sl = time.perf_counter()
@@ -183,7 +219,7 @@ class PiAgent:
         t = self.split.task
         if self.split.done:
             blob = wire.encode_blob({"kind": "fa", "round": t["round"], "task": t["task"], "device": self.id,
-                                     "n": len(self.y)}, [to_wire(p) for p in self.split.params])
+                                     "n": len(self.split.y)}, [to_wire(p) for p in self.split.params])
             kind = wire.KIND_UPDATE
             self.battery.compute(time.perf_counter() - self._t_sl)
             self.phase("idle")
@@ -233,10 +269,13 @@ class PiAgent:
                              "t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)})
                 self.phase("idle")
             elif task["role"] == "sl":
-                if rnd not in self.fa:
-                    still.append(task)   # its f_a is still arriving
+                have = 0 if self.generated is None else len(self.generated[1])
+                if rnd not in self.fa or have < task.get("imputed", 0):
+                    still.append(task)   # its f_a (or, IoTSL, its paired generators) is still arriving
                     continue
                 self._sl_begin(task)
+            elif task["role"] == "generator":
+                self._train_generator(task)
             elif task["role"] == "upload":
                 if rnd not in self.results:
                     log.warning("%s: upload asked for round %d that I did not train", self.id, rnd)

@@ -16,7 +16,7 @@ from semifl.learn.data import Dataset, load_idx_dataset, to_float
 from semifl.learn.strategy import make_strategy
 from semifl.models import get as get_model
 from semifl.service.engine import RoundEngine
-from semifl.service.split_engine import SplitEngine
+from semifl.service.split_engine import GeneratorStage, SplitEngine
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.store import Store
 from semifl.learn.partition import describe
@@ -25,6 +25,7 @@ from semifl.transport.broker import EmbeddedBroker
 from semifl.transport.mqtt import HostLink
 
 log = logging.getLogger("semifl.run")
+SPLIT = ("sl", "splitfed", "iotsl")   # split learning: the Pis keep the model's first layers
 
 
 def make_evaluator(ds: Dataset):
@@ -51,7 +52,7 @@ def round_time_breakdown(rounds: list[dict], classes: dict[str, str]) -> dict:
 
 
 def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> RoundEngine:
-    if cfg.strategy in ("sl", "splitfed"):
+    if cfg.strategy in SPLIT:
         spec = get_model(cfg.model)
         if not spec.cut:
             raise ValueError(f"model {spec.name} has no device part (cut); split learning needs one")
@@ -63,8 +64,9 @@ def build_engine(cfg: RunConfig, ds: Dataset, store: Store, link: HostLink) -> R
             logits = np.concatenate([net.forward(params, x[i:i + 500]) for i in range(0, len(x), 500)])
             return float((logits.argmax(1) == y).mean()), nn.softmax_xent(logits, y)[0]
 
+        stage = GeneratorStage(cfg.gen_steps, cfg.gen_sigma, cfg.gen_batch, cfg.gen_dim, cfg.pretrain_epochs, cfg.max_epsilon)
         return SplitEngine(link, store, cfg.engine(), net, spec.cut, spec.name, net.init(cfg.seed), evaluate,
-                           ds.n_classes, variant=cfg.strategy, batch=cfg.sl_batch, smashed=cfg.smashed)
+                           ds.n_classes, variant=cfg.strategy, batch=cfg.sl_batch, smashed=cfg.smashed, generators=stage)
     return RoundEngine(link, store, make_strategy(cfg.strategy, cfg.lr, cfg.rounds, cfg.prune, cfg.seed), cfg.engine(),
                        mlp.init_params(seed=cfg.seed), make_evaluator(ds), n_classes=ds.n_classes,
                        calib_x=ds.x_train[::60][:1000])   # int8 ranges until CL uploads arrive (fedavg has none)
@@ -77,6 +79,9 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         shutil.rmtree(out)   # `run` is a fresh experiment; `serve` is the one that resumes
     out.mkdir(parents=True)
     specs = fleet_for(cfg, ds)
+    if cfg.strategy == "iotsl":
+        for s in specs:
+            s.config.setdefault("max_epsilon", cfg.max_epsilon)
     with contextlib.ExitStack() as stack:
         url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
         store = Store(str(out / "state.db"))
@@ -91,7 +96,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         engine.stop_fleet()
         fleet.stop()
         rounds = store.round_metrics()
-        pi_role = cfg.strategy if cfg.strategy in ("sl", "splitfed") else "fl"
+        pi_role = cfg.strategy if cfg.strategy in SPLIT else "fl"
         roles = {s.id: (pi_role if s.device_class == "pi" else "cl") for s in specs}
         evals = {}   # each device's latest on-device evaluation of the int8 model
         for m in rounds:

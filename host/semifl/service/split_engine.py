@@ -13,7 +13,7 @@ import binascii
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -39,18 +39,39 @@ def fa_crc(params) -> int:
 
 
 class SplitLearning(Strategy):
-    """The strategy record a split run keeps in its store: f_a and f_b are its checkpoint, nothing else."""
+    """The strategy record a split run keeps in its store: f_a and f_b are its checkpoint; IoTSL adds
+    whether its generator stage (Algorithms 1 and 2) is done."""
     uses_cl = False
 
     def __init__(self, variant: str):
-        if variant not in ("sl", "splitfed"):
-            raise ValueError(f"split learning variant {variant!r}: sl or splitfed")
+        if variant not in ("sl", "splitfed", "iotsl"):
+            raise ValueError(f"split learning variant {variant!r}: sl, splitfed or iotsl")
         self.name = variant
+        self.prepared = False
+
+    def state(self):
+        return {"prepared": self.prepared}, {}
+
+    def load_state(self, meta, arrays):
+        self.prepared = bool(meta.get("prepared"))
+
+
+@dataclass
+class GeneratorStage:
+    """IoTSL's one-off stage: devices train DP generators, the host pre-trains on their data and pairs
+    them to fill each device's missing classes. Generator settings travel in the `generator` task."""
+    steps: int = 150
+    sigma: float = 1.5
+    batch: int = 16
+    dim: int = 32
+    pretrain_epochs: int = 2
+    max_epsilon: float = 10.0    # the policy a device that reports none is held to
 
 
 class SplitEngine(RoundEngine):
     def __init__(self, link, store, cfg: EngineConfig, net: nn.Net, cut: int, model: str, init_params, evaluate,
-                 n_classes: int = 10, variant: str = "sl", batch: int = 32, smashed: str = "float32"):
+                 n_classes: int = 10, variant: str = "sl", batch: int = 32, smashed: str = "float32",
+                 generators: GeneratorStage | None = None):
         if smashed not in SMASHED_DTYPES:
             raise ValueError(f"smashed dtype {smashed!r}: one of {SMASHED_DTYPES}")
         super().__init__(link, store, SplitLearning(variant), cfg, init_params, evaluate, n_classes, net=net)
@@ -61,6 +82,10 @@ class SplitEngine(RoundEngine):
         self.active: dict[str, dict] = {}   # SL client -> {"next": batch it must send next, "n": its samples}
         self.done: dict[str, tuple] = {}    # client -> (its f_a, samples) once its epoch is over
         self.chain: dict[str, dict] = {}    # client -> CRC-32 of the f_a it started from and of the one it handed back
+        self.stage = generators or GeneratorStage()
+        self.generators: dict[str, tuple] = {}   # device -> (generator, info, artifact bytes) accepted this run
+        self.gen_wanted: set[str] = set()
+        self.imputed: dict[str, int] = {}        # device -> generated samples it adds to its SL epochs
 
     # --- inbound: smashed data and the f_a a client hands back -----------------------------------
     def _on_blob(self, dev: str, kind: int, blob: bytes):
@@ -71,6 +96,8 @@ class SplitEngine(RoundEngine):
             raise Rejected("schema", f"blob says device {meta.get('device')!r}, topic says {dev!r}")
         if meta.get("task") != self.task_id(rnd, dev):
             raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
+        if kind == wire.KIND_GENERATOR and meta.get("kind") == "generator":
+            return self._on_generator(dev, rnd, meta, tensors)
         if dev not in self.active:
             raise Rejected("unexpected", f"{dev} is not training with the host now")
         if kind == wire.KIND_SMASHED and meta.get("kind") == "smashed":
@@ -120,11 +147,66 @@ class SplitEngine(RoundEngine):
         else:
             self.server.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params)
 
+    def _on_generator(self, dev, rnd, meta, tensors):
+        """A device's generator artifact (Algorithm 1): checked (hash, device, privacy policy), kept."""
+        from semifl.learn.iotsl import artifact
+
+        if dev not in self.gen_wanted:
+            raise Rejected("unexpected", f"{dev} was not asked for a generator")
+        if dev in self.generators:
+            raise Rejected("replay", f"{dev} already delivered its generator")
+        if [(t[0], len(t[1])) for t in tensors] != [("uint8", 1)]:
+            raise Rejected("shape", "a generator blob carries its artifact as one uint8 tensor")
+        blob = bytes(tensors[0][4])
+        caps = self.registry.devices[dev]
+        policy = artifact.PrivacyPolicy(float(caps.get("max_epsilon", self.stage.max_epsilon)))
+        try:
+            gen, info = artifact.load(blob, policy, device=dev)
+        except artifact.ArtifactRejected as e:
+            raise Rejected(e.reason, e.detail) from None
+        version = self.store.keep_artifact(dev, "generator", rnd, info.sha256, info.epsilon, info.delta, blob)
+        self.generators[dev] = (gen, info, blob, version)
+
+    def _prepare(self, rnd: int, clients: list[str]):
+        """IoTSL's generator stage: generators in, pre-training (theta_pre), paired generators out."""
+        from semifl.learn.iotsl.impute import impute
+        from semifl.learn.iotsl.pretrain import generated_dataset, pretrain
+
+        st = self.stage
+        self.gen_wanted = set(clients)
+        for d in clients:
+            self._send(d, {"round": rnd, "role": "generator", "task": self.task_id(rnd, d),
+                           "seed": task_seed(self.cfg.seed, rnd, d), "steps": st.steps, "sigma": st.sigma,
+                           "batch": st.batch, "dim": st.dim})
+        self.pump(lambda: all(d in self.generators or self._gone(d) for d in clients),
+                  self.cfg.collect_timeout_s)
+        gens = {d: self.generators[d] for d in clients if d in self.generators}
+        if not gens:
+            log.warning("round %d: no generator arrived; IoTSL goes on as plain SL", rnd)
+            return
+        x, y, _ = generated_dataset([(g, list(info.histogram)) for g, info, _, _ in gens.values()], seed=self.cfg.seed)
+        theta, _ = pretrain(x, y, self.net, cut=self.cut, epochs=st.pretrain_epochs, lr=self.cfg.lr, seed=self.cfg.seed)
+        na = len(self.f_a.shapes())
+        self.server.params_a, self.server.params_b = theta[:na], theta[na:]
+        fills = impute({d: list(info.histogram) for d, (_, info, _, _) in gens.items()})
+        for d, fs in fills.items():
+            if not fs:
+                continue
+            paired = sorted({f.generator for f in fs})
+            blob = wire.encode_blob({"kind": "impute", "round": rnd, "task": self.task_id(rnd, d), "generators": paired,
+                                     "fills": [[f.label, f.generator, f.quantity] for f in fs]},
+                                    [("uint8", (len(gens[j][2]),), 1.0, 0, gens[j][2]) for j in paired])
+            self.bytes_down[d] += self.link.publish_blob(wire.dev_topic(d, wire.T_DOWN), wire.KIND_GENERATOR, rnd, blob,
+                                                         self.registry.devices[d]["max_chunk"])
+            self.imputed[d] = sum(f.quantity for f in fs)
+        log.info("round %d: pre-trained on %d generated samples; imputation for %d devices", rnd, len(y), len(self.imputed))
+
     # --- the round ------------------------------------------------------------------------------------
     def _start(self, rnd: int, dev: str):
         """Hand `dev` the f_a to start from and its task."""
         task = {"round": rnd, "role": "sl", "task": self.task_id(rnd, dev), "seed": task_seed(self.cfg.seed, rnd, dev),
-                "model": self.model, "cut": self.cut, "batch": self.batch, "lr": self.cfg.lr, "smashed": self.smashed_dtype}
+                "model": self.model, "cut": self.cut, "batch": self.batch, "lr": self.cfg.lr, "smashed": self.smashed_dtype,
+                "imputed": self.imputed.get(dev, 0)}
         blob = encode_arrays({"kind": "fa", "round": rnd, "task": task["task"]}, self.server.params_a)
         self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, rnd, blob,
                                                        self.registry.devices[dev]["max_chunk"])
@@ -150,6 +232,7 @@ class SplitEngine(RoundEngine):
         t0 = time.time()
         self.round, self.rejected = rnd, Counter()
         self.failed, self.evals, self.refused, self.device_refused, self.done, self.chain = {}, {}, {}, {}, {}, {}
+        self.generators = {}   # reported in the round they arrive (the store keeps them)
         up0, down0, v0 = Counter(self.bytes_up), Counter(self.bytes_down), {d: dict(v) for d, v in self.server.values.items()}
         online = sorted(self.registry.online)
         self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
@@ -160,7 +243,11 @@ class SplitEngine(RoundEngine):
         self.plan = RoundPlan(rnd, fl=clients, idle={d: "no split learning role" for d in ready if d not in clients})
         self.store.begin_round(rnd, asdict(self.plan))
         phases = {"ready": time.time() - t0}
-        if self.strategy.name == "sl":
+        if self.strategy.name == "iotsl" and not self.strategy.prepared:
+            self._prepare(rnd, clients)
+            self.strategy.prepared = True
+            phases["generators"] = time.time() - t0 - sum(phases.values())
+        if self.strategy.name in ("sl", "iotsl"):
             for d in clients:   # the seed's sequential SL: each client starts from the last one's f_a
                 if not self._gone(d):
                     self._start(rnd, d)
@@ -185,6 +272,10 @@ class SplitEngine(RoundEngine):
                    "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
                    "device_values": {d: v for d, v in values.items() if v["up"] or v["down"]},
                    "sl_chain": dict(self.chain),
+                   "generators": {d: {"epsilon": info.epsilon, "delta": info.delta, "sha256": info.sha256,
+                                      "bytes": len(b), "version": v} for d, (_, info, b, v) in self.generators.items()},
+                   "imputed": dict(self.imputed),
                    "phases_s": {k: round(v, 4) for k, v in phases.items()}}
-        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": {}}, {}))
+        meta, arrays = self.strategy.state()
+        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
         return metrics

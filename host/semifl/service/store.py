@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS contributions (round INTEGER NOT NULL, device TEXT NO
     n INTEGER NOT NULL, blob BLOB NOT NULL, accepted REAL NOT NULL, PRIMARY KEY (round, device, kind));
 CREATE TABLE IF NOT EXISTS checkpoints (round INTEGER PRIMARY KEY, params BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS strategy_state (name TEXT PRIMARY KEY, digest INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (device TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
+    round INTEGER NOT NULL, sha256 TEXT NOT NULL, epsilon REAL, delta REAL, blob BLOB NOT NULL,
+    PRIMARY KEY (device, kind, version));
 CREATE TABLE IF NOT EXISTS rejections (t REAL NOT NULL, round INTEGER, device TEXT, reason TEXT NOT NULL,
     detail TEXT);
 """
@@ -84,6 +87,22 @@ class Store:
     def accept(self, rnd: int, device: str, kind: str, n: int, blob: bytes) -> None:
         """An accepted update or sample batch is durable before the device hears back."""
         self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?)", (rnd, device, kind, n, blob, time.time()))
+
+    def keep_artifact(self, device: str, kind: str, rnd: int, sha256: str, epsilon: float | None, delta: float | None,
+                      blob: bytes) -> int:
+        """A device's artifact (IoTSL: its generator), kept for the run with its privacy spent; each new
+        one is the device's next version. -> the version."""
+        (v,) = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM artifacts WHERE device=? AND kind=?",
+                               (device, kind)).fetchone()
+        eps = None if epsilon is None or epsilon == float("inf") else epsilon
+        self.db.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (device, kind, v, rnd, sha256, eps, delta, blob))
+        return v
+
+    def artifacts(self, kind: str) -> dict[str, dict]:
+        """The latest artifact of `kind` per device: {device: {"version", "round", "sha256", "epsilon", "delta", "blob"}}."""
+        rows = self.db.execute("SELECT device, version, round, sha256, epsilon, delta, blob FROM artifacts WHERE kind=? "
+                               "ORDER BY device, version", (kind,)).fetchall()
+        return {r[0]: dict(zip(("version", "round", "sha256", "epsilon", "delta", "blob"), r[1:])) for r in rows}
 
     def contributions(self, rnd: int) -> list[tuple[str, str, int, bytes]]:
         return self.db.execute("SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind",

@@ -56,6 +56,8 @@ def test_same_model_in_process_and_over_mqtt_and_every_value_counted(tmp_path, f
         assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
     for r in summary["rounds"]:
         assert r["rejected"] == {} and r["device_errors"] == {} and r["participants"]["fl"] == ["pi-00", "pi-01", "pi-02"]
+        # each device's own CPU seconds of its passes: what the energy meter charges as training
+        assert set(r["device_times_s"]) == {"pi-00", "pi-01", "pi-02"} and all(t["local"] > 0 for t in r["device_times_s"].values())
         chain = r["sl_chain"]   # sequential SL: each client starts from the f_a the previous one handed back
         assert chain["pi-01"]["start"] == chain["pi-00"]["end"] and chain["pi-02"]["start"] == chain["pi-01"]["end"]
         for dev, v in r["device_values"].items():
@@ -67,6 +69,7 @@ def test_same_model_in_process_and_over_mqtt_and_every_value_counted(tmp_path, f
             assert up >= 80 * F * width + 4 * W and down >= 80 * F * 4 + 4 * W
             assert up <= 1.02 * (80 * F * width + 4 * W) + 4096 and down <= 1.02 * (80 * F * 4 + 4 * W) + 4096
     assert summary["final_accuracy"] > 0.3
+    assert all(d["energy_by_phase"]["train"] > 0 and d["energy_by_phase"]["upload"] > 0 for d in summary["devices"])
 
 
 def test_splitfed_averages_the_clients_f_a(tmp_path, fashion, embedded):

@@ -181,7 +181,7 @@ class PiAgent:
         self.battery.compute(time.perf_counter() - t0)
         art = artifact.to_bytes(tg, self.id)
         blob = wire.encode_blob({"kind": "generator", "round": task["round"], "task": task["task"], "device": self.id,
-                                 "n": len(self.y)}, [("uint8", (len(art),), 1.0, 0, art)])
+                                 "n": len(self.y), "t_local_s": round(tg.seconds, 4)}, [("uint8", (len(art),), 1.0, 0, art)])
         self.phase("upload")
         for chunk in wire.iter_chunks(wire.KIND_GENERATOR, task["round"], blob, self.max_chunk):
             self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
@@ -211,17 +211,18 @@ class PiAgent:
             self.split = SplitClient(f_a, x, y)
         self.split.begin(task, self.fa.pop(task["round"]))
         self.phase("train")
-        self._t_sl = time.perf_counter()
         self._sl_next()
 
     def _sl_next(self):
         """Send the next batch's smashed data or, the epoch over, f_a back to the host."""
         t = self.split.task
         if self.split.done:
+            # t_local_s: the epoch's forward and backward CPU time (waiting for gradients is not computing)
             blob = wire.encode_blob({"kind": "fa", "round": t["round"], "task": t["task"], "device": self.id,
-                                     "n": len(self.split.y)}, [to_wire(p) for p in self.split.params])
+                                     "n": len(self.split.y), "t_local_s": round(self.split.compute_s, 4)},
+                                    [to_wire(p) for p in self.split.params])
             kind = wire.KIND_UPDATE
-            self.battery.compute(time.perf_counter() - self._t_sl)
+            self.battery.compute(self.split.compute_s)
             self.phase("idle")
         else:
             batch, parts, labels = self.split.smashed()

@@ -7,6 +7,8 @@ drives the same object.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from semifl.learn import compress, nn
@@ -25,6 +27,7 @@ class SplitClient:
         self.batches: list[np.ndarray] = []
         self.next = 0                 # index of the next batch to send
         self.in_flight = None         # (batch id, caches) of the batch whose gradient is awaited
+        self.compute_s = 0.0          # CPU time of this epoch's forward and backward passes (the energy meter's)
 
     def begin(self, task: dict, params: list[np.ndarray]):
         """Start an epoch of task {"batch", "lr", "seed", "smashed": dtype} from the f_a it was handed."""
@@ -34,7 +37,7 @@ class SplitClient:
         order = np.random.default_rng(task["seed"]).permutation(len(self.y))
         b = int(task["batch"])
         self.batches = [order[i:i + b] for i in range(0, len(order), b)]
-        self.next, self.in_flight = 0, None
+        self.next, self.in_flight, self.compute_s = 0, None, 0.0
 
     @property
     def done(self) -> bool:
@@ -46,7 +49,9 @@ class SplitClient:
             raise SplitError(f"batch {self.in_flight[0]} still awaits its gradient")
         i = self.next
         idx = self.batches[i]
+        t0 = time.process_time()
         out, caches = self.net.forward(self.params, self.x[idx], keep=True)
+        self.compute_s += time.process_time() - t0
         self.in_flight = (i, caches, out.shape)
         self.next += 1
         return i, compress.encode_delta([out], self.task.get("smashed", "float32")), self.y[idx].astype(np.uint8)
@@ -59,7 +64,9 @@ class SplitClient:
         _, caches, shape = self.in_flight
         if tuple(grad.shape) != tuple(shape) or not np.isfinite(grad).all():
             raise SplitError(f"gradient of shape {grad.shape} (finite: {bool(np.isfinite(grad).all())}), expected {shape}")
+        t0 = time.process_time()
         g = self.net.backward(self.params, caches, grad.astype(np.float32))
         lr = np.float32(self.task["lr"])
         self.params = [p - lr * d for p, d in zip(self.params, g)]
+        self.compute_s += time.process_time() - t0
         self.in_flight = None

@@ -141,11 +141,19 @@ class SplitEngine(RoundEngine):
         if not isinstance(n, int) or n <= 0:
             raise Rejected("schema", "fa blob needs a positive integer n")
         self.done[dev] = (params, n)
+        self._took(dev, meta)
         self.chain.setdefault(dev, {})["end"] = fa_crc(params)
         if self.strategy.name == "sl":
             self.server.hand_over(dev, params)
         else:
             self.server.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params)
+
+    def _took(self, dev, meta):
+        """The device's own measure of its work (seconds), for the energy meter: `t_local_s` in its blob."""
+        t = meta.get("t_local_s")
+        if isinstance(t, (int, float)) and t >= 0:
+            tt = self.times.setdefault(dev, {})
+            tt["local"] = round(tt.get("local", 0.0) + float(t), 4)
 
     def _on_generator(self, dev, rnd, meta, tensors):
         """A device's generator artifact (Algorithm 1): checked (hash, device, privacy policy), kept."""
@@ -164,6 +172,7 @@ class SplitEngine(RoundEngine):
             gen, info = artifact.load(blob, policy, device=dev)
         except artifact.ArtifactRejected as e:
             raise Rejected(e.reason, e.detail) from None
+        self._took(dev, meta)
         version = self.store.keep_artifact(dev, "generator", rnd, info.sha256, info.epsilon, info.delta, blob)
         self.generators[dev] = (gen, info, blob, version)
 
@@ -233,6 +242,7 @@ class SplitEngine(RoundEngine):
         self.round, self.rejected = rnd, Counter()
         self.failed, self.evals, self.refused, self.device_refused, self.done, self.chain = {}, {}, {}, {}, {}, {}
         self.generators = {}   # reported in the round they arrive (the store keeps them)
+        self.times = {}
         up0, down0, v0 = Counter(self.bytes_up), Counter(self.bytes_down), {d: dict(v) for d, v in self.server.values.items()}
         online = sorted(self.registry.online)
         self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
@@ -267,7 +277,7 @@ class SplitEngine(RoundEngine):
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": [], "fl": sorted(self.done)}, "trained": sorted(self.done),
                    "idle": self.plan.idle, "rejected": dict(self.rejected), "refused": {}, "device_refused": {},
-                   "device_errors": dict(self.failed), "device_evals": {}, "device_times_s": {},
+                   "device_errors": dict(self.failed), "device_evals": {}, "device_times_s": dict(self.times),
                    "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
                    "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
                    "device_values": {d: v for d, v in values.items() if v["up"] or v["down"]},

@@ -225,3 +225,56 @@ def test_iotsl_refuses_generators_over_the_privacy_policy(tmp_path, fashion, emb
     r = summary["rounds"][0]
     assert r["rejected"] == {"privacy": 3} and r["generators"] == {} and r["imputed"] == {}
     assert r["participants"]["fl"] == ["pi-00", "pi-01", "pi-02"]   # and split learning goes on without them
+
+
+def test_a_device_that_lost_its_generated_set_gets_its_paired_generators_again(tmp_path, embedded):
+    """Generators are artifacts the host keeps: on request it sends a device the ones paired for it."""
+    from semifl.learn.iotsl import artifact
+    from semifl.learn.iotsl.train import train_generator
+
+    rng = np.random.default_rng(0)
+    tg = train_generator(rng.integers(0, 255, (16, 28, 28), dtype=np.uint8), np.repeat([3, 4], 8), steps=1, batch=8, dim=8)
+    art = artifact.to_bytes(tg, "pi-y")
+    store = Store(str(tmp_path / "state.db"))
+    info = artifact.load(art, artifact.PrivacyPolicy(float("inf"), 1.0))[1]
+    store.keep_artifact("pi-y", "generator", 1, info.sha256, info.epsilon, info.delta, art)
+    link = HostLink(embedded, client_id=f"host-{time.monotonic_ns()}").connect()
+    net = SPEC.network()
+    engine = SplitEngine(link, store, EngineConfig(lr=0.01), net, SPEC.cut, SPEC.name, net.init(0),
+                         lambda p: (0.0, 0.0), variant="iotsl")
+    engine.round = 2
+    engine.strategy.fills = {"pi-x": [[3, "pi-y", 5], [4, "pi-y", 6]]}
+    host, port = parse_broker_url(embedded)
+    got = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pi-x-{time.monotonic_ns()}")
+    dev.on_message = lambda c, u, m: got.append(m.payload)
+    dev.connect(host, port)
+    dev.loop_start()
+    dev.subscribe(wire.dev_topic("pi-x", wire.T_DOWN), 1)
+    time.sleep(0.3)
+    for who in ("pi-x", "pi-z"):
+        caps = {"v": 1, "id": who, "class": "pi", "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
+                "battery": 1.0, "rssi": -50.0, "n_samples": 8, "hist": [8] + [0] * 9, "raw_ok": False,
+                "max_chunk": 65536, "roles": ["sl"]}
+        dev.publish(wire.dev_topic(who, wire.T_CAPS), wire.encode_json(caps), qos=1).wait_for_publish(10)
+        dev.publish(wire.dev_topic(who, wire.T_STATUS), wire.encode_json(
+            {"v": 1, "kind": "request", "round": 2, "what": "generators"}), qos=1).wait_for_publish(10)
+    assert engine.pump(lambda: engine.rejected["unexpected"] == 1, 10)   # pi-z has nothing to ask for
+    asm, deadline, i = None, time.monotonic() + 10, 0
+    while time.monotonic() < deadline:
+        if i < len(got):
+            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(got[i], 1 << 24)
+            asm = asm or wire.Assembler(kind, blob_id, count, blob_len)
+            i += 1
+            if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
+                break
+        else:
+            time.sleep(0.05)
+    meta, tensors = wire.decode_blob(bytes(asm.buf))
+    assert kind == wire.KIND_GENERATOR and meta["kind"] == "impute" and meta["generators"] == ["pi-y"]
+    assert meta["fills"] == [[3, "pi-y", 5], [4, "pi-y", 6]] and bytes(tensors[0][4]) == art
+    assert engine.imputed == {"pi-x": 11}
+    dev.loop_stop()
+    dev.disconnect()
+    link.close()
+    store.close()

@@ -58,6 +58,7 @@ class PiAgent:
         self.fa: dict[int, list[np.ndarray]] = {}   # round -> the f_a the host handed this device
         self._down: dict[int, wire.Assembler] = {}  # kind -> blob arriving on dev/<id>/down
         self.generated = None   # IoTSL: (x float, y) the paired generators made for the classes this device lacks
+        self._asked_gens = False
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
         self.client.max_inflight_messages_set(64)
@@ -271,6 +272,10 @@ class PiAgent:
                 self.phase("idle")
             elif task["role"] == "sl":
                 have = 0 if self.generated is None else len(self.generated[1])
+                if have < task.get("imputed", 0) and wire.KIND_GENERATOR not in self._down and not self._asked_gens:
+                    # IoTSL after a restart: the paired generators are gone and none are on the way: ask
+                    self._asked_gens = True
+                    self.status({"kind": "request", "round": rnd, "what": "generators"})
                 if rnd not in self.fa or have < task.get("imputed", 0):
                     still.append(task)   # its f_a (or, IoTSL, its paired generators) is still arriving
                     continue

@@ -48,12 +48,14 @@ class SplitLearning(Strategy):
             raise ValueError(f"split learning variant {variant!r}: sl, splitfed or iotsl")
         self.name = variant
         self.prepared = False
+        self.fills: dict[str, list] = {}   # IoTSL: device -> [[class, generator device, quantity], ...]
 
     def state(self):
-        return {"prepared": self.prepared}, {}
+        return {"prepared": self.prepared, "fills": self.fills}, {}
 
     def load_state(self, meta, arrays):
         self.prepared = bool(meta.get("prepared"))
+        self.fills = dict(meta.get("fills", {}))
 
 
 @dataclass
@@ -198,24 +200,37 @@ class SplitEngine(RoundEngine):
         na = len(self.f_a.shapes())
         self.server.params_a, self.server.params_b = theta[:na], theta[na:]
         fills = impute({d: list(info.histogram) for d, (_, info, _, _) in gens.items()})
-        for d, fs in fills.items():
-            if not fs:
-                continue
-            paired = sorted({f.generator for f in fs})
-            blob = wire.encode_blob({"kind": "impute", "round": rnd, "task": self.task_id(rnd, d), "generators": paired,
-                                     "fills": [[f.label, f.generator, f.quantity] for f in fs]},
-                                    [("uint8", (len(gens[j][2]),), 1.0, 0, gens[j][2]) for j in paired])
-            self.bytes_down[d] += self.link.publish_blob(wire.dev_topic(d, wire.T_DOWN), wire.KIND_GENERATOR, rnd, blob,
-                                                         self.registry.devices[d]["max_chunk"])
-            self.imputed[d] = sum(f.quantity for f in fs)
+        self.strategy.fills = {d: [[f.label, f.generator, f.quantity] for f in fs] for d, fs in fills.items() if fs}
+        for d in self.strategy.fills:
+            self._send_impute(rnd, d)
         log.info("round %d: pre-trained on %d generated samples; imputation for %d devices", rnd, len(y), len(self.imputed))
+
+    def _send_impute(self, rnd: int, dev: str):
+        """The paired generators a device needs (Algorithm 2), from the host's stored artifacts."""
+        fills = self.strategy.fills.get(dev)
+        if not fills:
+            raise Rejected("unexpected", f"{dev} has no imputation to ask for")
+        kept = self.store.artifacts("generator")
+        paired = sorted({j for _, j, _ in fills})
+        blob = wire.encode_blob({"kind": "impute", "round": rnd, "task": self.task_id(rnd, dev), "generators": paired,
+                                 "fills": fills}, [("uint8", (len(kept[j]["blob"]),), 1.0, 0, kept[j]["blob"]) for j in paired])
+        self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_GENERATOR, rnd, blob,
+                                                       self.registry.devices[dev]["max_chunk"])
+        self.imputed[dev] = sum(q for _, _, q in fills)
+
+    def _on_status(self, dev: str, msg: dict):
+        if msg.get("kind") == "request" and msg.get("what") == "generators":
+            if not isinstance(msg.get("round"), int):
+                raise Rejected("schema", "status without an integer round")
+            return self._send_impute(self.round, dev)   # e.g. a device that restarted and lost its generated set
+        return super()._on_status(dev, msg)
 
     # --- the round ------------------------------------------------------------------------------------
     def _start(self, rnd: int, dev: str):
         """Hand `dev` the f_a to start from and its task."""
         task = {"round": rnd, "role": "sl", "task": self.task_id(rnd, dev), "seed": task_seed(self.cfg.seed, rnd, dev),
                 "model": self.model, "cut": self.cut, "batch": self.batch, "lr": self.cfg.lr, "smashed": self.smashed_dtype,
-                "imputed": self.imputed.get(dev, 0)}
+                "imputed": sum(q for _, _, q in self.strategy.fills.get(dev, []))}
         blob = encode_arrays({"kind": "fa", "round": rnd, "task": task["task"]}, self.server.params_a)
         self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, rnd, blob,
                                                        self.registry.devices[dev]["max_chunk"])

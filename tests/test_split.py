@@ -14,7 +14,7 @@ from semifl.learn.data import Dataset
 from semifl.learn.split import SplitServer, comm_params
 from semifl.models import get
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays, to_wire
+from semifl.protocol.tensors import from_wire, to_wire
 from semifl.service import experiment
 from semifl.service.engine import EngineConfig
 from semifl.service.split_engine import SplitEngine, fa_crc
@@ -37,6 +37,40 @@ def cfg(tmp_path, embedded, **kw):
     base = dict(strategy="sl", rounds=2, fl_devices=3, cl_devices=0, partition="iid", lr=0.05, sl_batch=32,
                 out=str(tmp_path / "run"), broker=embedded, plot=False, int8_every=0)
     return RunConfig(**{**base, **kw})
+
+
+def raw_device(url, ids, roles=("sl",)):
+    """A bare MQTT client that speaks for devices `ids` (caps published) and collects what arrives on
+    the first one's down topic."""
+    host, port = parse_broker_url(url)
+    got = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{time.monotonic_ns()}")
+    dev.on_message = lambda c, u, m: got.append(m.payload)
+    dev.connect(host, port)
+    dev.loop_start()
+    dev.subscribe(wire.dev_topic(ids[0], wire.T_DOWN), 1)
+    time.sleep(0.3)
+    for who in ids:
+        caps = {"v": 1, "id": who, "class": "pi", "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
+                "battery": 1.0, "rssi": -50.0, "n_samples": 8, "hist": [8] + [0] * 9, "raw_ok": False,
+                "max_chunk": 65536, "roles": list(roles)}
+        dev.publish(wire.dev_topic(who, wire.T_CAPS), wire.encode_json(caps), qos=1).wait_for_publish(10)
+    return dev, got
+
+
+def first_blob(got, timeout=10.0):
+    """(kind, meta, tensors) of the first whole blob among the chunks in `got`."""
+    asm, deadline, i = None, time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        if i < len(got):
+            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(got[i], 1 << 24)
+            asm = asm or wire.Assembler(kind, blob_id, count, blob_len)
+            i += 1
+            if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
+                return (kind,) + wire.decode_blob(bytes(asm.buf))
+        else:
+            time.sleep(0.05)
+    raise AssertionError("no whole blob arrived")
 
 
 def test_the_seeds_epoch_count():
@@ -125,18 +159,8 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
     net = SPEC.network()
     engine = SplitEngine(link, store, EngineConfig(lr=0.01), net, SPEC.cut, SPEC.name, net.init(0),
                          lambda p: (0.0, 0.0), batch=4)
-    host, port = parse_broker_url(embedded)
-    got = []
-    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pi-x-{time.monotonic_ns()}")
-    dev.on_message = lambda c, u, m: got.append(m.payload)
-    dev.connect(host, port)
-    dev.loop_start()
-    dev.subscribe(wire.dev_topic("pi-x", wire.T_DOWN), 1)
-    caps = {"v": 1, "id": "pi-x", "class": "pi", "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
-            "battery": 1.0, "rssi": -50.0, "n_samples": 8, "hist": [8] + [0] * 9, "raw_ok": False,
-            "max_chunk": 65536, "roles": ["sl"]}
+    dev, got = raw_device(embedded, ["pi-x"])
     send = lambda leaf, payload: dev.publish(wire.dev_topic("pi-x", leaf), payload, qos=1).wait_for_publish(10)
-    send(wire.T_CAPS, wire.encode_json(caps))
     send(wire.T_PRESENCE, b"online")
     engine.round = 1
     engine.active["pi-x"] = {"next": 0}
@@ -170,17 +194,8 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
     expect("replay")
     smashed()                                          # and a good one is answered with its gradient
     assert engine.pump(lambda: engine.active["pi-x"]["next"] == 1, 10)
-    asm, deadline, i = None, time.monotonic() + 10, 0
-    while time.monotonic() < deadline:
-        if i < len(got):
-            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(got[i], 1 << 24)
-            asm = asm or wire.Assembler(kind, blob_id, count, blob_len)
-            i += 1
-            if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
-                break
-        else:
-            time.sleep(0.05)
-    meta, (grad,) = decode_arrays(bytes(asm.buf))
+    kind, meta, (t,) = first_blob(got)
+    grad = from_wire(t)
     assert kind == wire.KIND_GRAD and meta["batch"] == 0 and grad.shape == (4, 14, 14, 64)
     assert engine.rejected == {}
     dev.loop_stop()
@@ -244,33 +259,12 @@ def test_a_device_that_lost_its_generated_set_gets_its_paired_generators_again(t
                          lambda p: (0.0, 0.0), variant="iotsl")
     engine.round = 2
     engine.strategy.fills = {"pi-x": [[3, "pi-y", 5], [4, "pi-y", 6]]}
-    host, port = parse_broker_url(embedded)
-    got = []
-    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pi-x-{time.monotonic_ns()}")
-    dev.on_message = lambda c, u, m: got.append(m.payload)
-    dev.connect(host, port)
-    dev.loop_start()
-    dev.subscribe(wire.dev_topic("pi-x", wire.T_DOWN), 1)
-    time.sleep(0.3)
+    dev, got = raw_device(embedded, ["pi-x", "pi-z"])
     for who in ("pi-x", "pi-z"):
-        caps = {"v": 1, "id": who, "class": "pi", "proto": [1], "ram": 1 << 30, "flash": 1 << 30, "cpu_score": 1e3,
-                "battery": 1.0, "rssi": -50.0, "n_samples": 8, "hist": [8] + [0] * 9, "raw_ok": False,
-                "max_chunk": 65536, "roles": ["sl"]}
-        dev.publish(wire.dev_topic(who, wire.T_CAPS), wire.encode_json(caps), qos=1).wait_for_publish(10)
         dev.publish(wire.dev_topic(who, wire.T_STATUS), wire.encode_json(
             {"v": 1, "kind": "request", "round": 2, "what": "generators"}), qos=1).wait_for_publish(10)
     assert engine.pump(lambda: engine.rejected["unexpected"] == 1, 10)   # pi-z has nothing to ask for
-    asm, deadline, i = None, time.monotonic() + 10, 0
-    while time.monotonic() < deadline:
-        if i < len(got):
-            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(got[i], 1 << 24)
-            asm = asm or wire.Assembler(kind, blob_id, count, blob_len)
-            i += 1
-            if asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
-                break
-        else:
-            time.sleep(0.05)
-    meta, tensors = wire.decode_blob(bytes(asm.buf))
+    kind, meta, tensors = first_blob(got)
     assert kind == wire.KIND_GENERATOR and meta["kind"] == "impute" and meta["generators"] == ["pi-y"]
     assert meta["fills"] == [[3, "pi-y", 5], [4, "pi-y", 6]] and bytes(tensors[0][4]) == art
     assert engine.imputed == {"pi-x": 11}

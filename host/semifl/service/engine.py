@@ -238,7 +238,9 @@ class RoundEngine:
             del self._asm[dev][key]
             self._on_blob(dev, kind, bytes(asm.buf))
 
-    def _on_blob(self, dev: str, kind: int, blob: bytes):
+    def _open_blob(self, dev: str, blob: bytes) -> tuple[dict, list, int]:
+        """Decode a device's blob and check what every kind must hold: this round, this device, its
+        task, a positive sample count n. -> (meta, tensors, round)."""
         meta, tensors = wire.decode_blob(blob)
         rnd = meta.get("round")
         self._check_round(dev, rnd, "blob")
@@ -249,6 +251,10 @@ class RoundEngine:
         n = meta.get("n")
         if not isinstance(n, int) or n <= 0:
             raise Rejected("schema", "blob needs a positive integer n")
+        return meta, tensors, rnd
+
+    def _on_blob(self, dev: str, kind: int, blob: bytes):
+        meta, tensors, rnd = self._open_blob(dev, blob)
         if kind == wire.KIND_UPDATE:
             self._accept_update(dev, rnd, meta, tensors, blob)
         elif kind == wire.KIND_SAMPLES:

@@ -91,13 +91,7 @@ class SplitEngine(RoundEngine):
 
     # --- inbound: smashed data and the f_a a client hands back -----------------------------------
     def _on_blob(self, dev: str, kind: int, blob: bytes):
-        meta, tensors = wire.decode_blob(blob)
-        rnd = meta.get("round")
-        self._check_round(dev, rnd, "blob")
-        if meta.get("device") != dev:
-            raise Rejected("schema", f"blob says device {meta.get('device')!r}, topic says {dev!r}")
-        if meta.get("task") != self.task_id(rnd, dev):
-            raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
+        meta, tensors, rnd = self._open_blob(dev, blob)
         if kind == wire.KIND_GENERATOR and meta.get("kind") == "generator":
             return self._on_generator(dev, rnd, meta, tensors)
         if dev not in self.active:
@@ -113,9 +107,9 @@ class SplitEngine(RoundEngine):
         st = self.active[dev]
         if meta.get("batch") != st["next"]:
             raise Rejected("schema", f"smashed batch {meta.get('batch')}, expected batch {st['next']}")
-        n = meta.get("n")
+        n = meta["n"]
         want = [(self.smashed_dtype, (n,) + tuple(self.f_b.input_shape)), ("uint8", (n,))]
-        if not isinstance(n, int) or not 0 < n <= self.batch or [(t[0], tuple(t[1])) for t in tensors] != want:
+        if n > self.batch or [(t[0], tuple(t[1])) for t in tensors] != want:
             raise Rejected("shape", f"smashed tensors {[(t[0], tuple(t[1])) for t in tensors]}, expected {want} "
                                     f"(n <= {self.batch})")
         smashed = compress.decode_delta([(from_wire(tensors[0]), tensors[0][2])], [want[0][1]])[0]
@@ -139,10 +133,7 @@ class SplitEngine(RoundEngine):
         params = [np.array(from_wire(t)) for t in tensors]
         if not all(np.isfinite(p).all() for p in params):
             raise Rejected("nonfinite", "f_a contains NaN or Inf")
-        n = meta.get("n")
-        if not isinstance(n, int) or n <= 0:
-            raise Rejected("schema", "fa blob needs a positive integer n")
-        self.done[dev] = (params, n)
+        self.done[dev] = (params, meta["n"])
         self._took(dev, meta)
         self.chain.setdefault(dev, {})["end"] = fa_crc(params)
         if self.strategy.name == "sl":

@@ -220,6 +220,8 @@ def test_iotsl_generators_pretraining_and_imputation_over_the_broker(tmp_path, f
     hists = {d: v["hist"] for d, v in summary["partition"]["devices"].items()}
     plan = impute(hists)
     assert first["imputed"] == {d: sum(f.quantity for f in fs) for d, fs in plan.items() if fs}
+    chain = second["sl_chain"]   # sequential, like sl: each client starts from the f_a the previous one handed back
+    assert chain["pi-01"]["start"] == chain["pi-00"]["end"] and chain["pi-02"]["start"] == chain["pi-01"]["end"]
     for dev, v in second["device_values"].items():   # every client trained on local + generated samples
         n = sum(hists[dev]) + first["imputed"][dev]
         assert v["up"] + v["down"] == comm_params(n, F, W) + W, dev

@@ -81,11 +81,11 @@ class SplitEngine(RoundEngine):
         self.cut, self.model, self.batch, self.smashed_dtype = cut, model, batch, smashed
         na = len(self.f_a.shapes())
         self.server = SplitServer(self.f_b, self.params[na:], self.params[:na], lr=cfg.lr)
-        self.active: dict[str, dict] = {}   # SL client -> {"next": batch it must send next, "n": its samples}
+        self.active: dict[str, dict] = {}   # SL client -> {"next": the batch it must send next}
         self.done: dict[str, tuple] = {}    # client -> (its f_a, samples) once its epoch is over
         self.chain: dict[str, dict] = {}    # client -> CRC-32 of the f_a it started from and of the one it handed back
         self.stage = generators or GeneratorStage()
-        self.generators: dict[str, tuple] = {}   # device -> (generator, info, artifact bytes) accepted this run
+        self.generators: dict[str, tuple] = {}   # device -> (generator, info, artifact bytes, version) this round
         self.gen_wanted: set[str] = set()
         self.imputed: dict[str, int] = {}        # device -> generated samples it adds to its SL epochs
 
@@ -136,7 +136,7 @@ class SplitEngine(RoundEngine):
         self.done[dev] = (params, meta["n"])
         self._took(dev, meta)
         self.chain.setdefault(dev, {})["end"] = fa_crc(params)
-        if self.strategy.name == "sl":
+        if self.strategy.name != "splitfed":   # sequential (sl, iotsl): the next client starts from it
             self.server.hand_over(dev, params)
         else:
             self.server.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params)

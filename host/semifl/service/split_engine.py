@@ -82,6 +82,7 @@ class SplitEngine(RoundEngine):
         na = len(self.f_a.shapes())
         self.server = SplitServer(self.f_b, self.params[na:], self.params[:na], lr=cfg.lr)
         self.active: dict[str, dict] = {}   # SL client -> {"next": the batch it must send next}
+        self.progress = 0.0                 # when the last smashed batch was served (a dropout is silence)
         self.done: dict[str, tuple] = {}    # client -> (its f_a, samples) once its epoch is over
         self.chain: dict[str, dict] = {}    # client -> CRC-32 of the f_a it started from and of the one it handed back
         self.stage = generators or GeneratorStage()
@@ -120,6 +121,7 @@ class SplitEngine(RoundEngine):
             raise Rejected("nonfinite", "smashed data contains NaN or Inf")
         grad, _ = self.server.step(dev, smashed, labels)
         st["next"] += 1
+        self.progress = time.monotonic()
         blob = encode_arrays({"kind": "grad", "round": rnd, "task": meta["task"], "batch": meta["batch"]}, [grad])
         self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_GRAD, rnd, blob,
                                                        self.registry.devices[dev]["max_chunk"])
@@ -233,9 +235,13 @@ class SplitEngine(RoundEngine):
     def _gone(self, dev: str) -> bool:
         return dev in self.failed or dev not in self.registry.online
 
-    def _work(self, devs: list[str], deadline: float):
-        """Wait until each of devs has handed back its f_a, failed, left, or the deadline passed."""
-        self.pump(lambda: all(d in self.done or self._gone(d) for d in devs), deadline - time.monotonic())
+    def _work(self, devs: list[str]):
+        """Wait until each of devs has handed back its f_a, failed or left, or no batch has come from
+        any of them for collect_timeout_s (an epoch may take long; a silent client is a dropout)."""
+        finished = lambda: all(d in self.done or self._gone(d) for d in devs)
+        self.progress = time.monotonic()
+        while not finished() and time.monotonic() - self.progress < self.cfg.collect_timeout_s:
+            self.pump(finished, min(1.0, self.cfg.collect_timeout_s))
         for d in devs:
             self.active.pop(d, None)
             if d not in self.done:   # dropped out mid-epoch: whatever f_a the host holds goes on
@@ -267,11 +273,11 @@ class SplitEngine(RoundEngine):
             for d in clients:   # the seed's sequential SL: each client starts from the last one's f_a
                 if not self._gone(d):
                     self._start(rnd, d)
-                    self._work([d], time.monotonic() + self.cfg.collect_timeout_s)
+                    self._work([d])
         else:
             for d in clients:
                 self._start(rnd, d)
-            self._work(clients, time.monotonic() + self.cfg.collect_timeout_s)
+            self._work(clients)
             if self.done:
                 self.server.average_a([self.done[d] for d in sorted(self.done)])
         phases["train"] = time.time() - t0 - sum(phases.values())

@@ -66,18 +66,23 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
             if why:
                 plan.refused[dev_id] = f"{why[0]}: {why[1]}"
                 capable = False
+        # a device that lists its roles must list "cl" to be given samples to send: the Pi agent plays
+        # fl and sl only, so a low-battery Pi sits out rather than get a task it cannot do
+        can_cl = use_cl and caps.get("raw_ok", False) and "cl" in caps.get("roles", ["cl"])
         if battery < cfg.min_battery:
             plan.idle[dev_id] = "battery"
         elif capable and battery >= cfg.fl_min_battery:
             plan.fl.append(dev_id)
-        elif dev_id in plan.refused and not (use_cl and caps.get("raw_ok", False)):
+        elif dev_id in plan.refused and not can_cl:
             plan.idle[dev_id] = "model does not fit to train"
-        elif capable and not (use_cl and caps.get("raw_ok", False)):
+        elif capable and not can_cl:
             plan.idle[dev_id] = "battery too low to train"
         elif not use_cl:
             plan.idle[dev_id] = "strategy uses no CL"
         elif not caps.get("raw_ok", False):
             plan.idle[dev_id] = "privacy policy keeps raw samples on device"
+        elif not can_cl:
+            plan.idle[dev_id] = f"cannot upload samples (roles: {', '.join(caps['roles'])})"
         else:
             cl_candidates.append(dev_id)
     # strongest channel first; ties broken by id so the plan is deterministic

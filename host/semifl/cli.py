@@ -35,6 +35,11 @@ def _run_flags(p: argparse.ArgumentParser):
                    help="pruned FL clients send only the entries their copy holds (the host knows the mask)")
     p.add_argument("--fl-min-battery", type=float,
                    help="energy-aware planning: a capable board below this battery level uploads samples instead of training")
+    p.add_argument("--pi-battery-j", help="battery capacity of the virtual Pis, joules, comma-separated and cycled "
+                   "(drained per the board's power profile; empty: mains)")
+    p.add_argument("--pi-charge", help="the virtual Pis' charge at start, 0..1, comma-separated and cycled")
+    p.add_argument("--pi-battery-sleeps", dest="pi_battery_idle", action="store_const", const=False,
+                   help="the Pis' batteries pay only for work, not for idle time (a board that sleeps between tasks)")
     p.add_argument("--int8-every", type=int, help="rounds between int8 model pushes to MCUs for on-device eval (0: never)")
     p.add_argument("--lr", type=float)
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
@@ -66,6 +71,7 @@ def _load_config(args):
                                                "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
                                                "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed",
                                                "int8_every", "compression", "pi_ram", "fl_min_battery",
+                                               "pi_battery_j", "pi_charge", "pi_battery_idle",
                                                "sparse_updates", "model", "sl_batch", "smashed", "eval_n", "gen_steps",
                                                "gen_sigma", "max_epsilon")}
     if getattr(args, "devices", None):

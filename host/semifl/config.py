@@ -43,6 +43,11 @@ class RunConfig:
     compression: str = "none"     # none: FL clients prune at `prune`; auto: per device from its caps (seed 001)
     pi_ram: str = ""              # simulated RAM of the Pi-class devices, bytes, comma-separated and cycled
                                   # (e.g. "4e9,64e6,16e6"); empty: each reports the machine's
+    pi_battery_j: str = ""        # battery capacity of the Pi-class devices, joules, comma-separated and cycled;
+                                  # empty or 0: mains powered. Drained per the board's power profile (sim.fleet.pi_battery)
+    pi_charge: str = ""           # their charge at start, 0..1, comma-separated and cycled (default full)
+    pi_battery_idle: bool = True  # the battery also pays the board's idle power (a Pi 4 cannot sleep); False:
+                                  # only work drains it (a board that sleeps between tasks)
     model: str = "splitcnn-mnist"  # split learning: the model definition (semifl.models) and its cut
     sl_batch: int = 32            # split learning: samples per smashed batch
     smashed: str = "float32"      # split learning: smashed data dtype on the wire (float32 | float16 | int8)

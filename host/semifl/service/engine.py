@@ -437,6 +437,7 @@ class RoundEngine:
         metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
                    "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                    "trained": sorted(self.norms), "idle": self.plan.idle,
+                   "device_battery": {d: v["battery"] for d, v in sorted(self.registry.link.items()) if v["round"] == rnd},
                    "rejected": dict(self.rejected), "refused": dict(self.refused), "device_refused": dict(self.device_refused),
                    "device_errors": dict(self.failed),
                    "device_evals": dict(self.evals), "device_times_s": dict(self.times),

@@ -65,10 +65,15 @@ def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
     "class" (the seed: one class each), "k-classes", "dirichlet" or "iid" (semifl.learn.partition)."""
     specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
                        LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
-    rams = [int(float(v)) for v in cfg.pi_ram.split(",") if v.strip()] if getattr(cfg, "pi_ram", "") else []
+    rams = _cycled(getattr(cfg, "pi_ram", ""))
+    batteries, charges = _cycled(getattr(cfg, "pi_battery_j", "")), _cycled(getattr(cfg, "pi_charge", ""))
     for i, spec in enumerate(s for s in specs if s.device_class == "pi"):
         if rams:
-            spec.sim["ram"] = rams[i % len(rams)]
+            spec.sim["ram"] = int(rams[i % len(rams)])
+        if batteries and batteries[i % len(batteries)] > 0:
+            spec.sim.update(pi_battery(spec.sim.get("board", "rpi4"), batteries[i % len(batteries)],
+                                       charges[i % len(charges)] if charges else 1.0,
+                                       getattr(cfg, "pi_battery_idle", True)))
     if cfg.partition != "class":
         params = {"k-classes": {"k": cfg.k_classes}, "dirichlet": {"alpha": cfg.alpha}}.get(cfg.partition, {})
         parts = partition(cfg.partition, ds.y_train, len(specs), cfg.seed, **params)
@@ -76,6 +81,23 @@ def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
             spec.indices = idx
             spec.classes = sorted(int(c) for c in np.unique(ds.y_train[idx]))
     return specs
+
+
+def _cycled(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()] if text else []
+
+
+def pi_battery(board: str, capacity_j: float, charge: float = 1.0, idle: bool = True) -> dict:
+    """The `sim` keys of a battery-powered Pi: SimBattery drains by the board's power profile, the
+    numbers the virtual meter charges (CPU active while training, Wi-Fi TX per byte at the profile's
+    link rate, and with `idle` the idle power for the rest of the time; without it the board is taken
+    to sleep between tasks at no cost)."""
+    from semifl.energy import load_profile
+
+    p = load_profile(board)
+    return {"battery_j": float(capacity_j), "charge": float(charge), "compute_w": p.watts("cpu_active"),
+            "tx_j_per_byte": p.watts("wifi_tx") * 8 / p.throughput_bps, "tx_bps": p.throughput_bps,
+            "idle_w": p.watts("idle") if idle else 0.0}
 
 
 def device_indices(ds: Dataset, spec: DeviceSpec) -> np.ndarray:

@@ -47,21 +47,51 @@ class SimRadio:
 
 
 class SimBattery:
-    """Energy bookkeeping: capacity in joules, drained by compute time and bytes sent."""
+    """Energy bookkeeping: capacity in joules, drained by compute time and bytes sent and, with
+    `idle_w`, by the board's idle power for the rest of the time (a Pi 4 has no sleep to fall into).
+
+    The virtual fleet sets compute_w, tx_j_per_byte, idle_w and tx_bps from the board's power profile
+    (hil_tests/profiles, as the virtual meter uses them), so the level a device reports falls by what
+    the meter charges it. Idle is counted from the device's first round: the first level() call is
+    its capabilities report at connect, the second its first `ready`.
+    """
 
     def __init__(self, sim):
         self.capacity_j = float(sim.get("battery_j", 0.0))  # 0 = mains powered
+        self.charge = float(sim.get("charge", 1.0))          # level at start, 0..1
         self.compute_w = float(sim.get("compute_w", 2.5))
         self.tx_j_per_byte = float(sim.get("tx_j_per_byte", 1e-6))
+        self.idle_w = float(sim.get("idle_w", 0.0))          # 0 = asleep whenever it is not working
+        self.tx_bps = float(sim.get("tx_bps", 0.0))          # radio time per byte, taken out of idle time
         self.spent_j = 0.0
+        self.busy_s = 0.0        # computing or transmitting since idle started counting
+        self._levels = 0
+        self._t0 = None
+
+    def _idle_j(self):
+        if self._t0 is None:
+            return 0.0
+        return self.idle_w * max(0.0, _now() - self._t0 - self.busy_s)
 
     def level(self):
         if self.capacity_j <= 0:
             return 1.0
-        return round(max(0.0, 1.0 - self.spent_j / self.capacity_j), 4)
+        self._levels += 1
+        if self.idle_w > 0 and self._levels == 2:
+            self._t0, self.busy_s = _now(), 0.0
+        left = self.charge - (self.spent_j + self._idle_j()) / self.capacity_j
+        return round(max(0.0, left), 4)
 
     def compute(self, seconds):
         self.spent_j += seconds * self.compute_w
+        self.busy_s += seconds
 
     def transmit(self, nbytes):
         self.spent_j += nbytes * self.tx_j_per_byte
+        if self.tx_bps > 0:
+            self.busy_s += nbytes * 8 / self.tx_bps
+
+
+def _now():
+    # MicroPython's time has no monotonic(); the node's battery never counts idle (idle_w 0) anyway
+    return time.monotonic() if hasattr(time, "monotonic") else time.time()

@@ -1,7 +1,8 @@
 """Write docs/results.md from the JSON the experiments produced, so every number there has a source.
 
     python tools/results_md.py --reproduce runs/reproduce-semifl --nominal runs/reproduce-semifl-lr0.1 \
-        --sweep runs/sweep-semifl-1000 --ablation docs/data/semifl_plus_ablation.json
+        --sweep runs/sweep-semifl-1000 --ablation docs/data/semifl_plus_ablation.json \
+        --perfit benchmarks/results/perfit.json
 
 Copies the plots into docs/img/ and slim copies of the JSON into docs/data/ next to the page.
 """
@@ -263,10 +264,130 @@ def models_section() -> list[str]:
             "first 10,000 training images (`../shared/data/mnist`), 2 epochs.", ""]
 
 
+PERFIT_ORDER = ["FL-3NN", "FTL-3NN", "FL-CNN", "FTL-CNN", "FD-CNN", "FD-1", "FD-2", "FedPer", "Per-FedAvg", "Ditto",
+                "Local-3NN", "Local-CNN"]
+
+
+def perfit_section(d: dict, path: str) -> list[str]:
+    """PerFit's case study (seed 003): ours beside the seed's, from benchmarks/bench_perfit.py's JSON."""
+    sp, c = d["seed_paper"], d["config"]
+    by = d["by_clients"]
+    other = [n for n in by if n != str(d["clients"])]
+
+    def model(r):
+        m = r["model"]
+        return m.upper() if isinstance(m, str) else " + ".join(f"{v} {k.upper()}" for k, v in m.items())
+
+    def vals(r):
+        return f"{r['values_per_round']:,}"
+
+    head = ["method", "model", "seed mean", f"ours mean ({d['clients']})", f"ours p10 ({d['clients']})",
+            "values up / round: seed", "ours"]
+    head += [h for n in other for h in (f"ours mean ({n})", f"ours p10 ({n})")]
+    rows = []
+    for name in PERFIT_ORDER:
+        r = d["methods"].get(name)
+        if not r:
+            continue
+        s = sp.get(name, {})
+        row = [name, model(r), pct(s["mean_acc"]) + (" *" if "derived" in s else "") if "mean_acc" in s else "—",
+               pct(r["mean_acc"]), pct(r["p10_acc"]),
+               f"{s['values_per_round']:,}" if "values_per_round" in s else "—", vals(r)]
+        for n in other:
+            o = by[n]["methods"].get(name)
+            row += [pct(o["mean_acc"]), pct(o["p10_acc"])] if o else ["—", "—"]
+        rows.append(row)
+    g, out = d.get("gains", {}), []
+    fp = d.get("full_participation") or {}
+    out += ["## Personalized FL on HAR: PerFit's case study (seed 003)", "",
+            f"`OPENBLAS_NUM_THREADS=1 python benchmarks/bench_perfit.py` → `{path}` ({d['seconds'] / 60:.0f} min on one "
+            f"core). {d['dataset']}; one subject = one device, its windows split 75/25 stratified (seeded). "
+            f"{d['clients']} subjects as the seed's 30 MobiAct clients"
+            + (f", and all {', '.join(other)}" if other else "") + f"; K = {d['k']} devices per round (the seed's K), "
+            f"{d['rounds']} rounds, SGD lr {c['lr']} (the seed's) with momentum {c['momentum']}, {c['epochs']} local "
+            f"epochs of batch {c['batch']} per round. Mean and worst decile (10th percentile) of the per-device test "
+            "accuracy of each device's own model; values: what one participating device sends per round, counted "
+            "from the arrays it sends. `*`: the seed gives this one as a difference (FL-3NN = 95.37 − 11.12, "
+            "FD-CNN = 85.22 + 5.69).", ""]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    if g:
+        out += ["Personalised gain, points of mean accuracy, ours (seed): " + "; ".join(
+            f"{k} {100 * v:+.2f}" + (f" ({100 * sp[key]:+.2f})" if key else "")
+            for k, v in g.items() for key in [{"FTL-3NN over FL-3NN": "gain_ftl_3nn",
+                                               "FD-CNN over FL-CNN": "gain_fd_cnn"}.get(k)]) + ".", ""]
+    if fp.get("methods"):
+        out += [f"Full participation ({fp['clients']} of {fp['clients']} devices every round, {fp['rounds']} rounds):", "",
+                "| method | mean | p10 |", "|---|---|---|"]
+        out += [f"| {k} | {pct(r['mean_acc'])} | {pct(r['p10_acc'])} |" for k, r in fp["methods"].items()] + [""]
+    out += [f"FL-* is the global model of the FTL-* run on every device; FTL fine-tunes it {c['ft_epochs']} epochs on "
+            "the device's own windows (all layers). FD: the host draws a fresh version of a "
+            f"{c['public_n']}-window public set every round and sends its indices with the last version's consensus "
+            f"(mean logits); a device distils towards it ({c['distil_epochs']} epoch, T = {c['temperature']}), trains on "
+            f"its own windows and answers with its logits: {c['public_n']} × {d['methods'].get('FD-CNN', {}).get('values_per_round', 0) // max(c['public_n'], 1)} "
+            "activities (the seed's 500 × 10 = 5,000). The public pool is the training windows of the subjects outside "
+            "the federation (for 30 clients, the other 20) or, with all 50 as clients, 10 % of every client's windows, "
+            "used unlabeled. FD-1/FD-2 mix the two architectures (a third / two thirds 3NN, as the seed's 10/20). "
+            "FedPer keeps the last layer (2 arrays) on the device; Per-FedAvg is first-order MAML (inner step "
+            f"{c['alpha']}, outer step lr {c['lr']} without momentum; a device adapts with {c['adapt_steps']} inner "
+            f"steps on batches of its own windows); Ditto's lambda is {c['lam']}, its personal model trained as many "
+            "epochs as the global copy. Local-*: each device "
+            f"alone, {c['local_epochs']} epochs, nothing sent. The CNN is the seed's layers over the 91 features as a "
+            "zero-padded 10x10 grid (WISDM-2019 ships features, not the raw 20 Hz series): "
+            f"{d['models']['cnn']:,} parameters here, the seed's 33,698 on its 20x20x3 input; the 3NN has "
+            f"{d['models']['3nn']:,} on 91 inputs (the seed's 521,510 on 1200). Transport-free (`semifl.learn.perfit`, "
+            "`semifl.experiments.perfit`); over the broker these methods do not run yet.", ""]
+    return out
+
+
+def energy_planning_section(d: dict) -> dict:
+    """Energy-aware planning (issue 8): per battery model, one row per fl_min_battery."""
+    flat = lambda r: ", ".join(f"{k} @{v}" for k, v in r["flat_at_round"].items()) or "none"
+    life = lambda r: str(r["lifetime_rounds"]) if r["lifetime_rounds"] is not None else f"> {d['rounds']}"
+    tables, after = [], []
+    for model, m in d["models"].items():
+        runs = m["runs"]
+        pis = list(runs[0]["rounds_trained"])
+        tables.append(([f"{model}: fl_min_battery", "final acc.", "best acc.", "device energy", "Pis", "MCUs",
+                        "Pi batteries gave", "FL clients / round", "rounds trained (" + ", ".join(pis) + ")",
+                        "ran flat (round)", "lifetime"],
+                       [[r["fl_min_battery"], pct(r["final_accuracy"]), pct(r["best_accuracy"]), f"{r['energy_j']:.0f} J",
+                         f"{r['energy_j_by_class'].get('pi', 0):.0f} J", f"{r['energy_j_by_class'].get('mcu', 0):.0f} J",
+                         f"{r['pi_battery_j_drawn']:.0f} J", r["fl_clients_per_round"],
+                         " / ".join(str(r["rounds_trained"][p]) for p in pis), flat(r), life(r)] for r in runs]))
+        lo, hi = runs[0], runs[-1]
+        rj = m["role_joules"]
+        after.append(f"- **{model}** (capacity {d['capacity_j'][model]:.0f} J): fl_min_battery {lo['fl_min_battery']} → "
+                     f"{hi['fl_min_battery']} takes FL clients per round from {lo['fl_clients_per_round']} to "
+                     f"{hi['fl_clients_per_round']}, the Pis' batteries from {lo['pi_battery_j_drawn']:.0f} J to "
+                     f"{hi['pi_battery_j_drawn']:.0f} J, the first flat battery from round {life(lo)} to {life(hi)}, and "
+                     f"final accuracy from {pct(lo['final_accuracy'])} to {pct(hi['final_accuracy'])}. A Pi's FL round "
+                     f"cost {rj['fl_round_j']:.2f} J for its training and upload (at CPU-active and Wi-Fi TX power); a "
+                     f"CL upload of the fleet's samples (S = 0.3) would cost it {rj['cl_upload_j']:.2f} J; idle is "
+                     f"{rj['idle_w']:.2f} W.")
+    after += ["", "A Pi below the threshold sits out: it cannot upload samples (the agent plays fl and sl) and its data is "
+                 "private; and since a CL upload would cost a Pi more than training, the battery threshold, not a choice "
+                 "between roles, is the policy. With idle power drawn (a Pi 4 cannot sleep) a round's idle energy dwarfs "
+                 "its work, so the threshold buys little lifetime for its accuracy; only a board that sleeps between tasks "
+                 "turns skipped rounds into lifetime. Device energy is the virtual meter's (it keeps charging a flat "
+                 "Pi's idle); \"Pi batteries gave\" is what their SimBatteries lost up to the last round's report. "
+                 "Idle joules follow wall time, so rounds on a loaded machine cost more."]
+    return {"title": f"Energy-aware planning: accuracy, energy and lifetime ({d['rounds']} rounds)",
+            "script": "bench_energy_planning.py",
+            "intro": f"`semifl run` on {d['fleet']}; the Pis on batteries charged {d['pi_charge_start']} at the start "
+                     "(pi-00 … pi-05), drained by the Pi 4 profile's numbers (the virtual meter's); a Pi below "
+                     "`--fl-min-battery` does not train, one below min_battery "
+                     f"({d['min_battery']}) has run flat and sits out for good. Lifetime: the first round a device "
+                     "reports a flat battery. Battery models: *idle* (the battery pays the Pi 4's idle power too) and "
+                     "*sleep* (only work drains it: a board that sleeps between tasks).",
+            "tables": tables, "after": after}
+
+
 BENCH_SECTIONS = [("mcu.json", mcu_section), ("seed001_dtypes.json", seed001_section),
                   ("compression.json", compression_section), ("energy.json", energy_section),
                   ("round_time.json", round_time_section), ("clustering_tfmot.json", clustering_section),
-                  ("iotsl.json", iotsl_section), ("sl_smashed.json", sl_smashed_section)]
+                  ("iotsl.json", iotsl_section), ("sl_smashed.json", sl_smashed_section),
+                  ("energy_planning.json", energy_planning_section)]
 
 
 def main(argv=None):
@@ -275,6 +396,7 @@ def main(argv=None):
     ap.add_argument("--nominal", help="the same reproduction at the seed's nominal lr 0.1")
     ap.add_argument("--sweep")
     ap.add_argument("--ablation", help="JSON from tools/semifl_plus_experiments.py --table --summary")
+    ap.add_argument("--perfit", help="JSON from benchmarks/bench_perfit.py (benchmarks/results/perfit.json)")
     a = ap.parse_args(argv)
     (DOCS / "img").mkdir(parents=True, exist_ok=True)
     (DOCS / "data").mkdir(parents=True, exist_ok=True)
@@ -342,6 +464,8 @@ def main(argv=None):
         path = REPO / "benchmarks" / "results" / name
         if path.exists():
             lines += render(build(json.loads(path.read_text())), name)
+    if a.perfit:
+        lines += perfit_section(json.loads(Path(a.perfit).read_text()), a.perfit)
     lines += models_section()
     (DOCS / "results.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'results.md'}")

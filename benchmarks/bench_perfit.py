@@ -112,7 +112,8 @@ def main(argv=None):
     ap.add_argument("--distil-epochs", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--alpha", type=float, default=0.01, help="Per-FedAvg's inner step")
-    ap.add_argument("--adapt-steps", type=int, default=80, help="Per-FedAvg adaptation steps (FTL's budget: 10 epochs x ~8 batches)")
+    ap.add_argument("--adapt-steps", type=int, default=80,
+                    help="Per-FedAvg's adaptation steps (FTL's budget: 10 epochs x ~8 batches)")
     ap.add_argument("--lam", type=float, default=0.1, help="Ditto's lambda")
     ap.add_argument("--local-epochs", type=int, default=30, help="the Local-* reference: epochs alone")
     ap.add_argument("--methods", help="comma-separated subset (for a quick look)")

@@ -63,6 +63,7 @@ def test_fedper_head_never_leaves_the_device_nor_enters_the_aggregate():
     m = perfit.FedPer(MLP, CFG, head_arrays=2)
     base_shapes = MLP.shapes()[:-2]
     assert [p.shape for p in m.params] == base_shapes        # the host never holds a head
+    assert [a.shape for a in m.send("d0").arrays] == base_shapes    # nor sends one
     ups = run_rounds(m, devs, [[0, 1], [1, 2]])
     for u in (u for r in ups for u in r):
         assert u.kind == "base" and [a.shape for a in u.arrays] == base_shapes
@@ -95,6 +96,17 @@ def test_fedper_device_back_after_missed_rounds_keeps_its_head():
     up = m.local(devs[2], msg, seed=9)
     expect = perfit.train(MLP, list(msg.arrays) + stored, devs[2].x, devs[2].y, CFG, 9)   # stored head, not a fresh one
     assert same(up.arrays + devs[2].personal, expect)
+
+
+def test_fedper_host_state_survives_a_restart_without_heads():
+    devs = [device(i) for i in range(3)]
+    m = perfit.FedPer(MLP, CFG)
+    run_rounds(m, devs, [[0, 1], [1, 2]])
+    meta, arrays = m.state()
+    assert meta == {"round": 2} and [a.shape for a in arrays["global"]] == MLP.shapes()[:-2]
+    m2 = perfit.FedPer(MLP, CFG, seed=5)
+    m2.load_state(meta, arrays)
+    assert same(m2.params, m.params) and m2.round == 2
 
 
 def test_ftl_fine_tunes_from_the_global_model():

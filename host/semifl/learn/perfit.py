@@ -39,7 +39,7 @@ class Device:
     y: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    view: Callable = staticmethod(lambda a: a)   # features -> this net's input (FD: the public set)
+    view: Callable = lambda a: a      # features -> this net's input (FD applies it to the public set)
     personal: list[np.ndarray] | None = None     # stays on the device
     rounds: list[int] = field(default_factory=list)   # rounds it took part in
 

@@ -63,6 +63,9 @@ def main(argv=None):
         "comm_params": {"sl": [c["comm_params_to_target"]["sl"] for c in cells],
                         "iotsl": [c["comm_params_to_target"]["iotsl"] for c in cells]},
         "comm_reduction": [c["comm_reduction"] for c in cells], "seed_paper": SEED[a.dataset],
+        "pretrain_accuracy": [c["pretrain_accuracy"] for c in cells],
+        "epoch_to_target": {"sl": [c["sl"]["epoch_to_target"] for c in cells],
+                            "iotsl": [c["iotsl"]["epoch_to_target"] for c in cells]},
         "scale": {k: vars(a)[k] for k in ("block", "epochs", "gen_steps", "gen_dim", "gen_batch", "sigma", "test_n")}}
     eps = {f"{d}/{c['k']}/{g['device']}": g["epsilon"] for d, v in [(a.dataset, cells)] for c in v for g in c["generators"]}
     merged.setdefault("epsilon_by_generator", {}).update(eps)

@@ -223,22 +223,29 @@ def softmax_xent(logits, y):
 
 
 def sgd(net: Net, params, x, y, epochs: int = 1, batch: int = 64, lr: float = 0.01, momentum: float = 0.0,
-        seed: int = 0):
-    """Minibatch SGD (with momentum) over (x, y): the local training every role uses. Returns params."""
+        seed: int = 0, trainable: int = 0, grad=None, step=None):
+    """Minibatch SGD (with momentum) over (x, y): the local training every role uses. Returns params.
+    Hooks for personalization: `trainable` = k > 0 updates only the last k arrays (a head), `grad(params,
+    g)` edits each gradient, `step(params)` post-processes each step (a proximal pull)."""
     params = [p.copy() for p in params]
     vel = [np.zeros_like(p) for p in params] if momentum else None
     rng = np.random.default_rng(seed)
     y = np.asarray(y, np.int64)
     batch = batch or len(y)
+    first = len(params) - trainable if trainable else 0
     for _ in range(epochs):
         order = rng.permutation(len(y)) if batch < len(y) else np.arange(len(y))
         for i in range(0, len(y), batch):
             idx = order[i:i + batch]
             _, g = net.loss_and_grad(params, x[idx], y[idx])
-            for k in range(len(params)):
+            if grad is not None:
+                g = grad(params, g)
+            for k in range(first, len(params)):
                 if vel is not None:
                     vel[k] = np.float32(momentum) * vel[k] - np.float32(lr) * g[k]
                     params[k] = params[k] + vel[k]
                 else:
                     params[k] = params[k] - np.float32(lr) * g[k]
+            if step is not None:
+                params = step(params)
     return params

@@ -84,32 +84,11 @@ class Local:
 
 def train(net: nn.Net, params, x, y, cfg: Local, seed: int, epochs: int | None = None, trainable: int = 0,
           step: Callable | None = None, grad: Callable | None = None):
-    """Minibatch SGD in `nn.sgd`'s exact order (same permutation, same update), with three hooks:
-    `trainable` = k > 0 updates only the last k arrays (FTL's head-only fine-tuning), `grad(params, g)`
-    edits the gradient, `step(params)` post-processes each step (Ditto's proximal pull)."""
-    params = [p.copy() for p in params]
-    vel = [np.zeros_like(p) for p in params] if cfg.momentum else None
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y, np.int64)
-    batch = cfg.batch or len(y)
-    first = len(params) - trainable if trainable else 0
-    lr = np.float32(cfg.lr)
-    for _ in range(cfg.epochs if epochs is None else epochs):
-        order = rng.permutation(len(y)) if batch < len(y) else np.arange(len(y))
-        for i in range(0, len(y), batch):
-            idx = order[i:i + batch]
-            _, g = net.loss_and_grad(params, x[idx], y[idx])
-            if grad is not None:
-                g = grad(params, g)
-            for k in range(first, len(params)):
-                if vel is not None:
-                    vel[k] = np.float32(cfg.momentum) * vel[k] - lr * g[k]
-                    params[k] = params[k] + vel[k]
-                else:
-                    params[k] = params[k] - lr * g[k]
-            if step is not None:
-                params = step(params)
-    return params
+    """`nn.sgd` with the round's local settings and personalization's hooks: `trainable` = k > 0 updates
+    only the last k arrays (FTL's head-only fine-tuning), `grad` edits the gradient, `step` post-processes
+    each step (Ditto's proximal pull)."""
+    return nn.sgd(net, params, x, y, epochs=cfg.epochs if epochs is None else epochs, batch=cfg.batch, lr=cfg.lr,
+                  momentum=cfg.momentum, seed=seed, trainable=trainable, grad=grad, step=step)
 
 
 def _check_arrays(up: Upload, shapes: list[tuple], what: str) -> None:

@@ -420,7 +420,7 @@ BENCH_SECTIONS = [("mcu.json", mcu_section), ("seed001_dtypes.json", seed001_sec
                   ("compression.json", compression_section), ("energy.json", energy_section),
                   ("round_time.json", round_time_section), ("clustering_tfmot.json", clustering_section),
                   ("iotsl.json", iotsl_section), ("sl_smashed.json", sl_smashed_section),
-                  ("energy_planning.json", energy_planning_section)]
+                  ("sl_energy.json", sl_energy_section), ("energy_planning.json", energy_planning_section)]
 
 
 def main(argv=None):

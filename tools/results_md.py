@@ -264,6 +264,20 @@ def sl_energy_section(d: dict) -> dict:
                       "the same accuracy; its advantage here is accuracy, not energy."]}
 
 
+def perfit_int8_section(d: dict) -> dict:
+    return {"title": "Personalised models in int8 on the device", "script": "bench_perfit_int8.py",
+            "intro": f"{d['method']} on WISDM-2019 ({d['clients']} subjects, K = {d['k']}, {d['rounds']} rounds, "
+                     f"{d['ft_epochs']} fine-tuning epochs), then (in the export venv, with TensorFlow) every device's personal model converted to a "
+                     f"full-integer .tflite calibrated on {d['calibration']}, run in LiteRT and TFLite-Micro "
+                     f"(arena {d['arena_bytes']:,} B) on the device's own test windows.",
+            "tables": [(["", "mean accuracy", "worst decile"],
+                        [["float32 (numpy engine)", pct(d["mean_fp32"]), pct(d["p10_fp32"])],
+                         ["int8, LiteRT", pct(d["mean_int8"]), pct(d["p10_int8"])],
+                         ["int8, TFLite-Micro", pct(d["mean_int8_tflm"]), "—"]])],
+            "after": [f"Mean change {d['mean_drop_points']:+.2f} points (float − int8), the largest on one device "
+                      f"{d['max_drop_points']:.2f} points (one test window of its ~70)."]}
+
+
 def models_section() -> list[str]:
     """The exported models, from each models/NAME/NAME.json that `semifl models export` wrote."""
     rows = []
@@ -420,7 +434,7 @@ BENCH_SECTIONS = [("mcu.json", mcu_section), ("seed001_dtypes.json", seed001_sec
                   ("compression.json", compression_section), ("energy.json", energy_section),
                   ("round_time.json", round_time_section), ("clustering_tfmot.json", clustering_section),
                   ("iotsl.json", iotsl_section), ("sl_smashed.json", sl_smashed_section),
-                  ("sl_energy.json", sl_energy_section), ("energy_planning.json", energy_planning_section)]
+                  ("sl_energy.json", sl_energy_section), ("perfit_int8.json", perfit_int8_section), ("energy_planning.json", energy_planning_section)]
 
 
 def main(argv=None):

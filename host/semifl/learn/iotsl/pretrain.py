@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from semifl.models import get
+
 from .. import nn
 from .gan import Generator, generate
 
-# IoTSL's split CNN: f_a = two 3x3 convs of 64 (37,568 parameters; smashed data 14x14x64 after the
-# pool that ends the device part), f_b = conv 128, pool, dense 10. CUT = len(f_a's layers).
-SPLIT_CNN_LAYERS = (("conv", 64, "relu"), ("conv", 64, "relu"), ("pool",), ("conv", 128, "relu"), ("pool",),
-                    ("flatten",), ("dense", 10, "none"))
-CUT = 3
+# IoTSL's split CNN is the model definition `splitcnn-mnist` (semifl.models): one definition, here too
+SPLIT_CNN = get("splitcnn-mnist")
+CUT = SPLIT_CNN.cut
 
 
 def split_cnn() -> nn.Net:
-    """The split CNN: `semifl.models.MODELS["splitcnn-mnist"].network()` when the model registry has
-    it, else the same layers from here."""
-    try:
-        from semifl.models import MODELS
-        return MODELS["splitcnn-mnist"].network()
-    except (ImportError, KeyError, AttributeError):
-        return nn.Net((28, 28, 1), SPLIT_CNN_LAYERS)
+    return SPLIT_CNN.network()
 
 
 def generated_dataset(generators: list[tuple[Generator, list[int]]], seed: int = 0):

@@ -10,12 +10,11 @@ import time
 
 import numpy as np
 
-from semifl.fleet.planner import task_seed
 from semifl.learn import nn
 from semifl.learn.data import to_float
 from semifl.learn.split import SplitServer, comm_params
 from semifl.models import get
-from semifl.sim.split_inprocess import _epoch
+from semifl.sim.split_inprocess import split_round
 from semifl_agent.split import SplitClient
 
 
@@ -48,12 +47,8 @@ def split_training(net: nn.Net, cut: int, data: dict, params, epochs: int, test,
     for e in range(1, epochs + 1):
         t0 = time.perf_counter()
         before = sum(v["up"] + v["down"] for v in server.values.values())
-        for d in clients:
-            c = clients[d]
-            c.begin({"seed": task_seed(seed, e, d), "batch": batch, "lr": lr}, server.params_a)
-            _epoch(server, d, c)
-            server.hand_over(d, c.params)
         # the seed's count: the relay's host -> next device hop is not in Table I
+        split_round(server, clients, e, seed, batch, lr, relay=False)
         values.append(sum(v["up"] + v["down"] for v in server.values.values()) - before)
         pred = net.predict(server.params, test[0])
         acc.append(float((pred == test[1]).mean()))

@@ -48,10 +48,14 @@ class SplitServer:
         v["down"] += d_cut.size
         return d_cut.astype(np.float32), loss
 
-    def hand_over(self, dev: str, params_a: list):
-        """A device finished its epoch: its f_a is what the next device starts from."""
-        self.params_a = [np.asarray(p, np.float32) for p in params_a]
+    def take_back(self, dev: str, params_a: list):
+        """A device finished its epoch and sent its f_a (counted; SplitFed averages them later)."""
         self.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params_a)
+
+    def hand_over(self, dev: str, params_a: list):
+        """Sequential SL: the f_a a device sent back is what the next device starts from."""
+        self.take_back(dev, params_a)
+        self.params_a = [np.asarray(p, np.float32) for p in params_a]
 
     def handed(self, dev: str):
         """The host sent `dev` its starting f_a (the relay's extra hop: the seed sends device to device)."""

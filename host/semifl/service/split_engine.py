@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -141,7 +140,7 @@ class SplitEngine(RoundEngine):
         if self.strategy.name != "splitfed":   # sequential (sl, iotsl): the next client starts from it
             self.server.hand_over(dev, params)
         else:
-            self.server.values.setdefault(dev, {"up": 0, "down": 0})["up"] += sum(p.size for p in params)
+            self.server.take_back(dev, params)
 
     def _took(self, dev, meta):
         """The device's own measure of its work (seconds), for the energy meter: `t_local_s` in its blob."""
@@ -250,16 +249,11 @@ class SplitEngine(RoundEngine):
                 log.warning("round %d: %s did not finish its epoch (%s); the next client continues", self.round, d, why)
 
     def run_round(self, rnd: int) -> dict:
-        t0 = time.time()
-        self.round, self.rejected = rnd, Counter()
-        self.failed, self.evals, self.refused, self.device_refused, self.done, self.chain = {}, {}, {}, {}, {}, {}
+        t0, up0, down0 = self._open_round(rnd)
+        self.done, self.chain = {}, {}
         self.generators = {}   # reported in the round they arrive (the store keeps them)
-        self.times = {}
-        up0, down0, v0 = Counter(self.bytes_up), Counter(self.bytes_down), {d: dict(v) for d, v in self.server.values.items()}
-        online = sorted(self.registry.online)
-        self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
-        self.pump(lambda: all(self.registry.link.get(d, {}).get("round") == rnd for d in self.registry.online),
-                  self.cfg.ready_timeout_s)
+        v0 = {d: dict(v) for d, v in self.server.values.items()}
+        online = self._announce(rnd)
         ready = [d for d in online if self.registry.link.get(d, {}).get("round") == rnd]
         clients = [d for d in ready if "sl" in self.registry.devices[d].get("roles", ())]
         self.plan = RoundPlan(rnd, fl=clients, idle={d: "no split learning role" for d in ready if d not in clients})
@@ -284,20 +278,11 @@ class SplitEngine(RoundEngine):
         self.params = self.server.params
         acc, loss = self.evaluate(self.params)
         phases["evaluate"] = time.time() - t0 - sum(phases.values())
-        up, down = self.bytes_up - up0, self.bytes_down - down0
         values = {d: {k: v[k] - v0.get(d, {}).get(k, 0) for k in ("up", "down")} for d, v in self.server.values.items()}
-        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
-                   "participants": {"cl": [], "fl": sorted(self.done)}, "trained": sorted(self.done),
-                   "idle": self.plan.idle, "rejected": dict(self.rejected), "refused": {}, "device_refused": {},
-                   "device_errors": dict(self.failed), "device_evals": {}, "device_times_s": dict(self.times),
-                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
-                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
-                   "device_values": {d: v for d, v in values.items() if v["up"] or v["down"]},
-                   "sl_chain": dict(self.chain),
-                   "generators": {d: {"epsilon": info.epsilon, "delta": info.delta, "sha256": info.sha256,
-                                      "bytes": len(b), "version": v} for d, (_, info, b, v) in self.generators.items()},
-                   "imputed": dict(self.imputed),
-                   "phases_s": {k: round(v, 4) for k, v in phases.items()}}
-        meta, arrays = self.strategy.state()
-        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
-        return metrics
+        return self._close_round(
+            rnd, t0, up0, down0, acc, loss, phases,
+            participants={"cl": [], "fl": sorted(self.done)}, trained=sorted(self.done), idle=self.plan.idle,
+            device_values={d: v for d, v in values.items() if v["up"] or v["down"]}, sl_chain=dict(self.chain),
+            generators={d: {"epsilon": info.epsilon, "delta": info.delta, "sha256": info.sha256, "bytes": len(b),
+                            "version": v} for d, (_, info, b, v) in self.generators.items()},
+            imputed=dict(self.imputed))

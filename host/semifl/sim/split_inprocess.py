@@ -31,25 +31,32 @@ def run_split_inprocess(cfg: RunConfig, ds: Dataset, on_round=None, params=None)
             x, y = shard(ds, s)
             clients[s.id] = SplitClient(f_a, to_float(x).reshape((-1,) + f_a.input_shape), y)
     for rnd in range(1, cfg.rounds + 1):
-        parts = []
-        for dev in sorted(clients):
-            c = clients[dev]
-            c.begin({"round": rnd, "seed": task_seed(cfg.seed, rnd, dev), "batch": cfg.sl_batch, "lr": cfg.lr,
-                     "smashed": cfg.smashed}, server.params_a)
-            server.handed(dev)
-            if cfg.strategy == "splitfed":   # every client starts from the round's f_a; batches interleave
-                continue
-            _epoch(server, dev, c)
-            server.hand_over(dev, c.params)
-        if cfg.strategy == "splitfed":
-            _interleaved(server, clients)
-            for dev in sorted(clients):
-                server.values[dev]["up"] += sum(p.size for p in clients[dev].params)
-                parts.append((clients[dev].params, len(clients[dev].y)))
-            server.average_a(parts)
+        split_round(server, clients, rnd, cfg.seed, cfg.sl_batch, cfg.lr, cfg.smashed, cfg.strategy)
         if on_round:
             on_round(rnd, server)
     return server
+
+
+def split_round(server: SplitServer, clients: dict, rnd: int, seed: int, batch: int, lr: float,
+                smashed: str = "float32", variant: str = "sl", relay: bool = True):
+    """One round over `clients` (device id -> SplitClient), in sorted id order, with the tasks the MQTT
+    engine sends. relay: count the host -> device hop of f_a (the seed's Table I sends it device to
+    device and does not)."""
+    for dev in sorted(clients):
+        c = clients[dev]
+        c.begin({"round": rnd, "seed": task_seed(seed, rnd, dev), "batch": batch, "lr": lr, "smashed": smashed},
+                server.params_a)
+        if relay:
+            server.handed(dev)
+        if variant == "splitfed":   # every client starts from the round's f_a; batches interleave
+            continue
+        _epoch(server, dev, c)
+        server.hand_over(dev, c.params)
+    if variant == "splitfed":
+        _interleaved(server, clients)
+        for dev in sorted(clients):
+            server.take_back(dev, clients[dev].params)
+        server.average_a([(clients[d].params, len(clients[d].y)) for d in sorted(clients)])
 
 
 def _exchange(server: SplitServer, dev: str, c: SplitClient):

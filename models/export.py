@@ -219,6 +219,7 @@ def export(name: str, out: Path, params_path: str | None = None, data: str | Non
     (out / f"{name}.tflite").write_bytes(tfl)
     (out / f"{name}.h").write_text(c_array(tfl, name.replace("-", "_") + "_int8"))
 
+    in_scale, in_zp = quantize_scale(tfl)
     x_q = quantize_input(tfl, x_test)
     lite = run_litert(tfl, x_q)
     arena = tflm_arena(tfl)
@@ -229,7 +230,7 @@ def export(name: str, out: Path, params_path: str | None = None, data: str | Non
         "name": name, "architecture": spec.describe().split(": ", 1)[1].rsplit(";", 1)[0], "source": spec.source,
         "input": spec.input, "params": net.n_params, "weights": source, "dataset": ds_name,
         "calibration_samples": len(calib), "size_bytes": len(tfl), "arena_bytes": arena, "ops": ops(tfl),
-        "input_scale": float(quantize_scale(tfl)[0]), "input_zero_point": int(quantize_scale(tfl)[1]),
+        "input_scale": float(in_scale), "input_zero_point": int(in_zp),
         "fp32_accuracy": float((net.predict(params, x_test) == y_test).mean()),
         "int8_accuracy": float((lite.argmax(1) == y_test).mean()),
         "max_lsb_tflm_vs_litert": int(np.abs(micro.astype(int) - builtin.astype(int)).max()),

@@ -2,7 +2,6 @@
 else is lost: an int8 graph with an op the node's runtime lacks, or more working memory than it has
 free; an FL task whose training would not fit the device's RAM."""
 import numpy as np
-import pytest
 
 from semifl.config import RunConfig
 from semifl.fleet.planner import PlannerConfig, cannot_run, plan_round

@@ -9,7 +9,6 @@ import psutil
 import pytest
 
 from semifl.config import RunConfig
-from semifl.learn import nn
 from semifl.learn.data import Dataset
 from semifl.learn.split import SplitServer, comm_params
 from semifl.models import get
@@ -17,7 +16,7 @@ from semifl.protocol import wire
 from semifl.protocol.tensors import from_wire, to_wire
 from semifl.service import experiment
 from semifl.service.engine import EngineConfig
-from semifl.service.split_engine import SplitEngine, fa_crc
+from semifl.service.split_engine import SplitEngine
 from semifl.service.store import Store
 from semifl.sim.split_inprocess import run_split_inprocess
 from semifl.transport.mqtt import HostLink, parse_broker_url

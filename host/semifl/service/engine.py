@@ -24,7 +24,7 @@ from semifl.learn import compress, int8, mlp, nn
 from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays, dequantize, encode_arrays, from_wire
+from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
 
 log = logging.getLogger("semifl.engine")
 ROW = 784
@@ -346,20 +346,44 @@ class RoundEngine:
         """Block until n devices have reported capabilities and are online (the fleet is up)."""
         return self.pump(lambda: len(self.registry.online) >= n, timeout)
 
-    def run_round(self, rnd: int) -> dict:
-        t0 = time.time()
+    def _open_round(self, rnd: int) -> tuple[float, Counter, Counter]:
+        """Forget the last round's per-device state. -> (start time, byte counters at the start)."""
         self.round, self.rejected = rnd, Counter()
-        self.norms, self.trained_n, self.failed, self.evals, self.refused = {}, {}, {}, {}, {}
-        self.device_refused = {}
+        self.failed, self.evals, self.refused, self.device_refused = {}, {}, {}, {}
         self.asked, self.times = {}, {}
-        up0, down0 = Counter(self.bytes_up), Counter(self.bytes_down)
-        row = self.store.round_row(rnd)
-        online = sorted(self.registry.online)
+        return time.time(), Counter(self.bytes_up), Counter(self.bytes_down)
 
-        # stage 1: announce; devices answer with their link; plan
+    def _announce(self, rnd: int) -> list[str]:
+        """Announce the round (retained) and wait for the devices' link reports. -> who was online."""
+        online = sorted(self.registry.online)
         self._broadcast("round", wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), online, retain=True)
         self.pump(lambda: all(self.registry.link.get(d, {}).get("round") == rnd for d in self.registry.online),
                   self.cfg.ready_timeout_s)
+        return online
+
+    def _close_round(self, rnd, t0, up0, down0, acc, loss, phases, **fields) -> dict:
+        """The round's metrics (what every round shape records, plus `fields`), stored in one transaction
+        with the model and the strategy's state."""
+        up, down = self.bytes_up - up0, self.bytes_down - down0
+        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4), **fields,
+                   "device_battery": {d: v["battery"] for d, v in sorted(self.registry.link.items()) if v["round"] == rnd},
+                   "rejected": dict(self.rejected), "refused": dict(self.refused), "device_refused": dict(self.device_refused),
+                   "device_errors": dict(self.failed),
+                   "device_evals": dict(self.evals), "device_times_s": dict(self.times),
+                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
+                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
+                   "phases_s": {k: round(v, 4) for k, v in phases.items()}}
+        meta, arrays = self.strategy.state()
+        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
+        return metrics
+
+    def run_round(self, rnd: int) -> dict:
+        t0, up0, down0 = self._open_round(rnd)
+        self.norms, self.trained_n = {}, {}
+        row = self.store.round_row(rnd)
+
+        # stage 1: announce; devices answer with their link; plan
+        online = self._announce(rnd)
         phases = {"ready": time.time() - t0}
         if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
             self.plan = RoundPlan(**row["plan"])
@@ -433,20 +457,9 @@ class RoundEngine:
         phases["evaluate"] = time.time() - t0 - sum(phases.values())
         if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
             self.push_int8(rnd)   # inside the round, so its bytes count towards it
-        up, down = self.bytes_up - up0, self.bytes_down - down0
-        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - t0, 4),
-                   "participants": {"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
-                   "trained": sorted(self.norms), "idle": self.plan.idle,
-                   "device_battery": {d: v["battery"] for d, v in sorted(self.registry.link.items()) if v["round"] == rnd},
-                   "rejected": dict(self.rejected), "refused": dict(self.refused), "device_refused": dict(self.device_refused),
-                   "device_errors": dict(self.failed),
-                   "device_evals": dict(self.evals), "device_times_s": dict(self.times),
-                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
-                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
-                   "phases_s": {k: round(v, 4) for k, v in phases.items()}}
-        meta, arrays = self.strategy.state()
-        self.store.finish_round(rnd, self.params, metrics, ({"strategy": self.strategy.name, "state": meta}, arrays))
-        return metrics
+        return self._close_round(rnd, t0, up0, down0, acc, loss, phases,
+                                 participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
+                                 trained=sorted(self.norms), idle=self.plan.idle)
 
     def train_bytes(self, caps: dict) -> int:
         """Memory an FL client needs for this round's task: the model, its gradient and momentum, and

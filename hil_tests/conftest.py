@@ -24,7 +24,7 @@ def pytest_addoption(parser):
     g.addoption("--hil-port", default=None, help="serial port of a real DUT (default: simulated bench)")
     g.addoption("--meter", default="virtual", choices=METERS, help="the DUT's power meter")
     g.addoption("--meter-port", default=None, help="the meter's serial port (ppk2: found by itself; usb: /dev/rfcomm0)")
-    g.addoption("--hil-board", default="esp32", choices=["esp32", "esp32s3"], help="the DUT's board profile")
+    g.addoption("--hil-board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"], help="the DUT's board profile")
     g.addoption("--hil-broker-url", default=None,
                 help="with --hil-port: the bench's broker as the board reaches it (the bench listens on 0.0.0.0)")
     g.addoption("--hil-rounds", type=int, default=3)

@@ -49,3 +49,25 @@ def test_report_energy_vs_accuracy(tmp_path, capsys):
     assert "semifl, 5 rounds, accuracy 40.00 %, devices 4.5 J (mcu 1.5 J, pi 3.0 J; meter virtual)" in out
     assert "semifl+, 5 rounds, accuracy 80.00 %, devices 4.0 J" in out
     assert (tmp_path / "e.png").stat().st_size > 5_000
+
+
+def test_rp2040w_profile_cites_a_source_for_every_number():
+    """Pico W: each number's line names a source defined in the header ([M1], [C1], ...) or says it is
+    derived from them or an assumption; the derived currents add up as their lines say."""
+    import re
+
+    text = (PROFILES / "rp2040w.toml").read_text()
+    header = {m for m in re.findall(r"^#\s+(\[[A-Z]\d\])", text, re.M)}
+    assert {"[M1]", "[C1]", "[M2]"} <= header
+    numbers = [line for line in text.splitlines() if re.match(r"^\w+\s*=\s*[\d_.]+", line)]
+    assert len(numbers) == 7   # voltage, five currents, throughput
+    for line in numbers:
+        note = line.partition("#")[2]
+        cited = set(re.findall(r"\[[A-Z]\d\]", note))
+        assert cited <= header and (cited or "ASSUMPTION" in note), line
+    p = load_profile("rp2040w")
+    assert p.board == "rp2040w" and p.voltage_v == 5.0
+    mA = {k: v * 1000 for k, v in p.current_a.items()}
+    assert mA["cpu_active"] == pytest.approx(20.94 + 2) and mA["idle"] == pytest.approx(18.35 + 2)
+    assert mA["wifi_rx"] == pytest.approx(20.94 + 36) and mA["wifi_tx"] >= mA["wifi_rx"]
+    assert mA["deep_sleep"] < mA["idle"] < mA["cpu_active"] < mA["wifi_rx"]

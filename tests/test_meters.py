@@ -159,3 +159,41 @@ def test_process_meter_power_stays_within_the_profile():
     assert process_watts(p, 0.02, 0.05, 10**9) == pytest.approx(hi)   # clipped: busy and sending all period
     # half the period on the CPU, 5000 bytes at 2 Mbit/s = 0.02 s: the whole period on the radio
     assert process_watts(p, 0.02, 0.01, 5000) == pytest.approx(lo + 0.5 * 3.3 * 0.038 + 3.3 * 0.150)
+
+
+def test_replayed_recordings_are_the_drivers_samples_looped():
+    from semifl.meters.replay import ReplayMeter, load_recording
+
+    t, w, why = load_recording(DATA / "ppk2_source_3v3.bin", "ppk2", vdd_mv=3300)
+    amps, index, _ = ppk2.decode(np.frombuffer((DATA / "ppk2_source_3v3.bin").read_bytes(), "<u4"), 3300)
+    assert why is None and list(t * ppk2.SAMPLE_HZ) == pytest.approx(list(index)) and w == pytest.approx(amps * 3.3)
+    t, w, why = load_recording(DATA / "ina219_registers.csv", "ina219")
+    assert list(t) == pytest.approx([0, 0.01, 0.02, 0.03]) and w == pytest.approx([1.32, 1.32, 2.6304, -0.066])
+    assert "overflow" in why   # the last row: played up to it
+    m = ReplayMeter(t, w, "ina219")
+    assert m.name == "replay:ina219" and m.loop_s == pytest.approx(0.04)
+    tt, ww = m.played(0, 9)   # two passes and one sample of the third
+    assert tt == pytest.approx([0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]) and list(ww[4:8]) == list(w)
+    assert m.count_until(0.085) == 9 and m.count_until(0.0) == 1
+    with m:   # live: sample times advance on the bench clock, values are the recording's
+        time.sleep(0.15)
+    lt, lw = m.samples()
+    assert len(lt) >= 10 and np.all(np.diff(lt) > 0) and np.isin(lw, w).all()
+
+
+def test_device_energy_is_the_aligned_split_of_a_recorded_stream():
+    """summary.json's entry for a metered device: the recorded INA219 stream looped under phase marks
+    (device clock 100 s behind the meter's, received 20 ms after sending)."""
+    from semifl.meters.align import device_energy
+    from semifl.meters.replay import ReplayMeter, load_recording
+
+    m = ReplayMeter(*load_recording(DATA / "ina219_registers.csv", "ina219")[:2], "ina219")
+    t, w = m.played(0, m.count_until(3.0))
+    marks = [(100.0, 1, "idle"), (100.5, 1, "download"), (101.0, 1, "infer"), (101.25, 1, "upload"), (102.0, 2, "idle")]
+    d = device_energy(t, w, marks, [t_dev - 100 + 0.02 for t_dev, _, _ in marks], m.name, roles={1: "cl"})
+    assert d["meter"] == "replay:ina219" and d["clock_offset_s"] == pytest.approx(-99.98)
+    assert d["energy_by_phase"]["infer"] == pytest.approx(integrate(t, w, 1.02, 1.27))
+    assert d["energy_by_phase"]["idle"] == pytest.approx(integrate(t, w, 0.02, 0.52) + integrate(t, w, 2.02, None))
+    assert d["energy_j"] == pytest.approx(integrate(t, w, 0.02, None)) and d["energy_by_phase"]["train"] == 0
+    assert d["energy_by_role"] == pytest.approx({"cl": integrate(t, w, 0.02, 2.02), "none": integrate(t, w, 2.02, None)})
+    assert set(d["energy_by_round"]) == {"1", "2"}

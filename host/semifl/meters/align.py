@@ -52,3 +52,16 @@ def roll_up(per_round_phase: dict[tuple[int, str], float], roles: dict[int, str]
         by_role[(roles or {}).get(rnd, "none")] += j
     return {"energy_j": sum(by_phase.values()), "by_phase": by_phase, "by_round": dict(by_round),
             "by_role": dict(by_role)}
+
+
+def device_energy(t, watts, marks: list[tuple[float, int, str]], received: list[float], meter: str,
+                  roles: dict[int, str] | None = None) -> dict:
+    """A device's energy for summary.json from a meter's samples aligned to the phases it marked:
+    {"energy_j", "energy_by_phase", "energy_by_round", "energy_by_role", "meter", "clock_offset_s"},
+    the same keys as the virtual model's (semifl.energy.fleet_energy) plus the round and role split.
+    The device clock maps onto the meter's by `clock_offset` of the marks' receive times."""
+    offset = clock_offset(marks, received) if marks else 0.0
+    r = roll_up(attribute(t, watts, marks, offset_s=offset), roles)
+    return {"energy_j": r["energy_j"], "energy_by_phase": r["by_phase"],
+            "energy_by_round": {str(k): v for k, v in sorted(r["by_round"].items())},
+            "energy_by_role": r["by_role"], "meter": meter, "clock_offset_s": offset}

@@ -2,6 +2,7 @@
 
     pytest hil_tests                                              # simulated bench (CI)
     pytest hil_tests --hil-port /dev/ttyUSB0 --meter ppk2 --hil-broker-url mqtt://192.168.1.10:1883
+    pytest hil_tests --meter replay-ina219                        # simulated DUT, a recorded meter stream
 
 Simulated: the DUT is the real MicroPython node (the board build, at the board's heap) in the
 virtual fleet, its meter the virtual one watching that process. With --hil-port the DUT is a board on
@@ -18,6 +19,11 @@ from hil_bench import BoardDUT, SimDUT, run_bench  # noqa: E402
 from semifl.energy import load_profile  # noqa: E402
 from semifl.meters import METERS, open_meter  # noqa: E402
 
+RECORDED = Path(__file__).resolve().parents[1] / "tests" / "data" / "meters"
+# --meter replay-<driver>: that driver's recorded stream (tests/data/meters) stands in for the meter
+REPLAYS = {"replay-ppk2": {"path": RECORDED / "ppk2_source_3v3.bin", "vdd_mv": 3300},
+           "replay-ina219": {"path": RECORDED / "ina219_registers.csv"}}
+
 
 def pytest_addoption(parser):
     g = parser.getgroup("hil", "hardware-in-the-loop bench")
@@ -33,7 +39,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def hil(request):
     o = request.config.option
-    if o.hil_port is None and o.meter != "virtual":
+    if o.hil_port is None and o.meter != "virtual" and o.meter not in REPLAYS:
         pytest.skip(f"--meter {o.meter} measures a real DUT: give --hil-port")
     return o
 
@@ -81,6 +87,8 @@ def make_meter(hil, profile):
     def make(dut):
         if hil.meter == "virtual":
             return open_meter("virtual", pid=dut.pid(), profile=profile)
+        if hil.meter in REPLAYS:   # a recorded stream of that driver, played back as the DUT's meter
+            return open_meter(hil.meter, **REPLAYS[hil.meter])
         kw = {"port": hil.meter_port} if hil.meter in ("ppk2", "usb") and hil.meter_port else {}
         if hil.meter == "ppk2":
             kw["vdd_mv"] = int(profile.voltage_v * 1000)

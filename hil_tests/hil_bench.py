@@ -76,6 +76,30 @@ class BenchRun:
     w: object = None
     meter_error: str | None = None
     dut_dir: Path | None = None
+    summary: dict | None = None   # what the bench wrote to <root>/summary.json
+
+
+def write_summary(root: Path, strategy: str, rounds: list[dict], dut, w: Watch, t, watts, meter: str,
+                  meter_error: str | None, pis: dict[str, str]) -> dict:
+    """<root>/summary.json of a bench run, in `semifl run`'s shape (strategy, rounds, final_accuracy,
+    devices): the DUT's energy is its meter's samples aligned to the phases it marked (meters.align),
+    "meter" the driver that took them; the virtual Pi's is the virtual model of its board profile."""
+    from semifl.energy import fleet_energy
+    from semifl.meters.align import device_energy
+    from semifl.service.report import write_summary as write
+
+    marks, received = w.marks()
+    roles = {m["round"]: "cl" for m in rounds if dut.id in m.get("participants", {}).get("cl", [])}
+    devices = [{"id": dut.id, "device_class": "mcu", "board": dut.board, "role": "cl",
+                "runtime": (w.caps or {}).get("runtime"), "simulated": dut.simulated,
+                **device_energy(t, watts, marks, received, meter, roles)}]
+    model = fleet_energy(rounds, pis)
+    devices += [{"id": d, "device_class": "pi", "board": b, "role": "fl", **model.get(d, {})} for d, b in pis.items()]
+    summary = {"strategy": strategy, "bench": "hil", "rounds": rounds,
+               "final_accuracy": rounds[-1]["accuracy"] if rounds else None, "devices": devices,
+               "meter_error": meter_error}
+    write(root, summary)
+    return summary
 
 
 class SimDUT:
@@ -165,7 +189,10 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
                 except MeterError as e:   # the run's other data is kept; the test reports the reason
                     error = str(e)
             t, watts = meter.samples()
-        return BenchRun(w, store.round_metrics(), t, watts, error, root / "fleet" / dut.id)
+        rounds = store.round_metrics()
+        summary = write_summary(root, cfg.strategy, rounds, dut, w, t, watts, meter.name, error,
+                                {s.id: s.sim.get("board", "rpi4") for s in specs if s.device_class == "pi"})
+        return BenchRun(w, rounds, t, watts, error, root / "fleet" / dut.id, summary)
     finally:
         watcher.loop_stop()
         watcher.disconnect()

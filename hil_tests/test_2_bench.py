@@ -43,6 +43,8 @@ def test_dut_model_crc_matches_the_hosts(bench, dut):
 
 def test_energy_recorded_within_the_profile(bench, profile, hil):
     assert bench.meter_error is None, bench.meter_error
+    if hil.meter.startswith("replay-"):
+        pytest.skip("a replayed recording is another rail's draw: the DUT's profile does not bound it")
     t, w = bench.t, bench.w
     assert len(t) > 10 and np.all(np.diff(t) > 0)
     span = t[-1] - t[0]
@@ -66,7 +68,9 @@ def test_phase_marks_split_the_energy(bench, hil):
     r = roll_up(per, roles=cl_rounds)
     # every joule from the first mark on is attributed once
     assert r["energy_j"] == pytest.approx(integrate(bench.t, bench.w, marks[0][0] + offset, None), rel=1e-9)
-    assert r["by_phase"]["upload"] > 0 and r["by_phase"]["infer"] > 0 and r["by_phase"]["train"] == 0
+    assert r["by_phase"]["train"] == 0
+    if not hil.meter.startswith("replay-"):   # a recording's watts may dip below zero (reverse current)
+        assert r["by_phase"]["upload"] > 0 and r["by_phase"]["infer"] > 0
     assert set(range(1, hil.hil_rounds + 1)) <= set(r["by_round"]) and r["by_role"]["cl"] > 0
     # an upload is radio time: the virtual meter must read more power while uploading than idling
     if hil.meter == "virtual":

@@ -40,7 +40,7 @@ SEED = {"FL-3NN": {"mean_acc": 0.8425, "derived": "95.37 - 11.12"},
 
 def methods(data, n, cfg: perfit.Local, a, mixes: bool):
     """(name, architecture(s) per device, method factory) for n clients."""
-    pub = public_set(data, n)
+    pub = ex.public_set(data, n)
     third = n // 3
     fd = lambda: perfit.FD(pub, data.n_classes, cfg, seed=a.seed, public_n=a.public_n,   # noqa: E731
                            distil_epochs=a.distil_epochs, T=a.temperature)
@@ -55,17 +55,6 @@ def methods(data, n, cfg: perfit.Local, a, mixes: bool):
                                                            adapt_steps=a.adapt_steps)),
             ("Ditto", "3nn", lambda: perfit.Ditto(ex.network("3nn"), cfg, a.seed, lam=a.lam))]
     return out
-
-
-def public_set(data, n):
-    """FD's globally shared pool: the training windows of the subjects outside the federation (30 of
-    50: the other 20), or, when every subject is a client, 10 % of every client's training windows
-    (drawn seeded, used unlabeled: only logits on them ever travel)."""
-    if n < len(data.subjects):
-        return np.concatenate([s.x_train for s in data.subjects[n:]])
-    rng = np.random.default_rng(0)
-    return np.concatenate([s.x_train[rng.choice(len(s.x_train), len(s.x_train) // 10, replace=False)]
-                           for s in data.subjects[:n]])
 
 
 def slim(r: dict, arch) -> dict:

@@ -13,7 +13,8 @@ import numpy as np
 
 from semifl.fleet.planner import task_seed
 from semifl.learn import perfit
-from semifl.learn.har import HARData, as_grid, grid_side
+from semifl.learn.perfit import p10, participants   # noqa: F401  (the runner's, re-exported)
+from semifl.learn.har import HARData, feature_view
 from semifl.models import MODELS
 
 ARCHS = {"3nn": "3nn-har", "cnn": "cnn-har"}
@@ -21,14 +22,22 @@ ARCHS = {"3nn": "3nn-har", "cnn": "cnn-har"}
 
 def view(arch: str, n_features: int):
     """The net's view of a feature vector: the 3NN takes it as is, the CNN as a zero-padded grid."""
-    if arch == "3nn":
-        return lambda x: x
-    side = grid_side(n_features)
-    return lambda x: as_grid(x, side)
+    return feature_view(MODELS[ARCHS[arch]].input_shape, n_features)
 
 
 def network(arch: str):
     return MODELS[ARCHS[arch]].network()
+
+
+def public_set(data: HARData, n: int) -> np.ndarray:
+    """FD's globally shared pool: the training windows of the subjects outside the federation (30 of
+    50: the other 20), or, when every subject is a client, 10 % of every client's training windows
+    (drawn seeded, used unlabeled: only logits on them ever travel)."""
+    if n < len(data.subjects):
+        return np.concatenate([s.x_train for s in data.subjects[n:]])
+    rng = np.random.default_rng(0)
+    return np.concatenate([s.x_train[rng.choice(len(s.x_train), len(s.x_train) // 10, replace=False)]
+                           for s in data.subjects[:n]])
 
 
 def make_devices(data: HARData, n: int, archs: list[str] | str) -> list[perfit.Device]:
@@ -40,19 +49,6 @@ def make_devices(data: HARData, n: int, archs: list[str] | str) -> list[perfit.D
         v = view(arch, nf)
         out.append(perfit.Device(f"s{s.id}", network(arch), v(s.x_train), s.y_train, v(s.x_test), s.y_test, view=v))
     return out
-
-
-def participants(rnd: int, ids: list[str], k: int, seed: int) -> list[str]:
-    """K of the devices, uniformly at random per round (seeded); k = 0 or >= len(ids): all of them."""
-    if not k or k >= len(ids):
-        return list(ids)
-    rng = np.random.default_rng((seed, rnd))
-    return sorted(rng.choice(ids, k, replace=False).tolist())
-
-
-def p10(accs) -> float:
-    """The worst decile: the 10th percentile of per-device accuracy (what an unlucky user sees)."""
-    return float(np.percentile(accs, 10))
 
 
 def run(method, devices: list[perfit.Device], rounds: int, k: int = 5, seed: int = 0, log=print,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import DataNotFound
+
 WISDM_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "wisdm-2019", "watch_accel")
 
 
@@ -92,10 +94,11 @@ def load_har(path: str | None = None, test_fraction: float = 0.25, seed: int = 0
     receive with the model)."""
     path = os.path.abspath(path or WISDM_DIR)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such folder of ARFF files (WISDM-2019: watch_accel/)")
+        raise DataNotFound(f"{path}: no such folder of ARFF files. Pass --data with a folder of per-subject "
+                           f"ARFF files (WISDM-2019's wisdm-dataset/arff_files/watch/accel)")
     files = sorted(f for f in os.listdir(path) if f.endswith(".arff"))
     if not files:
-        raise FileNotFoundError(f"{path}: no .arff files")
+        raise DataNotFound(f"{path}: no .arff files (pass --data with a folder of per-subject ARFF files)")
     files = files[:subjects] if subjects else files
     rng = np.random.default_rng(seed)
     loaded, features = [], None
@@ -144,3 +147,14 @@ def as_grid(x: np.ndarray, side: int) -> np.ndarray:
 
 def grid_side(n_features: int) -> int:
     return math.isqrt(n_features - 1) + 1
+
+
+def feature_view(input_shape: tuple, n_features: int):
+    """A net's view of a feature vector: a net over vectors takes it as is, one over a grid (h, w, 1)
+    takes it zero-padded to its side (the CNN's)."""
+    if len(input_shape) == 1:
+        return lambda x: x
+    side = input_shape[0]
+    if side * side < n_features:
+        raise ValueError(f"{n_features} features do not fit the net's {input_shape} input")
+    return lambda x: as_grid(x, side)

@@ -106,6 +106,15 @@ class Method:
     def begin_round(self, r: int) -> None:
         self.round = r
 
+    def settings(self) -> dict:
+        """The constructor's keyword arguments a device needs to run this method's device steps
+        (`make` on the device rebuilds the same method from them; they travel in the task)."""
+        return {}
+
+    def check(self, up: Upload) -> None:
+        """Raise ValueError if the host cannot take this upload (kind, shapes, values, version)."""
+        raise NotImplementedError
+
     def state(self) -> tuple[dict, dict[str, list[np.ndarray]]]:
         return {"round": self.round}, {}
 
@@ -118,7 +127,7 @@ class FedAvg(Method):
     name = "fedavg"
 
     def __init__(self, net: nn.Net, local: Local, seed: int = 0):
-        self.net, self.cfg = net, local
+        self.net, self.cfg, self.seed = net, local, seed
         self.params = net.init(seed)
         self.round = 0
 
@@ -129,13 +138,19 @@ class FedAvg(Method):
         p = train(dev.net, msg.arrays, dev.x, dev.y, self.cfg, seed)
         return Upload(dev.id, self.kind, p, len(dev.y))
 
+    def settings(self):
+        return {"seed": self.seed}
+
+    def check(self, up):
+        if up.kind != self.kind:
+            raise ValueError(f"{up.device}: a {up.kind!r} upload, {self.name} takes {self.kind!r}")
+        _check_arrays(up, self.shared_shapes(), "weights")
+
     def aggregate(self, uploads: list[Upload]) -> None:
         """Sample-weighted mean of the accepted uploads (sorted by device, so order cannot matter)."""
         ups = sorted(uploads, key=lambda u: u.device)
         for u in ups:
-            if u.kind != self.kind:
-                raise ValueError(f"{u.device}: a {u.kind!r} upload, {self.name} takes {self.kind!r}")
-            _check_arrays(u, self.shared_shapes(), "weights")
+            self.check(u)
         if ups:
             self.params = aggregate.weighted_average([u.arrays for u in ups], [u.n for u in ups])
 
@@ -165,6 +180,9 @@ class FTL(FedAvg):
         self.ft_epochs, self.ft_arrays = ft_epochs, ft_arrays
         self.ft_cfg = Local(local.epochs, local.batch, local.lr if ft_lr is None else ft_lr, local.momentum)
 
+    def settings(self):
+        return dict(super().settings(), ft_epochs=self.ft_epochs, ft_arrays=self.ft_arrays, ft_lr=self.ft_cfg.lr)
+
     def personalize(self, dev, seed):
         # starts from the global model the host serves, never from an older personal copy
         dev.personal = train(dev.net, self.params, dev.x, dev.y, self.ft_cfg, seed, epochs=self.ft_epochs,
@@ -186,6 +204,9 @@ class FedPer(FedAvg):
         self.k = head_arrays
         self.init_seed = seed
         self.params = self.params[:-self.k]      # the host holds the shared base only
+
+    def settings(self):
+        return dict(super().settings(), head_arrays=self.k)
 
     def shared_shapes(self):
         return self.net.shapes()[:-self.k]
@@ -213,6 +234,9 @@ class PerFedAvg(FedAvg):
     def __init__(self, net, local, seed=0, alpha: float = 0.01, adapt_steps: int = 1):
         super().__init__(net, local, seed)
         self.alpha, self.adapt_steps = alpha, adapt_steps
+
+    def settings(self):
+        return dict(super().settings(), alpha=self.alpha, adapt_steps=self.adapt_steps)
 
     def local(self, dev, msg, seed):
         w = [p.copy() for p in msg.arrays]
@@ -250,6 +274,9 @@ class Ditto(FedAvg):
         super().__init__(net, local, seed)
         self.lam = lam
         self.personal_epochs = local.epochs if personal_epochs is None else personal_epochs
+
+    def settings(self):
+        return dict(super().settings(), lam=self.lam, personal_epochs=self.personal_epochs)
 
     def local(self, dev, msg, seed):
         up = train(dev.net, msg.arrays, dev.x, dev.y, self.cfg, seed)
@@ -345,17 +372,23 @@ class FD(Method):
         logits = dev.net.forward(p, dev.view(self.public_x[msg.arrays[0]])).astype(np.float32)
         return Upload(dev.id, self.kind, [logits], len(dev.y), version=msg.version)
 
+    def settings(self):
+        return {"seed": self.seed, "public_n": self.public_n, "distil_epochs": self.distil_epochs, "T": self.T}
+
+    def check(self, up):
+        """Logits must answer the version the host sent, in shape (public_n, classes)."""
+        if up.kind != "logits":
+            raise ValueError(f"{up.device}: a {up.kind!r} upload; federated distillation takes logits only")
+        if up.version != self.version:
+            raise ValueError(f"{up.device}: logits for public set version {up.version}, the host sent version "
+                             f"{self.version}")
+        _check_arrays(up, [(self.public_n, self.classes)], "logits")
+
     def aggregate(self, uploads):
-        """The consensus: the plain mean of the accepted logits (every device's voice counts once).
-        Logits must answer the version the host sent, in shape (public_n, classes)."""
+        """The consensus: the plain mean of the accepted logits (every device's voice counts once)."""
         ups = sorted(uploads, key=lambda u: u.device)
         for u in ups:
-            if u.kind != "logits":
-                raise ValueError(f"{u.device}: a {u.kind!r} upload; federated distillation takes logits only")
-            if u.version != self.version:
-                raise ValueError(f"{u.device}: logits for public set version {u.version}, the host sent version "
-                                 f"{self.version}")
-            _check_arrays(u, [(self.public_n, self.classes)], "logits")
+            self.check(u)
         if ups:
             self.consensus = np.mean(np.stack([u.arrays[0] for u in ups]).astype(np.float64), axis=0).astype(np.float32)
             self.consensus_indices = self.indices.copy()
@@ -376,9 +409,35 @@ class FD(Method):
         self.consensus_indices, self.consensus = arrays.get("consensus", [None, None])
 
 
+def participants(rnd: int, ids: list[str], k: int, seed: int) -> list[str]:
+    """K of the devices, uniformly at random per round (seeded); k = 0 or >= len(ids): all of them."""
+    if not k or k >= len(ids):
+        return list(ids)
+    rng = np.random.default_rng((seed, rnd))
+    return sorted(rng.choice(ids, k, replace=False).tolist())
+
+
+def p10(accs) -> float:
+    """The worst decile: the 10th percentile of per-device accuracy (what an unlucky user sees)."""
+    return float(np.percentile(accs, 10))
+
+
 def hash_id(device_id: str) -> int:
     """A stable per-device seed (Python's hash() is salted per process)."""
     return binascii.crc32(device_id.encode())
 
 
 METHODS = {"fedavg": FedAvg, "ftl": FTL, "fedper": FedPer, "perfedavg": PerFedAvg, "ditto": Ditto, "fd": FD}
+
+
+def make(name: str, net: nn.Net | None, local: Local, settings: dict, public_x: np.ndarray | None = None,
+         classes: int | None = None) -> Method:
+    """A method from its name, local settings and `settings()`: how a device rebuilds the host's
+    method from a task (FD: its public pool and class count instead of a net)."""
+    if name not in METHODS:
+        raise ValueError(f"personalization method {name!r}: one of {sorted(METHODS)}")
+    if name == "fd":
+        if public_x is None or classes is None:
+            raise ValueError("federated distillation needs the public set and the class count")
+        return FD(public_x, classes, local, **settings)
+    return METHODS[name](net, local, **settings)

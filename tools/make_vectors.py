@@ -172,6 +172,11 @@ def blob_cases():
         ("samples_784", {"kind": "samples", "round": 7, "task": 4294967295, "device": "mcu-06", "n": 3},
          [tensor("uint8", [3, 784], pixels, fill="pixel i = (37 * i + 11) % 256"), tensor("uint8", [3], [6, 6, 2])]),
         ("no_tensors", {"kind": "model", "round": 0}, []),
+        ("message_fd", {"kind": "message", "round": 4, "task": 918273645, "version": 4},
+         [tensor("int32", [3], [2, 17, 499]), tensor("int32", [2], [5, 9]), tensor("float32", [2, 3], [0.5, -1.0, 2.0, 0.0, 0.25, -0.125])]),
+        ("logits_small", {"kind": "logits", "round": 4, "task": 918273645, "device": "s1600", "n": 60, "version": 4,
+                          "personal_from": 0, "personal_to": 3735928559, "t_local_s": 0.0421},
+         [tensor("float32", [3, 2], [1.0, -1.0, 0.5, 0.0, -2.5, 3.25])]),
         ("model_int8_one_layer", {"kind": "model_int8", "round": 10, "input": {"scale": 0.00390625, "zp": -128},
                                   "layers": [{"in": 3, "out": 2, "in_zp": -128, "out_zp": 5, "act": "tanh"}]},
          [tensor("int8", [2, 3], [127, -127, 0, 1, -1, 64]), tensor("int32", [2], [1000, -1000]),
@@ -255,6 +260,11 @@ def json_cases():
         ("phase", {"v": 1, "kind": "phase", "round": 4, "phase": "upload", "t_ms": 81234}),
         ("refused", {"v": 1, "kind": "refused", "round": 10, "reason": "model_ops", "detail": "this node's kernel has no TANH"}),
         ("stop", {"v": 1, "round": 10, "stop": True}),
+        ("task_perfit", {"v": 1, "round": 4, "role": "perfit", "task": 918273645, "seed": 305419896, "run": 7,
+                         "method": "fedper", "model": "3nn-har", "local": {"epochs": 2, "batch": 32, "lr": 0.01, "momentum": 0.9},
+                         "settings": {"seed": 0, "head_arrays": 2}}),
+        ("personal", {"v": 1, "kind": "personal", "round": 4, "task": 1234, "accuracy": 0.9375, "n": 48, "crc": 3735928559}),
+        ("request_personal", {"v": 1, "kind": "request", "round": 4, "what": "personal", "device": "s1600"}),
         ("escapes", {"v": 1, "detail": "a \"quoted\" \\ back/slash\nnewline\ttab", "empty": {}, "nested": {"b": [], "a": [1, {"z": None, "y": -1}]}}),
     ]
     out = []

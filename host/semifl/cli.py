@@ -16,9 +16,11 @@ def _common(p: argparse.ArgumentParser):
 def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
     p.add_argument("--name")
-    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed", "iotsl"],
+    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed", "iotsl",
+                                          "ftl", "fedper", "fd", "perfedavg", "ditto"],
                    help="sl / splitfed: split learning (the Pis keep the model's first layers, --model); iotsl: "
-                        "SL after DP generators, pre-training and non-IID imputation (seed 002)")
+                        "SL after DP generators, pre-training and non-IID imputation (seed 002); ftl / fedper / fd / "
+                        "perfedavg / ditto: personalization on HAR, one subject per device (seed 003)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
     p.add_argument("--fl-devices", type=int)
@@ -60,6 +62,14 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--gen-steps", type=int, help="iotsl: generator steps per device")
     p.add_argument("--gen-sigma", type=float, help="iotsl: DP noise multiplier on the generator's gradient")
     p.add_argument("--max-epsilon", type=float, help="iotsl: the devices' privacy policy for a released generator")
+    p.add_argument("--subjects", type=int, help="personalization: HAR subjects, one virtual device each (default 30)")
+    p.add_argument("--per-round", type=int, help="personalization: K devices per round (default 5; 0: all)")
+    p.add_argument("--arch", help="personalization: 3nn | cnn; FD may mix them, comma-separated and cycled (3nn,cnn)")
+    p.add_argument("--batch", type=int, help="personalization: local minibatch")
+    p.add_argument("--momentum", type=float, help="personalization: local SGD momentum")
+    p.add_argument("--epochs", type=int, help="local epochs per round")
+    p.add_argument("--personal-every", type=int, help="personalization: every device reports its personal accuracy every N rounds")
+    p.add_argument("--raw-ok", help="personalization: may each device's windows leave it (edge offloading), 0/1 cycled")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
     _common(p)
 
@@ -73,7 +83,8 @@ def _load_config(args):
                                                "int8_every", "compression", "pi_ram", "fl_min_battery",
                                                "pi_battery_j", "pi_charge", "pi_battery_idle",
                                                "sparse_updates", "model", "sl_batch", "smashed", "eval_n", "gen_steps",
-                                               "gen_sigma", "max_epsilon")}
+                                               "gen_sigma", "max_epsilon", "subjects", "per_round", "arch", "batch",
+                                               "momentum", "epochs", "personal_every", "raw_ok")}
     if getattr(args, "devices", None):
         over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
         over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]
@@ -88,7 +99,9 @@ def _progress(total: int):
     task = prog.add_task("", total=total)
 
     def on_round(m):
-        prog.update(task, completed=m["round"], description=f"acc {100 * m['accuracy']:.2f}%  loss {m['loss']:.3f}")
+        acc = "-" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}%"
+        loss = "" if m.get("loss") is None else f"  loss {m['loss']:.3f}"
+        prog.update(task, completed=m["round"], description=f"acc {acc}{loss}")
     return prog, on_round
 
 
@@ -122,26 +135,32 @@ def _external(args, command: str):
     """Config and dataset of a command that joins a broker someone else runs."""
     from semifl.learn.data import load_idx_dataset
 
+    from semifl.learn.har import load_har
+    from semifl.service.experiment import PERSONAL
+
     cfg = _load_config(args)
     if not cfg.broker:
         raise SystemExit(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
-    return cfg, load_idx_dataset(cfg.data)
+    return cfg, load_har(cfg.data, seed=cfg.seed) if cfg.strategy in PERSONAL else load_idx_dataset(cfg.data)
 
 
 def cmd_serve(args):
     """The host service alone: resumes from its state database at the last completed round."""
-    from semifl.service.experiment import build_engine
+    from semifl.service.experiment import PERSONAL, build_engine, build_personal_engine, har_ids
     from semifl.service.store import Store
     from semifl.transport.mqtt import HostLink
 
     cfg, ds = _external(args, "serve")
     store = Store(args.state)
     link = HostLink(cfg.broker).connect()
-    engine = build_engine(cfg, ds, store, link)
+    if cfg.strategy in PERSONAL:
+        engine = build_personal_engine(cfg, ds, store, link, har_ids(cfg, ds))
+    else:
+        engine = build_engine(cfg, ds, store, link)
     if not engine.wait_for_devices(args.wait_devices, timeout=args.wait_s):
         print(f"semifl serve: {len(engine.registry.online)} of {args.wait_devices} devices online", file=sys.stderr)
         return 1
-    engine.run(cfg.rounds, on_round=lambda m: print(f"round {m['round']}: acc {m['accuracy']:.4f} "
+    engine.run(cfg.rounds, on_round=lambda m: print(f"round {m['round']}: acc {m['accuracy']} "
                                                     f"fl {m['participants']['fl']} cl {m['participants']['cl']}", flush=True))
     engine.stop_fleet()
     link.close()
@@ -152,11 +171,13 @@ def cmd_serve(args):
 def cmd_fleet(args):
     from pathlib import Path
 
+    from semifl.service.experiment import PERSONAL, personal_fleet
     from semifl.sim.fleet import VirtualFleet, fleet_for
 
     cfg, ds = _external(args, "fleet")
-    specs = fleet_for(cfg, ds)
-    fleet = VirtualFleet(Path(args.root), specs, ds, cfg.broker).start()
+    personal = cfg.strategy in PERSONAL
+    specs = personal_fleet(cfg, ds) if personal else fleet_for(cfg, ds)
+    fleet = VirtualFleet(Path(args.root), specs, None if personal else ds, cfg.broker).start()
     print(f"{len(specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
     try:
         fleet.stop(timeout=10 ** 9)   # devices exit when the host ends the run

@@ -13,6 +13,7 @@ from semifl.service.engine import EngineConfig
 class RunConfig:
     name: str = "semifl"
     strategy: str = "semifl"      # fedavg | semifl | semifl+ | sl | splitfed | iotsl (split learning, seed 002)
+                                  # | ftl | fedper | fd | perfedavg | ditto (personalization, seed 003, on HAR)
     rounds: int = 20
     fl_devices: int = 6           # Pi-class FL clients (classes 0..5)
     cl_devices: int = 4           # MCU-class CL uploaders (classes 6..9)
@@ -58,6 +59,19 @@ class RunConfig:
     gen_dim: int = 32             # IoTSL: generator/discriminator width (the seed: 64)
     pretrain_epochs: int = 2      # IoTSL: the host's pre-training on the generated set
     max_epsilon: float = 10.0     # IoTSL: the devices' privacy policy for a released generator
+    subjects: int = 30            # personalization: HAR subjects, one device each (the seed's 30 clients)
+    per_round: int = 5            # personalization: K devices per round (the seed's 5); 0: all
+    arch: str = "3nn"             # personalization: 3nn | cnn (the seed's case study); FD may mix, e.g. "3nn,cnn" cycled
+    batch: int = 32               # personalization: local minibatch
+    momentum: float = 0.0         # personalization: local SGD momentum
+    personal_every: int = 0       # personalization: every device personalizes and reports every N rounds (and at the last)
+    head_arrays: int = 2          # FedPer: parameter arrays of the personal head (2: the last layer)
+    ft_epochs: int = 5            # FTL: fine-tuning epochs
+    lam: float = 0.1              # Ditto: pull of the personal model towards the global one
+    inner_lr: float = 0.01        # Per-FedAvg: the inner (adaptation) step alpha
+    adapt_steps: int = 1          # Per-FedAvg: inner steps a device adapts with
+    public_n: int = 500           # FD: public samples per round (the seed's 500)
+    raw_ok: str = ""              # personalization: may a device's windows leave it (edge offloading)? 0/1, comma-separated, cycled
     plot: bool = True
 
     @classmethod

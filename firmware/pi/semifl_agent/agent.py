@@ -23,6 +23,7 @@ from semifl.protocol import wire
 from semifl.protocol.tensors import decode_arrays, to_wire
 
 from . import hardware
+from .personal import PersonalClient
 from .split import SplitClient, SplitError
 from .train import encode_update, local_update, update_masks
 
@@ -59,6 +60,9 @@ class PiAgent:
         self._down: dict[int, wire.Assembler] = {}  # kind -> blob arriving on dev/<id>/down
         self.generated = None   # IoTSL: (x float, y) the paired generators made for the classes this device lacks
         self._asked_gens = False
+        self.personal: PersonalClient | None = None   # PerFit: the method's device steps, personal state in flash
+        self.messages: dict[int, tuple] = {}           # PerFit: task -> (arrays, public set version) from the host
+        self.answered: dict[int, bytes] = {}            # PerFit: task -> the upload blob sent for it (the last one)
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
         self.client.max_inflight_messages_set(64)
@@ -98,7 +102,7 @@ class PiAgent:
                 "cpu_score": hardware.cpu_score(),
                 "battery": self.battery.level(), "rssi": self.radio.rssi(0), "n_samples": int(len(self.y)),
                 "hist": hist, "raw_ok": bool(self.cfg.get("raw_ok", False)), "max_chunk": self.max_chunk,
-                "roles": ["fl", "sl"], "runtime": sys.implementation.name,
+                "roles": ["fl", "sl"] + (["perfit"] if self.personal else []), "runtime": sys.implementation.name,
                 "max_epsilon": float(self.cfg.get("max_epsilon", 10.0)),   # privacy policy for released generators
                 "ops": ["*"], "board": self.cfg.get("board", "rpi")}   # ops: LiteRT has every TFLite builtin
 
@@ -163,6 +167,12 @@ class PiAgent:
             self.fa = {meta["round"]: [a.copy() for a in arrays]}
         elif meta.get("kind") == "impute":
             self._impute(meta, arrays)
+        elif meta.get("kind") == "message":   # PerFit: what the method sends this device for one task
+            self.messages = {meta["task"]: ([a.copy() for a in arrays], meta.get("version"))}
+        elif meta.get("kind") == "personal":  # PerFit, edge offloading: the host trained our personal model
+            acc, n, crc = self.personal.adopt(meta, [a.copy() for a in arrays])
+            self.status({"kind": "personal", "round": meta["round"], "task": meta["task"], "accuracy": acc, "n": n,
+                         "crc": crc})
         elif meta.get("kind") == "grad":
             if self.split is None or self.split.task is None or meta.get("task") != self.split.task["task"]:
                 raise SplitError(f"a gradient for task {meta.get('task')}, which this device is not running")
@@ -234,6 +244,42 @@ class PiAgent:
         for chunk in wire.iter_chunks(kind, t["round"], blob, self.max_chunk):
             self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
 
+    # --- personalization (PerFit): a message on dev/<id>/down, an upload of the method's kind back --------
+    def _perfit(self, task: dict, arrays: list, version):
+        self.phase("train")
+        t0 = time.perf_counter()
+        if task["role"] == "personalize":
+            acc, n, crc = self.personal.personalize(task, arrays)
+            self.battery.compute(time.perf_counter() - t0)
+            self.status({"kind": "personal", "round": task["round"], "task": task["task"], "accuracy": acc, "n": n,
+                         "crc": crc})
+            self.phase("idle")
+            return
+        up, before, after = self.personal.local(task, arrays, version)
+        t_local = time.perf_counter() - t0
+        self.battery.compute(t_local)
+        meta = {"kind": up.kind, "round": task["round"], "task": task["task"], "device": self.id, "n": up.n,
+                "personal_from": before, "personal_to": after, "t_local_s": round(t_local, 4)}
+        if up.version is not None:
+            meta["version"] = int(up.version)
+        blob = wire.encode_blob(meta, [to_wire(a) for a in up.arrays])
+        self.answered = {task["task"]: blob}
+        self._send_blob(wire.KIND_UPDATE, task["round"], blob)
+
+    def _offload(self, task: dict):
+        """Edge offloading: this device cannot train its personal model, its policy lets its training
+        windows go to the host, which trains for it and sends the personal model back (only to us)."""
+        x, y = self.personal.data[0], self.personal.data[1]
+        blob = wire.encode_blob({"kind": "samples", "round": task["round"], "task": task["task"], "device": self.id,
+                                 "n": len(y)}, [to_wire(x), to_wire(y.astype(np.uint8))])
+        self._send_blob(wire.KIND_SAMPLES, task["round"], blob)
+
+    def _send_blob(self, kind: int, rnd: int, blob: bytes):
+        self.phase("upload")
+        for chunk in wire.iter_chunks(kind, rnd, blob, self.max_chunk):
+            self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
+        self.phase("idle")
+
     def _on_model_chunk(self, payload: bytes):
         kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, 64 << 20)
         if blob_id in self.models:
@@ -280,6 +326,17 @@ class PiAgent:
                     still.append(task)   # its f_a (or, IoTSL, its paired generators) is still arriving
                     continue
                 self._sl_begin(task)
+            elif task["role"] == "perfit" and task["task"] in self.answered:
+                # the same task again (a restarted host asks anew): the same answer, not a second training
+                self._send_blob(wire.KIND_UPDATE, rnd, self.answered[task["task"]])
+                self.messages.pop(task["task"], None)
+            elif task["role"] in ("perfit", "personalize"):
+                if task["task"] not in self.messages:
+                    still.append(task)   # its message is still arriving
+                    continue
+                self._perfit(task, *self.messages.pop(task["task"]))
+            elif task["role"] == "offload":
+                self._offload(task)
             elif task["role"] == "generator":
                 self._train_generator(task)
             elif task["role"] == "upload":
@@ -335,4 +392,10 @@ def main(argv=None):
     if cfg.get("sim"):
         from semifl.sim.link import SimBattery, SimRadio  # only virtual devices need the simulator
         radio, battery = SimRadio(cfg["sim"]), SimBattery(cfg["sim"])
-    PiAgent(cfg, data["x"], data["y"], radio, battery).run()
+    agent = PiAgent(cfg, data["x"], data["y"], radio, battery)
+    if "x_test" in data:   # its own test windows: it can personalize and score its personal model
+        public = np.load(cfg["public"]) if cfg.get("public") else None
+        agent.personal = PersonalClient(cfg["id"], data["x"], data["y"], data["x_test"], data["y_test"],
+                                        cfg.get("personal", cfg["data"] + ".personal.npz"), public,
+                                        int(cfg.get("n_classes", 10)))
+    agent.run()

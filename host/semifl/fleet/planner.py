@@ -30,6 +30,7 @@ class RoundPlan:
     fl: list[str] = field(default_factory=list)   # FL clients that train this round
     idle: dict[str, str] = field(default_factory=dict)  # device -> why it sits out
     refused: dict[str, str] = field(default_factory=dict)  # device -> why the model was not given to it
+    offload: list[str] = field(default_factory=list)  # personalization: devices the host trains for
 
 
 def is_capable(caps: dict, cfg: PlannerConfig) -> bool:
@@ -48,6 +49,25 @@ def cannot_run(caps: dict, ops: list[str], need_bytes: int) -> tuple[str, str] |
     if need_bytes > ram:
         return "arena", f"the model needs {need_bytes:,} bytes of working memory, the device reports {ram:,} free"
     return None
+
+
+def plan_personal(rnd: int, devices: dict[str, dict], picked: list[str], ready: set[str], need_bytes) -> RoundPlan:
+    """PerFit's first stage: who personalizes where. devices: id -> caps; picked: this round's K;
+    need_bytes(id) -> bytes its training takes. A device that cannot hold its training is offloaded
+    (the host trains for it) if its policy lets its data leave it (caps "raw_ok"), else sits out;
+    the others train on the device when drawn and present."""
+    plan = RoundPlan(rnd)
+    for d in sorted(devices):
+        why = cannot_run(devices[d], ["*"], need_bytes(d))
+        if why and devices[d].get("raw_ok") is True:
+            plan.offload.append(d)
+        elif why:
+            plan.idle[d] = f"cannot train ({why[1]}) and may not share its data"
+        elif d in picked and d in ready:
+            plan.fl.append(d)
+        elif d in ready:
+            plan.idle[d] = "not drawn this round"
+    return plan
 
 
 def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True,

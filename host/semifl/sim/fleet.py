@@ -34,6 +34,7 @@ class DeviceSpec:
     sim: dict = field(default_factory=dict)
     indices: np.ndarray | None = None   # its training samples, when a partitioner chose them
     config: dict = field(default_factory=dict)   # extra config.json keys (e.g. "phases": true on the HIL bench)
+    data: dict | None = None   # its own arrays for data.npz (HAR: x, y, x_test, y_test), instead of a shard
 
 
 @dataclass
@@ -83,6 +84,26 @@ def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
     return specs
 
 
+def har_fleet(cfg, har, public: np.ndarray | None = None) -> list[DeviceSpec]:
+    """PerFit's fleet: one Pi-class device per subject (the first `cfg.subjects`), holding that
+    subject's training and test windows; FD's public pool in every device's flash. `pi_ram` and
+    `raw_ok` (comma-separated, cycled) make some devices too small to train and set who may share."""
+    rams, shares = _cycled(getattr(cfg, "pi_ram", "")), _cycled(getattr(cfg, "raw_ok", ""))
+    specs = []
+    for i, s in enumerate(har.subjects[:cfg.subjects]):
+        sim = {"latency_s": cfg.latency_s, "bandwidth_bps": cfg.bandwidth_bps, "drop": cfg.drop, "seed": cfg.seed * 1000 + i}
+        if rams:
+            sim["ram"] = int(rams[i % len(rams)])
+        spec = DeviceSpec(f"s{s.id}", "pi", sorted(int(c) for c in np.unique(s.y_train)),
+                          raw_ok=bool(shares[i % len(shares)]) if shares else False, sim=sim,
+                          data={"x": s.x_train, "y": s.y_train, "x_test": s.x_test, "y_test": s.y_test},
+                          config={"n_classes": har.n_classes})
+        if public is not None:
+            spec.data["public"] = public
+        specs.append(spec)
+    return specs
+
+
 def _cycled(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()] if text else []
 
@@ -113,16 +134,21 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
     """Lay out what the device would have in flash; returns its config.json path."""
     d = root / spec.id
     d.mkdir(parents=True, exist_ok=True)
-    x, y = shard(ds, spec)
+    arrays = dict(spec.data) if spec.data is not None else dict(zip(("x", "y"), shard(ds, spec)))
+    public = arrays.pop("public", None)
+    x, y = arrays["x"], arrays["y"]
     sim = dict(spec.sim)
     if "rssi" in sim:   # per-round RSSI as a file the device reads a value at a time (see SimRadio)
         (d / "rssi.bin").write_bytes(np.round(np.asarray(sim.pop("rssi")) * 100).astype("<i2").tobytes())
         sim["rssi_file"] = str(d / "rssi.bin")
-    cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes, "sim": sim,
+    cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes if ds else None, "sim": sim,
            "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32"), **spec.config}
     if spec.device_class == "pi":
-        np.savez(d / "data.npz", x=x, y=y)
+        np.savez(d / "data.npz", **arrays)
         cfg.update(data=str(d / "data.npz"), max_chunk=65536)
+        if public is not None:   # FD's shared pool: every device holds the same unlabelled windows
+            np.save(d / "public.npy", public)
+            cfg["public"] = str(d / "public.npy")
         if "ram" in sim:
             cfg["ram"] = sim.pop("ram")   # a simulated board's memory, reported in its caps
     else:

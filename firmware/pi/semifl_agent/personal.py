@@ -1,0 +1,102 @@
+"""Personalization on the device (PerFit, seed 003): the host's method, rebuilt from the task, runs its
+device steps here, and the device's personal state (FedPer's head, Ditto's v, FD's own model, FTL's
+fine-tuned copy) is kept in flash, never sent.
+
+Transport-free: the agent hands it a task and the message's arrays; the in-process runner
+(`semifl.experiments.perfit`) calls the same `semifl.learn.perfit` methods on the same data.
+"""
+from __future__ import annotations
+
+import binascii
+import os
+
+import numpy as np
+
+from semifl.learn import perfit
+from semifl.learn.har import feature_view
+
+
+def state_crc(arrays) -> int:
+    """CRC-32 of a personal state's bytes (0: none yet); tells the host which state a device went on from."""
+    if arrays is None:
+        return 0
+    crc = 0
+    for a in arrays:
+        crc = binascii.crc32(np.ascontiguousarray(a).tobytes(), crc)
+    return crc
+
+
+class PersonalClient:
+    def __init__(self, dev_id: str, x, y, x_test, y_test, path: str, public_x=None, classes: int = 0):
+        """x, y: training windows (features, float32); x_test, y_test: the device's own test windows;
+        path: the flash file its personal state lives in; public_x: FD's shared pool (unlabelled)."""
+        self.id, self.path = dev_id, path
+        self.data = (np.asarray(x, np.float32), np.asarray(y, np.int64), np.asarray(x_test, np.float32),
+                     np.asarray(y_test, np.int64))
+        self.public_x, self.classes = public_x, classes
+        self.dev: perfit.Device | None = None
+        self.key: tuple | None = None   # (run, method, model) the personal state belongs to
+
+    def device(self, task: dict) -> perfit.Device:
+        """This device as the method sees it, with the personal state it kept for this run and method."""
+        from semifl.models import get
+
+        key = (task["run"], task["method"], task["model"])
+        if self.key != key:
+            x, y, xt, yt = self.data
+            spec = get(task["model"])
+            v = feature_view(spec.input_shape, x.shape[1])
+            self.dev = perfit.Device(self.id, spec.network(), v(x), y, v(xt), yt, view=v)
+            self.dev.personal = self._load(key)
+            self.key = key
+        return self.dev
+
+    def method(self, task: dict) -> perfit.Method:
+        return perfit.make(task["method"], self.device(task).net, perfit.Local(**task["local"]), task["settings"],
+                           self.public_x, self.classes)
+
+    def local(self, task: dict, arrays: list[np.ndarray], version=None) -> tuple[perfit.Upload, int, int]:
+        """The method's device step on the host's message. -> (upload, CRC of the personal state it
+        started from, CRC of the one it kept)."""
+        dev = self.device(task)
+        before = state_crc(dev.personal)
+        up = self.method(task).local(dev, perfit.Message(task["round"], arrays, version), task["seed"])
+        self._save()
+        return up, before, state_crc(dev.personal)
+
+    def personalize(self, task: dict, arrays: list[np.ndarray]) -> tuple[float, int, int]:
+        """The personal model this device runs (FTL fine-tunes, Per-FedAvg adapts, from the global model
+        in `arrays`), scored on its own test windows. -> (accuracy, test windows, CRC of the model)."""
+        dev = self.device(task)
+        m = self.method(task)
+        if task["method"] != "fd":
+            m.params = [np.array(a, np.float32) for a in arrays]
+        p = m.personalize(dev, task["seed"])
+        self._save()
+        return dev.accuracy(p), len(dev.y_test), state_crc(p)
+
+    def adopt(self, task: dict, arrays: list[np.ndarray]) -> tuple[float, int, int]:
+        """A personal model the host trained for this device (edge offloading): kept and scored here."""
+        dev = self.device(task)
+        dev.personal = [np.array(a, np.float32) for a in arrays]
+        self._save()
+        return dev.accuracy(dev.personal), len(dev.y_test), state_crc(dev.personal)
+
+    # --- flash -------------------------------------------------------------------------------------------
+    def _load(self, key):
+        if not os.path.exists(self.path):
+            return None
+        with np.load(self.path) as f:
+            if tuple(str(v) for v in f["key"]) != tuple(str(k) for k in key):
+                return None   # another run's or another method's state: start fresh
+            n = int(f["n"])
+            return [f[f"a{i}"].copy() for i in range(n)]
+
+    def _save(self):
+        """Written to a temporary file and renamed, so a power cut never leaves half a personal model."""
+        if self.dev is None or self.dev.personal is None:
+            return
+        tmp = self.path + ".tmp.npz"
+        arrays = {f"a{i}": a for i, a in enumerate(self.dev.personal)}
+        np.savez(tmp, key=np.array([str(k) for k in self.key]), n=len(self.dev.personal), **arrays)
+        os.replace(tmp, self.path)

@@ -42,8 +42,12 @@ def main(path="config.json"):
     except ImportError:  # the unix port has no radio: the virtual fleet's simulated one
         from link import SimBattery, SimRadio
         radio, battery = SimRadio(cfg.get("sim", {})), SimBattery(cfg.get("sim", {}))
-    host, _, port = cfg["broker"].split("//")[-1].partition(":")
-    client = MQTTClient(cfg["id"], host, port=int(port or 1883), keepalive=int(cfg.get("keepalive", 60)))
+    # mqtt://[user:password@]host[:port]; an authenticated broker knows the device by its username
+    cred, _, where = cfg["broker"].split("//")[-1].rpartition("@")
+    user, _, password = cred.partition(":")
+    host, _, port = where.partition(":")
+    client = MQTTClient(cfg["id"], host, port=int(port or 1883), user=user or None, password=password or None,
+                        keepalive=int(cfg.get("keepalive", 60)))
     Node(cfg, client, radio, battery).run()
 
 

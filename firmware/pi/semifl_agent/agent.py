@@ -356,6 +356,8 @@ class PiAgent:
     # --- lifecycle -----------------------------------------------------------------------------------
     def run(self, timeout: float | None = None):
         url = urlparse(self.cfg["broker"])
+        if url.username:   # an authenticated broker: the device's account (its username is its id)
+            self.client.username_pw_set(url.username, url.password)
         self.client.connect(url.hostname, url.port or 1883, keepalive=30)
         self.client.loop_start()
         deadline = time.monotonic() + timeout if timeout else None

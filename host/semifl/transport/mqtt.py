@@ -20,8 +20,14 @@ log = logging.getLogger("semifl.transport")
 def parse_broker_url(url: str) -> tuple[str, int]:
     u = urlparse(url)
     if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        raise ValueError(f"broker URL must look like mqtt://[user:password@]host:port, got {url!r}")
     return u.hostname, u.port or 1883
+
+
+def broker_credentials(url: str) -> tuple[str | None, str | None]:
+    """(username, password) from mqtt://user:password@host:port; (None, None) without them."""
+    u = urlparse(url)
+    return u.username, u.password
 
 
 def no_delay(client, userdata, sock):
@@ -46,6 +52,9 @@ class HostLink:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self.client.max_inflight_messages_set(256)
         self.client.max_queued_messages_set(0)
+        user, password = broker_credentials(url)
+        if user:   # an authenticated broker (tools/mosquitto/semifl.conf): the host's own account
+            self.client.username_pw_set(user, password)
         self.client.will_set(wire.host_topic("presence"), b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_socket_open = no_delay

@@ -117,6 +117,8 @@ class PersonalEngine(RoundEngine):
 
     def _took(self, dev, meta, up):
         self.uploads[dev] = up
+        if meta.get("proxy"):   # trained by the host for an offloaded device: nothing went over the air
+            return
         self.values.setdefault(dev, {"up": 0, "down": 0})["up"] += up.values
         self.chain[dev] = {"from": meta.get("personal_from"), "to": meta.get("personal_to")}
         t = meta.get("t_local_s")
@@ -230,6 +232,11 @@ class PersonalEngine(RoundEngine):
             proxy = self._proxy(d) if d in offload else None
             if proxy is not None and d not in self.uploads:
                 up = self.method.local(proxy, self.method.send(d), task_seed(self.cfg.seed, rnd, d))
+                meta = {"kind": up.kind, "round": rnd, "task": self.task_id(rnd, d), "device": d, "n": up.n, "proxy": True}
+                if up.version is not None:
+                    meta["version"] = up.version
+                # durable like a device's upload, so a restarted host does not train it a second time
+                self.store.accept(rnd, d, "upload", up.n, encode_arrays(meta, up.arrays))
                 self.uploads[d] = up
                 if proxy.personal is not None:   # its personal state (FedPer's head, Ditto's v) lives here
                     self._keep_personal(d, proxy.personal, rnd)

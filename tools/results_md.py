@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 SEED_FINALS = {"cl": 82.07, "fl": 49.78, "semifl-ideal": 82.61, "semifl": 71.89}
@@ -233,7 +235,38 @@ def iotsl_section(d: dict) -> dict:
                                   for n in ("mnist", "fashion") if "pretrain_accuracy" in d.get(n, {}))
                       + " with generators trained 150 steps on a CPU, so at this scale IoTSL's gain comes from the "
                       "imputation of missing classes and is largest where devices hold fewest classes." if eps else "",
-                      longer_generators()]}
+                      longer_generators(), "", iotsl_plot()]}
+
+
+def iotsl_plot() -> str:
+    """SL and IoTSL test accuracy against the values moved (the seed's communication measure), per
+    dataset and classes per device, from bench_iotsl.py's full JSON -> docs/img/iotsl.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {n: json.loads(p.read_text()) for n in ("mnist", "fashion")
+            if (p := REPO / "benchmarks" / "results" / f"iotsl_{n}.json").exists()}
+    if not runs:
+        return ""
+    ks = sorted({c["k"] for r in runs.values() for c in r["cells"]})
+    fig, axes = plt.subplots(len(runs), len(ks), figsize=(3.2 * len(ks), 2.8 * len(runs)), squeeze=False, sharey=True)
+    for row, (name, r) in zip(axes, runs.items()):
+        for ax, c in zip(row, sorted(r["cells"], key=lambda c: c["k"])):
+            for m, color in (("sl", "tab:gray"), ("iotsl", "tab:blue")):
+                x = np.cumsum(c[m]["values_per_epoch"]) / 1e6
+                ax.plot(x, 100 * np.asarray(c[m]["accuracy"]), marker=".", color=color, label=m.upper().replace("IOTSL", "IoTSL"))
+            ax.set_title(f"{name}, {c['k']} classes / device", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("values moved (millions)", fontsize=8)
+        row[0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    (DOCS / "img").mkdir(exist_ok=True)
+    fig.savefig(DOCS / "img" / "iotsl.png", dpi=90)
+    plt.close(fig)
+    return "![SL and IoTSL accuracy against values moved](img/iotsl.png)"
 
 
 def longer_generators() -> str:
@@ -291,6 +324,26 @@ def perfit_int8_section(d: dict) -> dict:
                          ["int8, TFLite-Micro", pct(d["mean_int8_tflm"]), "—"]])],
             "after": [f"Mean change {d['mean_drop_points']:+.2f} points (float − int8), the largest on one device "
                       f"{d['max_drop_points']:.2f} points (one test window of its ~70)."]}
+
+
+def perfit_mqtt_section(d: dict) -> dict:
+    st = d["settings"]
+    rows = [[name, pct(r["mean_acc"]), pct(r["p10_acc"]), pct(r["in_process"]["mean_acc"]),
+             "yes" if r["same_as_in_process"] else f"no (max {r['max_abs_diff']:.4f})", f"{r['values_per_round']:,}",
+             f"{r['bytes_up_per_round']:,} / {r['bytes_down_per_round']:,}", f"{r['seconds']:.0f} s / {r['in_process']['seconds']:.0f} s",
+             sum(r["rejected"].values())] for name, r in d["methods"].items()]
+    return {"title": "PerFit over the broker", "script": "bench_perfit_mqtt.py",
+            "intro": f"`semifl run --strategy ftl | fedper | fd | perfedavg | ditto`: {st['subjects']} WISDM-2019 subjects as "
+                     f"{st['subjects']} virtual Pi agents (real processes on the embedded broker), K = {st['k']}, "
+                     f"{st['rounds']} rounds, the case study's settings (above). Each device runs the method's device step "
+                     "on its own windows, keeps its personal state in its flash and reports its personal model's accuracy "
+                     "on its own test windows; the in-process run is `semifl.experiments.perfit` on the same data and seeds.",
+            "tables": [(["method", "mean (devices' reports)", "worst decile", "in-process mean", "same on every device",
+                         "values up / participant / round", "bytes up / down per participant and round", "wall: MQTT / in-process",
+                         "rejected"], rows)],
+            "after": ["Bytes include the chunk and blob headers and the statuses; down is the method's message plus the "
+                      "task (FD: the public-set indices and last round's consensus). FedPer's uploads carry the base only "
+                      "and FD's one logits tensor; tests/test_perfit_mqtt.py inspects the chunks on the wire."]}
 
 
 def models_section() -> list[str]:
@@ -398,7 +451,7 @@ def perfit_section(d: dict, path: str) -> list[str]:
             "zero-padded 10x10 grid (WISDM-2019 ships features, not the raw 20 Hz series): "
             f"{d['models']['cnn']:,} parameters here, the seed's 33,698 on its 20x20x3 input; the 3NN has "
             f"{d['models']['3nn']:,} on 91 inputs (the seed's 521,510 on 1200). Transport-free (`semifl.learn.perfit`, "
-            "`semifl.experiments.perfit`); over the broker these methods do not run yet.", ""]
+            "`semifl.experiments.perfit`); the same classes run over the broker (next section).", ""]
     return out
 
 
@@ -528,6 +581,9 @@ def main(argv=None):
             lines += render(build(json.loads(path.read_text())), name)
     if a.perfit:
         lines += perfit_section(json.loads(Path(a.perfit).read_text()), a.perfit)
+    path = REPO / "benchmarks" / "results" / "perfit_mqtt.json"
+    if path.exists():
+        lines += render(perfit_mqtt_section(json.loads(path.read_text())), path.name)
     lines += models_section()
     (DOCS / "results.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'results.md'}")

@@ -119,6 +119,25 @@ def build_personal_engine(cfg: RunConfig, har, store: Store, link: HostLink, ids
                           cfg.rounds, per_round=cfg.per_round, personal_every=cfg.personal_every)
 
 
+def run_on_broker(cfg: RunConfig, out: Path, specs, ds, make_engine, on_round=None):
+    """One run: the broker (embedded unless cfg.broker), the host's store and link, the engine
+    `make_engine(store, link)` builds, and the virtual fleet. -> (engine, the rounds' metrics)."""
+    with contextlib.ExitStack() as stack:
+        url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
+        store = Store(str(out / "state.db"))
+        stack.callback(store.close)
+        link = HostLink(url).connect()
+        stack.callback(link.close)
+        engine = make_engine(store, link)
+        fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, ds, url))
+        if not engine.wait_for_devices(len(specs), timeout=120):
+            raise TimeoutError(f"only {len(engine.registry.online)} of {len(specs)} devices came up; see {out}/fleet/*/device.log")
+        engine.run(cfg.rounds, on_round=on_round)
+        engine.stop_fleet()
+        fleet.stop()
+        return engine, store.round_metrics()
+
+
 def fresh_out(cfg: RunConfig) -> Path:
     """The run's folder, emptied: `run` is a fresh experiment; `serve` is the one that resumes."""
     out = Path(cfg.out or f"runs/{cfg.name}")
@@ -137,54 +156,41 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
     if cfg.strategy == "iotsl":
         for s in specs:
             s.config.setdefault("max_epsilon", cfg.max_epsilon)
-    with contextlib.ExitStack() as stack:
-        url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
-        store = Store(str(out / "state.db"))
-        stack.callback(store.close)
-        link = HostLink(url).connect()
-        stack.callback(link.close)
-        engine = build_engine(cfg, ds, store, link)
-        fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, ds, url))
-        if not engine.wait_for_devices(len(specs), timeout=120):
-            raise TimeoutError(f"only {len(engine.registry.online)} of {len(specs)} devices came up; see {out}/fleet/*/device.log")
-        engine.run(cfg.rounds, on_round=on_round)
-        engine.stop_fleet()
-        fleet.stop()
-        rounds = store.round_metrics()
-        pi_role = cfg.strategy if cfg.strategy in SPLIT else "fl"
-        roles = {s.id: (pi_role if s.device_class == "pi" else "cl") for s in specs}
-        evals = {}   # each device's latest on-device evaluation of the int8 model
-        for m in rounds:
-            evals.update(m.get("device_evals", {}))
-        summary = {
-            "strategy": cfg.strategy, "dataset": ds.name, "broker": "embedded" if not cfg.broker else cfg.broker,
-            "seed": cfg.seed, "config": cfg.to_dict(),
-            "partition": {"kind": cfg.partition, "seed": cfg.seed,
-                          "devices": dict(zip((s.id for s in specs), describe(
-                              [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
-            "devices": [{"id": s.id, "class": s.classes[0] if len(s.classes) == 1 else s.classes,
-                         "device_class": s.device_class, "role": roles[s.id],
-                         # what the device itself reported: the interpreter it ran on and its board profile
-                         "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
-                         "board": engine.registry.devices.get(s.id, {}).get("board"),
-                         "int8_eval": evals.get(s.id),
-                         "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
-            "rounds": rounds,
-            "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
-            "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
-            # models not given to a device that could not run them (its ops, its memory), by reason
-            "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
-        }
-        summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
-        # no hardware meter in a virtual fleet: the virtual meter, per board profile (semifl.energy)
-        energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
-        for d in summary["devices"]:
-            d.update(energy.get(d["id"], {}))
-        write_summary(out, summary)
-        if cfg.plot and rounds:
-            plot_rounds(out, rounds, f"{cfg.strategy} on {ds.name}, {len(specs)} devices")
-        np.savez(out / "final_model.npz", *engine.params)
-        return summary
+    engine, rounds = run_on_broker(cfg, out, specs, ds, lambda store, link: build_engine(cfg, ds, store, link), on_round)
+    pi_role = cfg.strategy if cfg.strategy in SPLIT else "fl"
+    roles = {s.id: (pi_role if s.device_class == "pi" else "cl") for s in specs}
+    evals = {}   # each device's latest on-device evaluation of the int8 model
+    for m in rounds:
+        evals.update(m.get("device_evals", {}))
+    summary = {
+        "strategy": cfg.strategy, "dataset": ds.name, "broker": "embedded" if not cfg.broker else cfg.broker,
+        "seed": cfg.seed, "config": cfg.to_dict(),
+        "partition": {"kind": cfg.partition, "seed": cfg.seed,
+                      "devices": dict(zip((s.id for s in specs), describe(
+                          [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
+        "devices": [{"id": s.id, "class": s.classes[0] if len(s.classes) == 1 else s.classes,
+                     "device_class": s.device_class, "role": roles[s.id],
+                     # what the device itself reported: the interpreter it ran on and its board profile
+                     "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
+                     "board": engine.registry.devices.get(s.id, {}).get("board"),
+                     "int8_eval": evals.get(s.id),
+                     "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
+        "rounds": rounds,
+        "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+        "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
+        # models not given to a device that could not run them (its ops, its memory), by reason
+        "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
+    }
+    summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
+    # no hardware meter in a virtual fleet: the virtual meter, per board profile (semifl.energy)
+    energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
+    for d in summary["devices"]:
+        d.update(energy.get(d["id"], {}))
+    write_summary(out, summary)
+    if cfg.plot and rounds:
+        plot_rounds(out, rounds, f"{cfg.strategy} on {ds.name}, {len(specs)} devices")
+    np.savez(out / "final_model.npz", *engine.params)
+    return summary
 
 
 def personal_fleet(cfg: RunConfig, har):
@@ -204,44 +210,34 @@ def run_personal(cfg: RunConfig, on_round=None) -> dict:
         raise ValueError(f"{cfg.subjects} subjects asked for, {cfg.data or 'WISDM-2019'} has {len(har.subjects)}")
     out = fresh_out(cfg)
     specs = personal_fleet(cfg, har)
-    with contextlib.ExitStack() as stack:
-        url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
-        store = Store(str(out / "state.db"))
-        stack.callback(store.close)
-        link = HostLink(url).connect()
-        stack.callback(link.close)
-        engine = build_personal_engine(cfg, har, store, link, [s.id for s in specs])
-        fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, None, url))
-        if not engine.wait_for_devices(len(specs), timeout=120):
-            raise TimeoutError(f"only {len(engine.registry.online)} of {len(specs)} devices came up; see {out}/fleet/*/device.log")
-        engine.run(cfg.rounds, on_round=on_round)
-        engine.stop_fleet()
-        fleet.stop()
-        rounds = store.round_metrics()
-        last = next((m for m in reversed(rounds) if m.get("personal")), {})
-        ups = [v["up"] for m in rounds for v in m.get("device_values", {}).values() if v["up"]]
-        summary = {
-            "strategy": cfg.strategy, "dataset": "wisdm-2019" if not cfg.data else cfg.data, "seed": cfg.seed,
-            "broker": "embedded" if not cfg.broker else cfg.broker, "config": cfg.to_dict(),
-            "partition": {"kind": "subject", "devices": {s.id: {"n": len(s.data["y"]), "classes": s.classes} for s in specs}},
-            "devices": [{"id": s.id, "device_class": "pi", "role": cfg.strategy, "model": engine.models[s.id],
-                         "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
-                         "board": engine.registry.devices.get(s.id, {}).get("board"),
-                         "personal_accuracy": last.get("personal", {}).get(s.id),
-                         "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
-            "rounds": rounds,
-            "final_accuracy": last.get("personal_mean"), "final_p10_accuracy": last.get("personal_p10"),
-            "global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
-            # the seed's Fig. 8 measure: values one participating device sends per round
-            "values_per_round": int(np.mean(ups)) if ups else 0,
-            "offloaded": sorted({d for m in rounds for d in m.get("offloaded", [])}),
-            "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
-            "refused": {},
-        }
-        energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
-        for d in summary["devices"]:
-            d.update(energy.get(d["id"], {}))
-        write_summary(out, summary)
-        if cfg.plot and rounds:
-            plot_rounds(out, [m for m in rounds if m["accuracy"] is not None], f"{cfg.strategy} on HAR, {len(specs)} devices")
-        return summary
+    engine, rounds = run_on_broker(cfg, out, specs, None, lambda store, link: build_personal_engine(
+        cfg, har, store, link, [s.id for s in specs]), on_round)
+    last = next((m for m in reversed(rounds) if m.get("personal")), {})
+    ups = [v["up"] for m in rounds for v in m.get("device_values", {}).values() if v["up"]]
+    summary = {
+        "strategy": cfg.strategy, "dataset": "wisdm-2019" if not cfg.data else cfg.data, "seed": cfg.seed,
+        "broker": "embedded" if not cfg.broker else cfg.broker, "config": cfg.to_dict(),
+        "partition": {"kind": "subject", "devices": {s.id: {"n": len(s.data["y"]), "classes": s.classes} for s in specs}},
+        "devices": [{"id": s.id, "device_class": "pi", "role": cfg.strategy, "model": engine.models[s.id],
+                     "runtime": engine.registry.devices.get(s.id, {}).get("runtime"),
+                     "board": engine.registry.devices.get(s.id, {}).get("board"),
+                     "personal_accuracy": last.get("personal", {}).get(s.id),
+                     "bytes_up": int(engine.bytes_up[s.id]), "bytes_down": int(engine.bytes_down[s.id])} for s in specs],
+        "rounds": rounds,
+        "final_accuracy": last.get("personal_mean"), "final_p10_accuracy": last.get("personal_p10"),
+        "global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
+        # the seed's Fig. 8 measure: values one participating device sends per round
+        "values_per_round": int(np.mean(ups)) if ups else 0,
+        "offloaded": sorted({d for m in rounds for d in m.get("offloaded", [])}),
+        "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
+        "refused": {},
+    }
+    energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
+    for d in summary["devices"]:
+        d.update(energy.get(d["id"], {}))
+    write_summary(out, summary)
+    if cfg.plot and rounds:
+        plot_rounds(out, [m for m in rounds if m["accuracy"] is not None], f"{cfg.strategy} on HAR, {len(specs)} devices")
+    if engine.params:   # the global model (FedPer: the shared base; FD has none)
+        np.savez(out / "final_model.npz", *engine.params)
+    return summary

@@ -1,9 +1,11 @@
-"""The Pi agent: an FL client over MQTT (paho-mqtt 2.x).
+"""The Pi agent over MQTT (paho-mqtt 2.x): an FL client (SemiFL), a split-learning client (IoTSL) and
+a personalization client (PerFit).
 
 Message flow (docs/protocol.md): the host announces a round on host/round -> the agent answers
 `ready` with its link report; a `fl` task -> train on the global model of that round and report the
-update norm; an `upload` task -> send the update as chunks on dev/<id>/up. Paho's callbacks only
-enqueue; the agent's own thread does the work, so keep-alives never stall behind training.
+update norm; an `upload` task -> send the update as chunks on dev/<id>/up. `sl` / `generator` tasks
+(§5a) and `perfit` / `personalize` / `offload` tasks (§5b) bring their blobs on dev/<id>/down. Paho's
+callbacks only enqueue; the agent's own thread does the work, so keep-alives never stall behind training.
 """
 from __future__ import annotations
 
@@ -193,10 +195,7 @@ class PiAgent:
         art = artifact.to_bytes(tg, self.id)
         blob = wire.encode_blob({"kind": "generator", "round": task["round"], "task": task["task"], "device": self.id,
                                  "n": len(self.y), "t_local_s": round(tg.seconds, 4)}, [("uint8", (len(art),), 1.0, 0, art)])
-        self.phase("upload")
-        for chunk in wire.iter_chunks(wire.KIND_GENERATOR, task["round"], blob, self.max_chunk):
-            self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
-        self.phase("idle")
+        self._send_blob(wire.KIND_GENERATOR, task["round"], blob)
 
     def _impute(self, meta: dict, arrays: list):
         """Algorithm 2 on this device: the paired generators (hash-checked) make the missing classes."""
@@ -275,6 +274,7 @@ class PiAgent:
         self._send_blob(wire.KIND_SAMPLES, task["round"], blob)
 
     def _send_blob(self, kind: int, rnd: int, blob: bytes):
+        """A whole blob up as chunks, marked as the upload phase."""
         self.phase("upload")
         for chunk in wire.iter_chunks(kind, rnd, blob, self.max_chunk):
             self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
@@ -345,10 +345,7 @@ class PiAgent:
                     continue
                 tensors, n, _ = self.results[rnd]
                 blob = wire.encode_blob({"kind": "update", "round": rnd, "task": task["task"], "device": self.id, "n": n}, tensors)
-                self.phase("upload")
-                for chunk in wire.iter_chunks(wire.KIND_UPDATE, rnd, blob, self.max_chunk):
-                    self.publish(wire.dev_topic(self.id, wire.T_UP), chunk)
-                self.phase("idle")
+                self._send_blob(wire.KIND_UPDATE, rnd, blob)
             else:
                 log.warning("%s: role %r is not one this agent plays", self.id, task["role"])
         self.pending_tasks = still

@@ -155,8 +155,10 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
     from semifl.sim.fleet import VirtualFleet, fleet_for
     from semifl.transport.mqtt import HostLink
 
+    # a board may spend seconds writing an int8 model to flash and running it: it answers the next
+    # round's announcement late, so the bench waits longer for `ready` than a fleet would
     cfg = RunConfig(**{"rounds": rounds, "fl_devices": 1, "cl_devices": 1, "int8_every": 2, "plot": False,
-                       "out": str(root), "broker": url, **run})
+                       "out": str(root), "broker": url, "ready_timeout_s": 30.0, **run})
     specs = fleet_for(cfg, ds)
     spec = next((s for s in specs if s.id == dut.id), None)
     if spec is None:
@@ -182,6 +184,11 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
             error = None
             try:
                 engine.run(rounds)
+                pushed = [r for r in range(1, rounds + 1) if cfg.int8_every and r % cfg.int8_every == 0]
+                if pushed:   # the DUT evaluates the last model it got after that round: let it report first
+                    end = time.monotonic() + 60
+                    while time.monotonic() < end and not any(e["round"] == pushed[-1] for e in w.of_kind("eval")):
+                        time.sleep(0.1)
             finally:
                 engine.stop_fleet()
                 try:

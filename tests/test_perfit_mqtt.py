@@ -16,13 +16,13 @@ from semifl.learn import perfit
 from semifl.learn.har import load_har
 from semifl.models import get
 from semifl.protocol import wire
-from semifl.protocol.tensors import decode_arrays, to_wire
+from semifl.protocol.tensors import arrays_crc, decode_arrays, to_wire
 from semifl.service import experiment
 from semifl.service.engine import EngineConfig
 from semifl.service.personal_engine import PersonalEngine
 from semifl.service.store import Store
 from semifl.transport.mqtt import HostLink, parse_broker_url
-from semifl_agent.personal import PersonalClient, state_crc
+from semifl_agent.personal import PersonalClient
 
 ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 activities
 NF = 91                                          # and WISDM-2019's 91 features
@@ -139,9 +139,9 @@ def test_personal_state_survives_a_restart_and_is_per_run(tmp_path):
             "local": {"epochs": 1, "batch": 8, "lr": 0.05, "momentum": 0.0}, "settings": {"seed": 0, "head_arrays": 2}}
     a = PersonalClient("s1", x, y, x[:8], y[:8], path)
     up, before, after = a.local(task, NET.init(0)[:-2])
-    assert before == 0 and after == state_crc(a.dev.personal) != 0 and len(up.arrays) == len(BASE)
+    assert before == 0 and after == arrays_crc(a.dev.personal) != 0 and len(up.arrays) == len(BASE)
     b = PersonalClient("s1", x, y, x[:8], y[:8], path)      # the process restarted: flash is all it has
-    assert state_crc(b.device(task).personal) == after
+    assert arrays_crc(b.device(task).personal) == after
     assert b.device(dict(task, run=6)).personal is None     # another run starts fresh
 
 

@@ -7,23 +7,13 @@ Transport-free: the agent hands it a task and the message's arrays; the in-proce
 """
 from __future__ import annotations
 
-import binascii
 import os
 
 import numpy as np
 
 from semifl.learn import perfit
 from semifl.learn.har import feature_view
-
-
-def state_crc(arrays) -> int:
-    """CRC-32 of a personal state's bytes (0: none yet); tells the host which state a device went on from."""
-    if arrays is None:
-        return 0
-    crc = 0
-    for a in arrays:
-        crc = binascii.crc32(np.ascontiguousarray(a).tobytes(), crc)
-    return crc
+from semifl.protocol.tensors import arrays_crc
 
 
 class PersonalClient:
@@ -59,10 +49,10 @@ class PersonalClient:
         """The method's device step on the host's message. -> (upload, CRC of the personal state it
         started from, CRC of the one it kept)."""
         dev = self.device(task)
-        before = state_crc(dev.personal)
+        before = arrays_crc(dev.personal)
         up = self.method(task).local(dev, perfit.Message(task["round"], arrays, version), task["seed"])
         self._save()
-        return up, before, state_crc(dev.personal)
+        return up, before, arrays_crc(dev.personal)
 
     def personalize(self, task: dict, arrays: list[np.ndarray]) -> tuple[float, int, int]:
         """The personal model this device runs (FTL fine-tunes, Per-FedAvg adapts, from the global model
@@ -73,14 +63,14 @@ class PersonalClient:
             m.params = [np.array(a, np.float32) for a in arrays]
         p = m.personalize(dev, task["seed"])
         self._save()
-        return dev.accuracy(p), len(dev.y_test), state_crc(p)
+        return dev.accuracy(p), len(dev.y_test), arrays_crc(p)
 
     def adopt(self, task: dict, arrays: list[np.ndarray]) -> tuple[float, int, int]:
         """A personal model the host trained for this device (edge offloading): kept and scored here."""
         dev = self.device(task)
         dev.personal = [np.array(a, np.float32) for a in arrays]
         self._save()
-        return dev.accuracy(dev.personal), len(dev.y_test), state_crc(dev.personal)
+        return dev.accuracy(dev.personal), len(dev.y_test), arrays_crc(dev.personal)
 
     # --- flash -------------------------------------------------------------------------------------------
     def _load(self, key):

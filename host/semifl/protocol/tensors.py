@@ -1,6 +1,8 @@
 """numpy views of wire tensors (host and Pi only; the MCU uses `array` over the same bytes)."""
 from __future__ import annotations
 
+import binascii
+
 import numpy as np
 
 from . import wire
@@ -15,6 +17,15 @@ def to_wire(a: np.ndarray, scale: float = 1.0, zero_point: int = 0):
 def from_wire(t) -> np.ndarray:
     dtype, shape, _scale, _zp, data = t
     return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+def arrays_crc(arrays) -> int:
+    """CRC-32 of arrays as float32 wire bytes, one after another (0: none): which model or state a
+    device started from and which it kept (split learning's `sl_chain`, PerFit's `personal_chain`)."""
+    crc = 0
+    for a in arrays or ():
+        crc = binascii.crc32(np.ascontiguousarray(a, np.float32).tobytes(), crc)
+    return crc
 
 
 def encode_arrays(meta: dict, arrays: list[np.ndarray]) -> bytes:

@@ -9,7 +9,6 @@ changes in `SplitServer.step` (f_b, per batch) and at each hand-over (f_a).
 """
 from __future__ import annotations
 
-import binascii
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -21,20 +20,12 @@ from semifl.learn import compress, nn
 from semifl.learn.split import SplitServer
 from semifl.learn.strategy import Strategy
 from semifl.protocol import wire
-from semifl.protocol.tensors import encode_arrays, from_wire
+from semifl.protocol.tensors import arrays_crc, encode_arrays, from_wire
 
 from .engine import EngineConfig, Rejected, RoundEngine
 
 log = logging.getLogger("semifl.split")
 SMASHED_DTYPES = ("float32", "float16", "int8")
-
-
-def fa_crc(params) -> int:
-    """CRC-32 of f_a's bytes: which f_a a client started from and handed back (metrics `sl_chain`)."""
-    crc = 0
-    for p in params:
-        crc = binascii.crc32(np.ascontiguousarray(p, np.float32).tobytes(), crc)
-    return crc
 
 
 class SplitLearning(Strategy):
@@ -136,7 +127,7 @@ class SplitEngine(RoundEngine):
             raise Rejected("nonfinite", "f_a contains NaN or Inf")
         self.done[dev] = (params, meta["n"])
         self._took(dev, meta)
-        self.chain.setdefault(dev, {})["end"] = fa_crc(params)
+        self.chain.setdefault(dev, {})["end"] = arrays_crc(params)
         if self.strategy.name != "splitfed":   # sequential (sl, iotsl): the next client starts from it
             self.server.hand_over(dev, params)
         else:
@@ -227,7 +218,7 @@ class SplitEngine(RoundEngine):
         self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, rnd, blob,
                                                        self.registry.devices[dev]["max_chunk"])
         self.server.handed(dev)
-        self.chain[dev] = {"start": fa_crc(self.server.params_a)}
+        self.chain[dev] = {"start": arrays_crc(self.server.params_a)}
         self.active[dev] = {"next": 0}
         self._send(dev, task)
 

@@ -65,6 +65,21 @@ def broker_url(request):
     return request.getfixturevalue(request.param)
 
 
+def accepted_in_open_round(state):
+    """(round, device, kind, accepted) of what a host's state database accepted in a round still open
+    (from round 2 on): what a restart test kills the host on, read without disturbing it."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute("SELECT c.round, c.device, c.kind, c.accepted FROM contributions c JOIN rounds r "
+                          "ON r.round = c.round WHERE r.state = 'collecting' AND r.round >= 2").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
 def read_records(path):
     """(topic, payload) records as tests/mp/harness.py's RecordingClient writes them."""
     import struct

@@ -24,6 +24,8 @@ from semifl.service.store import Store
 from semifl.transport.mqtt import HostLink, parse_broker_url
 from semifl_agent.personal import PersonalClient
 
+from conftest import accepted_in_open_round
+
 ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 activities
 NF = 91                                          # and WISDM-2019's 91 features
 NET = get("3nn-har").network()
@@ -292,21 +294,11 @@ def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mo
     c = cfg(tmp_path, har_dir, mosquitto, rounds=rounds, latency_s=0.02)
     har = load_har(har_dir, seed=c.seed)
 
-    def accepted_in_open_round():
-        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute("SELECT c.round, c.device, c.accepted FROM contributions c JOIN rounds r ON r.round = c.round "
-                              "WHERE r.state = 'collecting' AND r.round >= 2").fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            db.close()
-
     with VirtualFleet(tmp_path / "fleet", experiment.personal_fleet(c, har), None, mosquitto):
         host = serve()
         before, end = [], time.monotonic() + 120
         while not before and time.monotonic() < end and host.poll() is None:
-            before = accepted_in_open_round() if state.exists() else []
+            before = accepted_in_open_round(state) if state.exists() else []
             time.sleep(0.005)
         assert before, (tmp_path / "host.log").read_text()[-2000:]
         host.send_signal(signal.SIGKILL)
@@ -318,7 +310,7 @@ def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mo
     assert sorted(metrics) == list(range(1, rounds + 1))
     rows = dict(((d, t) for d, t in sqlite3.connect(str(state)).execute(
         "SELECT device, accepted FROM contributions WHERE round=?", (before[0][0],))))
-    assert all(rows[d] == t for _, d, t in before)   # accepted before the crash: kept, not received again
+    assert all(rows[d] == t for _, d, _, t in before)   # accepted before the crash: kept, not received again
     store.close()
     ref = ex.run(experiment.personal_method(c, har, NET), ex.make_devices(har, 4, "3nn"), rounds, 2, seed=c.seed, log=None)
     assert metrics[rounds]["personal"] == ref["per_device"]

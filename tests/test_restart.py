@@ -15,6 +15,8 @@ from semifl.service.store import Store
 from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
 from semifl.sim.inprocess import run_inprocess
 
+from conftest import accepted_in_open_round
+
 ROUNDS, SEED = 6, 3
 
 
@@ -23,17 +25,6 @@ def serve(url, state, log, strategy):
            "--strategy", strategy,
            "--state", str(state), "--wait-devices", "10", "--wait-s", "60"]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-def accepted_in_open_round(state):
-    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute("SELECT c.round, c.device, c.kind, c.accepted FROM contributions c JOIN rounds r "
-                          "ON r.round = c.round WHERE r.state = 'collecting' AND r.round >= 2").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
 
 
 @pytest.mark.parametrize("strategy", ["semifl", "semifl+"])

@@ -138,6 +138,14 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, ds, make_engine, on_round=No
         return engine, store.round_metrics()
 
 
+def add_energy(summary: dict) -> None:
+    """Each device's energy_j / energy_by_phase / meter in a virtual fleet's summary: no hardware meter
+    there, so the virtual meter of its board profile (semifl.energy) over the summary's rounds."""
+    energy = fleet_energy(summary["rounds"], {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
+    for d in summary["devices"]:
+        d.update(energy.get(d["id"], {}))
+
+
 def fresh_out(cfg: RunConfig) -> Path:
     """The run's folder, emptied: `run` is a fresh experiment; `serve` is the one that resumes."""
     out = Path(cfg.out or f"runs/{cfg.name}")
@@ -182,10 +190,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> 
         "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
     }
     summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
-    # no hardware meter in a virtual fleet: the virtual meter, per board profile (semifl.energy)
-    energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
-    for d in summary["devices"]:
-        d.update(energy.get(d["id"], {}))
+    add_energy(summary)
     write_summary(out, summary)
     if cfg.plot and rounds:
         plot_rounds(out, rounds, f"{cfg.strategy} on {ds.name}, {len(specs)} devices")
@@ -232,9 +237,7 @@ def run_personal(cfg: RunConfig, on_round=None) -> dict:
         "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
         "refused": {},
     }
-    energy = fleet_energy(rounds, {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
-    for d in summary["devices"]:
-        d.update(energy.get(d["id"], {}))
+    add_energy(summary)
     write_summary(out, summary)
     if cfg.plot and rounds:
         plot_rounds(out, [m for m in rounds if m["accuracy"] is not None], f"{cfg.strategy} on HAR, {len(specs)} devices")

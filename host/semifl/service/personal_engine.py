@@ -14,6 +14,7 @@ global state changes in `method.aggregate`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict
@@ -138,9 +139,7 @@ class PersonalEngine(RoundEngine):
             raise Rejected("nonfinite", "windows contain NaN or Inf")
         if int(y.max()) >= self.n_classes:
             raise Rejected("schema", f"label {int(y.max())} outside {self.n_classes} classes")
-        import hashlib
-
-        self.store.keep_artifact(dev, "windows", rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
+        self._keep(dev, "windows", rnd, blob)
         self._proxy(dev)
 
     def _proxy(self, dev: str) -> perfit.Device | None:
@@ -196,10 +195,11 @@ class PersonalEngine(RoundEngine):
                                                        wire.encode_blob(meta, ts), self.registry.devices[dev]["max_chunk"])
 
     def _keep_personal(self, dev: str, params, rnd: int):
-        import hashlib
+        self._keep(dev, "personal", rnd, encode_arrays({"kind": "personal", "device": dev, "round": rnd}, params))
 
-        blob = encode_arrays({"kind": "personal", "device": dev, "round": rnd}, params)
-        self.store.keep_artifact(dev, "personal", rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
+    def _keep(self, dev: str, kind: str, rnd: int, blob: bytes):
+        """A device's versioned artifact in the store (its windows, its personal model), by SHA-256."""
+        self.store.keep_artifact(dev, kind, rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
 
     # --- the round ----------------------------------------------------------------------------------
     def run_round(self, rnd: int) -> dict:

@@ -32,15 +32,21 @@ def records(msgs):
 
 
 
-def replay(tmp_path, msgs):
+def replay(tmp_path, msgs, burst=False):
     (tmp_path / "messages.bin").write_bytes(records(msgs))
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
                                                          str(REPO / "host" / "semifl" / "protocol"),
                                                          str(REPO / "host" / "semifl" / "sim")]))
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_replay.py"),
-                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+                        str(tmp_path)] + (["burst"] if burst else []), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("OK"), r.stdout + r.stderr
+    (tmp_path / "replay.out").write_text(r.stdout)
     return [wire.decode_json(p) for t, p in read_records(tmp_path / "published.bin") if t.endswith("/status")]
+
+
+def heap_held(tmp_path):
+    """The most heap (bytes) the replay's queued messages held, read back from its last line."""
+    return int((tmp_path / "replay.out").read_text().split()[-1])
 
 
 @pytest.fixture
@@ -112,3 +118,22 @@ def test_chunks_out_of_order_still_make_the_model(setup):
     status = replay(tmp_path, [msgs[i] for i in order])
     assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 3)
     assert [s["round"] for s in status if s["kind"] == "eval"] == [3]
+
+
+def test_a_model_that_arrives_during_an_upload_waits_in_flash_not_the_heap(setup):
+    """On the bench a CL upload waits for a PUBACK per chunk, and umqtt hands the host's model chunks to
+    the callback meanwhile. Were the 14 chunks (57 kB) queued in RAM, the upload and the evaluation
+    that follow would not fit the ESP32's 110 kB heap; the node writes them to flash as they come."""
+    tmp_path, model, x, y = setup
+    task = (wire.dev_topic("mcu-t", wire.T_TASK),
+            wire.encode_json({"v": 1, "role": "cl", "round": 2, "task": 5, "seed": 3, "fraction": 0.05}))
+    msgs = chunks(model, 2)
+    blob = sum(len(p) for _, p in msgs)
+    status = replay(tmp_path, [task] + msgs, burst=True)
+    assert [s for s in status if s["kind"] == "error"] == []
+    assert [s["round"] for s in status if s["kind"] == "eval"] == [2]
+    assert (tmp_path / "model.bin").read_bytes() == int8.encode(model, 2)
+    ups = [p for t, p in read_records(tmp_path / "published.bin") if t.endswith("/up")]
+    assert sum(len(p) for p in ups) > 30 * 784   # ceil(0.05 * 600) samples went up
+    # with every chunk delivered and none acted on, the heap holds at most a chunk of them
+    assert blob > 50_000 and heap_held(tmp_path) < 8_000, heap_held(tmp_path)

@@ -71,17 +71,20 @@ class Node:
         self.model_path = cfg.get("model", "model.bin")
         self.model_max = int(cfg.get("model_max", 262144))
         self.eval_n = int(cfg.get("eval_n", 32))
+        self.model_topic = wire.host_topic(wire.T_MODEL_INT8)
         self.dl = None           # the FlashAssembler of the download in progress
+        self.landed = None        # (blob id, blob CRC) of a complete download in model_path + ".new"
         self.model_round = None   # blob id (round) of the model in model_path
         self.model_crc = None     # its blob CRC, reported with each eval: the bench checks what landed
         self.pending = None       # the CL task being uploaded, until its last chunk is out
         self.ping_s = int(cfg.get("keepalive", 60)) // 2
         self.marks = bool(cfg.get("phases"))   # phase statuses for a bench's power meter (off: no bytes)
         self.cur_phase = None
-        try:
-            os.remove(self.model_path + ".tmp")   # what a reset mid-download left behind
-        except OSError:
-            pass
+        for leftover in (".tmp", ".new"):   # what a reset mid-download left behind
+            try:
+                os.remove(self.model_path + leftover)
+            except OSError:
+                pass
 
     def topic(self, leaf):
         return wire.dev_topic(self.id, leaf)
@@ -135,14 +138,22 @@ class Node:
             self.status({"kind": "phase", "round": self.round, "phase": name, "t_ms": int(now_ms())})
 
     def on_message(self, topic, msg):
-        # umqtt calls this inside wait_msg(); queue it and act outside, where publishing is safe
-        self.queue.append((topic.decode() if isinstance(topic, bytes) else topic, msg))
+        # umqtt calls this inside wait_msg(), where publishing is not safe: queue it and act outside.
+        # A model chunk goes to flash right here and only a small note waits: chunks that arrive while
+        # the node is busy (an upload waits for every PUBACK) would otherwise pile up in the heap
+        topic = topic.decode() if isinstance(topic, bytes) else topic
+        if topic == self.model_topic and msg:
+            try:
+                msg = self.store_model_chunk(msg)
+            except Exception as e:  # reported outside, like any message's error
+                msg = e
+        self.queue.append((topic, msg))
 
     def handle(self, topic, msg):
+        if topic == self.model_topic:
+            return self.on_model_chunk(msg)
         if not msg:
             return  # an empty retained message clears the announcement
-        if topic == wire.host_topic(wire.T_MODEL_INT8):
-            return self.on_model_chunk(msg)
         obj = wire.decode_json(msg)
         if topic == wire.host_topic("round"):
             if obj.get("stop"):
@@ -160,14 +171,15 @@ class Node:
                 self.phase("idle")
 
     # --- int8 model: download to flash, swap, evaluate on local samples --------------------------
-    def on_model_chunk(self, payload):
+    def store_model_chunk(self, payload):
+        """Write one chunk of the int8 model at its place in model_path + ".tmp"; at the last one (CRC
+        checked) rename it to ".new". Returns the blob id, or None for a late duplicate."""
         kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.model_max)
         payload = None
         if kind != wire.KIND_MODEL_INT8:
             raise wire.WireError("malformed", "kind %d on the int8 model topic" % kind)
-        if blob_id == self.model_round:
-            return   # a late duplicate of the model already swapped in
-        self.phase("download")
+        if blob_id == self.model_round or (self.landed and blob_id == self.landed[0]):
+            return None   # a late duplicate of a model already complete
         dl = self.dl
         if dl is None or (dl.blob_id, dl.count, dl.blob_len) != (blob_id, count, blob_len):
             self.abort_download()
@@ -178,20 +190,38 @@ class Node:
             self.abort_download()
             raise
         if done:
-            try:   # a model this node cannot run is refused here and the last good one kept
-                int8.check(self.model_path + ".tmp", self.cfg.get("ops", OPS), self.free_ram())
-            except ValueError as e:
-                self.abort_download()
-                reason, _, detail = str(e).partition(": ")
-                self.status({"kind": "refused", "round": blob_id, "reason": reason, "detail": detail[:120]})
-                self.phase("idle")
-                return
             self.dl = None
-            replace(self.model_path + ".tmp", self.model_path)
-            self.model_round, self.model_crc = blob_id, dl.blob_crc
-            self.phase("infer")
-            self.evaluate(blob_id)
+            replace(self.model_path + ".tmp", self.model_path + ".new")
+            self.landed = (blob_id, dl.blob_crc)
+        return blob_id
+
+    def on_model_chunk(self, note):
+        """What store_model_chunk left: an error to report, or a chunk in flash; once the whole model
+        is there, check that this node can run it, swap it in and evaluate it."""
+        if isinstance(note, OSError):   # flash, not the link: serve must not take it for a lost link
+            raise RuntimeError("flash: %s" % note)
+        if isinstance(note, Exception):
+            raise note
+        if note is None:
+            return
+        self.phase("download")
+        if self.landed is None or self.landed[0] != note:
+            return   # more chunks to come (or a newer model landed since: its own note swaps it in)
+        blob_id, blob_crc = self.landed
+        self.landed = None
+        try:   # a model this node cannot run is refused here and the last good one kept
+            int8.check(self.model_path + ".new", self.cfg.get("ops", OPS), self.free_ram())
+        except ValueError as e:
+            os.remove(self.model_path + ".new")
+            reason, _, detail = str(e).partition(": ")
+            self.status({"kind": "refused", "round": blob_id, "reason": reason, "detail": detail[:120]})
             self.phase("idle")
+            return
+        replace(self.model_path + ".new", self.model_path)
+        self.model_round, self.model_crc = blob_id, blob_crc
+        self.phase("infer")
+        self.evaluate(blob_id)
+        self.phase("idle")
 
     def abort_download(self):
         if self.dl is not None:
@@ -231,8 +261,14 @@ class Node:
         print("semifl-node:", topic, type(e).__name__, e)
         try:
             self.status({"kind": "error", "round": rnd, "error": type(e).__name__, "detail": str(e)[:120]})
-        except Exception as e2:  # nothing more to do on this link; the host's deadline covers the round
+        except Exception as e2:
+            # a publish that failed mid-packet (or while reading the PUBACK) leaves the stream out of
+            # step: close it, so serve's next read fails and run() reconnects on a clean session
             print("semifl-node: cannot report:", e2)
+            try:
+                self.c.sock.close()
+            except Exception:
+                pass
 
     def upload_samples(self, task):
         """Stream ceil(fraction*n) samples chosen by the task's seed, straight from flash."""
@@ -290,15 +326,21 @@ class Node:
                     c.ping()   # idle: keep the session alive; a dead link fails the next read
                     continue
                 raise
-            while self.queue:
-                topic, msg = self.queue.pop(0)
-                try:
-                    self.handle(topic, msg)
-                except OSError:
-                    raise   # the link, not the message: reconnect
-                except Exception as e:  # bad command, out of memory, ...: report it and keep serving
-                    msg = None  # free the payload first: it may be what exhausted the heap
-                    self.report_error(topic, e)
+            except Exception as e:  # e.g. MemoryError mid-packet: the stream is out of step
+                raise OSError("read failed: %s %s" % (type(e).__name__, e))
+            self.drain()
+
+    def drain(self):
+        """Act on the queued messages in order; a message's error is reported and serving goes on."""
+        while self.queue:
+            topic, msg = self.queue.pop(0)
+            try:
+                self.handle(topic, msg)
+            except OSError:
+                raise   # the link, not the message: reconnect
+            except Exception as e:  # bad command, out of memory, ...: report it and keep serving
+                msg = None  # free the payload first: it may be what exhausted the heap
+                self.report_error(topic, e)
 
     def run(self):
         """Connect, serve, and on a lost link reconnect with exponential backoff (1 s to 30 s); an

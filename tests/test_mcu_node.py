@@ -123,3 +123,56 @@ def test_node_reconnects_after_the_broker_restarts(tmp_path, fashion):
         out = node.communicate()[0].decode()
         broker.kill()
     assert "link lost" in out, out
+
+
+def test_a_read_that_fails_mid_packet_drops_the_link_and_reconnects(tmp_path, monkeypatch):
+    """umqtt's wait_msg can fail between a packet's header and its payload (MemoryError allocating the
+    payload, a topic that is not UTF-8): the stream is then out of step, and the node must start a new
+    session instead of reading on or dying. The client follows umqtt.simple's interface."""
+    import sys
+    monkeypatch.syspath_prepend(str(REPO / "firmware" / "micropython"))
+    from semifl_node import node as firmware
+    from semifl_node.node import Node
+    monkeypatch.setattr(firmware.time, "sleep", lambda s: None)   # the reconnect backoff
+    from semifl.sim.link import SimBattery, SimRadio
+
+    class Client:
+        sock = None
+
+        def __init__(self):
+            self.connects, self.reads, self.sent = 0, 0, []
+
+        def set_callback(self, f):
+            self.cb = f
+
+        def set_last_will(self, *a):
+            pass
+
+        def connect(self):
+            self.connects += 1
+
+        def subscribe(self, *a):
+            pass
+
+        def publish(self, topic, msg, retain=False, qos=0):
+            self.sent.append(topic)
+
+        def disconnect(self):
+            pass
+
+        def wait_msg(self):
+            self.reads += 1
+            if self.reads == 1:
+                raise MemoryError("memory allocation failed, allocating 4121 bytes")
+            if self.reads == 2:
+                raise UnicodeError()
+            node.stopped = True
+
+    (tmp_path / "samples.bin").write_bytes(bytes(784 * 4))
+    (tmp_path / "labels.bin").write_bytes(bytes(4))
+    c = Client()
+    node = Node({"id": "mcu-t", "samples": str(tmp_path / "samples.bin"), "labels": str(tmp_path / "labels.bin"),
+                 "model": str(tmp_path / "model.bin")}, c, SimRadio({}), SimBattery({}))
+    node.run()
+    assert c.connects == 3 and c.reads == 3
+    assert c.sent.count(wire.dev_topic("mcu-t", wire.T_CAPS)) == 3   # each new session reports again

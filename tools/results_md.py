@@ -235,7 +235,7 @@ def iotsl_section(d: dict) -> dict:
                                   for n in ("mnist", "fashion") if "pretrain_accuracy" in d.get(n, {}))
                       + " with generators trained 150 steps on a CPU, so at this scale IoTSL's gain comes from the "
                       "imputation of missing classes and is largest where devices hold fewest classes." if eps else "",
-                      k2_runs(), "", iotsl_plot()]}
+                      scaled_runs(), "", iotsl_plot()]}
 
 
 def iotsl_plot() -> str:
@@ -269,32 +269,39 @@ def iotsl_plot() -> str:
     return "![SL and IoTSL accuracy against values moved](img/iotsl.png)"
 
 
-def k2_runs() -> str:
-    """The k = 2 cell at larger scales (longer generators, larger blocks), from each
-    benchmarks/results/iotsl_*/iotsl.json a `bench_iotsl.py --k 2 ... --out DIR` wrote, beside the main run."""
+def scaled_runs() -> str:
+    """IoTSL at larger scales (longer generators, larger blocks) than the main table, one row per
+    (data, classes per device) of each benchmarks/results/iotsl_*/iotsl.json that a
+    `bench_iotsl.py --k K ... --out DIR` wrote, beside the main run's row for the same cell."""
     rows, results = [], REPO / "benchmarks" / "results"
-    for path in [results / "iotsl.json"] + sorted(results.glob("iotsl_*/iotsl.json")):
+    scaled = sorted(results.glob("iotsl_*/iotsl.json"))
+    cells = {(n, k) for path in scaled for n, v in json.loads(path.read_text()).items()
+             if n in ("mnist", "fashion") for k in v["classes_per_device"]}
+    for path in [results / "iotsl.json"] + scaled:
         d = json.loads(path.read_text())
         for n in ("mnist", "fashion"):
-            if n not in d or 2 not in d[n]["classes_per_device"]:
-                continue
-            i, sc = d[n]["classes_per_device"].index(2), d[n]["scale"]
-            eps = [v for k, v in d.get("epsilon_by_generator", {}).items() if k.startswith(f"{n}/2/")]
-            red = d[n]["comm_reduction"][i]
-            rows.append(((n, sc["block"], sc["gen_steps"]),
-                         f"| {n} | {sc['block']} | {sc['epochs']} | {sc['gen_steps']} | {max(eps):.2f} | {pct(d[n]['sl'][i])} | "
-                         f"{pct(d[n]['iotsl'][i])} | {pct(d[n]['pretrain_accuracy'][i])} | "
-                         f"{'—' if red is None else f'{100 * red:.1f} %'} | `{path.relative_to(results)}` |"))
-    if len(rows) < 2:
+            for i, k in enumerate(d.get(n, {}).get("classes_per_device", [])):
+                if (n, k) not in cells:
+                    continue
+                sc, seed = d[n]["scale"], d[n]["seed_paper"]
+                j = [2, 4, 6, 8].index(k)
+                eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{n}/{k}/")]
+                red = d[n]["comm_reduction"][i]
+                rows.append(((n, k, sc["block"], sc["gen_steps"]),
+                             f"| {n} | {k} | {sc['block']} | {sc['epochs']} | {sc['gen_steps']} | {max(eps):.2f} | "
+                             f"{pct(d[n]['sl'][i])} | {pct(d[n]['iotsl'][i])} | {pct(seed['sl'][j])} | {pct(seed['iotsl'][j])} | "
+                             f"{pct(d[n]['pretrain_accuracy'][i])} | {'—' if red is None else f'{100 * red:.1f} %'} | "
+                             f"`{path.relative_to(results)}` |"))
+    if not scaled:
         return ""
-    return "\n".join(["2 classes per device at larger scales (`bench_iotsl.py --k 2 --block B --gen-steps S --out DIR`):", "",
-                      "| data | block | SL epochs | generator steps | epsilon | SL | IoTSL | pre-trained | fewer values to SL's best | results |",
-                      "|---|---|---|---|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)] + [
-                      "", "The seed: SL 15.92 % (MNIST) and 14.97 % (Fashion), IoTSL 97.27 % and 78.42 % with 1200-image "
-                      "blocks. Pre-training accuracy, the CNN trained on generated images alone scored on real ones, "
-                      "measures the generators; it is what rises with their training, and IoTSL with it. Fashion-MNIST "
-                      "runs at the seed's 1200-image blocks; MNIST here has 10,000 training images (about 1,000 a class), "
-                      "so its blocks stop short of 1200."])
+    return "\n".join(["At larger scales (`bench_iotsl.py --k K --block B --gen-steps S --out DIR`), beside the main run's cell:", "",
+                      "| data | classes per device | block | SL epochs | generator steps | epsilon | SL | IoTSL | seed SL | seed IoTSL | "
+                      "pre-trained | fewer values to SL's best | results |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)] + [
+                      "", "The seed's blocks are 1200 images. Pre-training accuracy, the CNN trained on generated images alone "
+                      "scored on real ones, measures the generators; it is what rises with their training, and IoTSL with it. "
+                      "Fashion-MNIST runs up to the seed's 1200-image blocks; MNIST here has 10,000 training images (about "
+                      "1,000 a class), so its blocks stop short of 1200."])
 
 
 def sl_smashed_section(d: dict) -> dict:

@@ -54,6 +54,7 @@ def main(argv=None):
     full = {"dataset": a.dataset, "settings": vars(a), "seconds": round(time.perf_counter() - t0, 1),
             "seed_paper": SEED[a.dataset], "cells": cells}
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"iotsl_{a.dataset}.json").write_text(json.dumps(full, indent=1) + "\n")
     merged_path = out / "iotsl.json"
     merged = json.loads(merged_path.read_text()) if merged_path.exists() else {}

@@ -235,7 +235,7 @@ def iotsl_section(d: dict) -> dict:
                                   for n in ("mnist", "fashion") if "pretrain_accuracy" in d.get(n, {}))
                       + " with generators trained 150 steps on a CPU, so at this scale IoTSL's gain comes from the "
                       "imputation of missing classes and is largest where devices hold fewest classes." if eps else "",
-                      scaled_runs(), "", iotsl_plot()]}
+                      "", scaled_runs(), "", iotsl_plot()]}
 
 
 def iotsl_plot() -> str:
@@ -301,7 +301,8 @@ def scaled_runs() -> str:
                       "", "The seed's blocks are 1200 images. Pre-training accuracy, the CNN trained on generated images alone "
                       "scored on real ones, measures the generators; it is what rises with their training, and IoTSL with it. "
                       "Fashion-MNIST runs up to the seed's 1200-image blocks; MNIST here has 10,000 training images (about "
-                      "1,000 a class), so its blocks stop short of 1200."])
+                      "1,000 a class): its blocks stop short of 1200, and 300-image blocks stop at 4 classes per device (6 would "
+                      "need three blocks of every class)."])
 
 
 def sl_smashed_section(d: dict) -> dict:

@@ -3,7 +3,6 @@ report passes the host's schema and its CL upload, streamed from flash in 2 KB c
 host into exactly the samples the task's seed selects."""
 import os
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
@@ -129,7 +128,6 @@ def test_a_read_that_fails_mid_packet_drops_the_link_and_reconnects(tmp_path, mo
     """umqtt's wait_msg can fail between a packet's header and its payload (MemoryError allocating the
     payload, a topic that is not UTF-8): the stream is then out of step, and the node must start a new
     session instead of reading on or dying. The client follows umqtt.simple's interface."""
-    import sys
     monkeypatch.syspath_prepend(str(REPO / "firmware" / "micropython"))
     from semifl_node import node as firmware
     from semifl_node.node import Node

@@ -274,11 +274,10 @@ def scaled_runs() -> str:
     (data, classes per device) of each benchmarks/results/iotsl_*/iotsl.json that a
     `bench_iotsl.py --k K ... --out DIR` wrote, beside the main run's row for the same cell."""
     rows, results = [], REPO / "benchmarks" / "results"
-    scaled = sorted(results.glob("iotsl_*/iotsl.json"))
-    cells = {(n, k) for path in scaled for n, v in json.loads(path.read_text()).items()
-             if n in ("mnist", "fashion") for k in v["classes_per_device"]}
-    for path in [results / "iotsl.json"] + scaled:
-        d = json.loads(path.read_text())
+    runs = {path: json.loads(path.read_text()) for path in [results / "iotsl.json"] + sorted(results.glob("iotsl_*/iotsl.json"))}
+    cells = {(n, k) for path, d in runs.items() if path.parent != results
+             for n in ("mnist", "fashion") for k in d.get(n, {}).get("classes_per_device", [])}
+    for path, d in runs.items():
         for n in ("mnist", "fashion"):
             for i, k in enumerate(d.get(n, {}).get("classes_per_device", [])):
                 if (n, k) not in cells:
@@ -292,7 +291,7 @@ def scaled_runs() -> str:
                              f"{pct(d[n]['sl'][i])} | {pct(d[n]['iotsl'][i])} | {pct(seed['sl'][j])} | {pct(seed['iotsl'][j])} | "
                              f"{pct(d[n]['pretrain_accuracy'][i])} | {'—' if red is None else f'{100 * red:.1f} %'} | "
                              f"`{path.relative_to(results)}` |"))
-    if not scaled:
+    if not cells:
         return ""
     return "\n".join(["At larger scales (`bench_iotsl.py --k K --block B --gen-steps S --out DIR`), beside the main run's cell:", "",
                       "| data | classes per device | block | SL epochs | generator steps | epsilon | SL | IoTSL | seed SL | seed IoTSL | "

@@ -142,9 +142,9 @@ class Node:
         # A model chunk goes to flash right here and only a small note waits: chunks that arrive while
         # the node is busy (an upload waits for every PUBACK) would otherwise pile up in the heap
         topic = topic.decode() if isinstance(topic, bytes) else topic
-        if topic == self.model_topic and msg:
-            try:
-                msg = self.store_model_chunk(msg)
+        if topic == self.model_topic:
+            try:   # an empty message (a cleared retained one) leaves nothing to act on
+                msg = self.store_model_chunk(msg) if msg else None
             except Exception as e:  # reported outside, like any message's error
                 msg = e
         self.queue.append((topic, msg))

@@ -202,39 +202,55 @@ def clustering_section(d: dict) -> dict:
 
 
 def iotsl_section(d: dict) -> dict:
-    tables = []
+    """The seed's Table II beside ours, one row per (data, classes per device), each at the scale it ran."""
+    rows, pre, gap = [], {}, []
     for name in ("mnist", "fashion"):
         r = d.get(name)
         if not r:
             continue
-        sp = r["seed_paper"]
-        rows = []
+        sp, sc = r["seed_paper"], r["scale"]
         for i, k in enumerate(r["classes_per_device"]):
-            red = r["comm_reduction"][i]
-            rows.append([name, k, pct(sp["sl"][i]), pct(r["sl"][i]), pct(sp["iotsl"][i]), pct(r["iotsl"][i]),
-                         "—" if red is None else f"{100 * red:.1f} %"])
-        tables.append((["data", "classes / device", "SL seed", "SL ours", "IoTSL seed", "IoTSL ours",
-                        "fewer values to SL's best (ours)"], rows))
-    scale = next(d[n]["scale"] for n in ("mnist", "fashion") if n in d)
+            at = {key: v[i] if isinstance(v, list) else v for key, v in sc.items()}
+            j = [2, 4, 6, 8].index(k)
+            eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{name}/{k}/")]
+            red, hit = r["comm_reduction"][i], r["epoch_to_target"]
+            rows.append([name, k, at["block"], at["gen_steps"], f"{max(eps):.2f}" if eps else "—",
+                         pct(sp["sl"][j]), pct(r["sl"][i]), pct(sp["iotsl"][j]), f"**{pct(r['iotsl'][i])}**",
+                         pct(r["pretrain_accuracy"][i]), f"{hit['sl'][i] or '—'} / {hit['iotsl'][i] or '—'}",
+                         f"{'—' if red is None else f'{100 * red:.1f} %'} / {100 * sp['comm_reduction']:.1f} %"])
+            pre.setdefault(name, []).append(r["pretrain_accuracy"][i])
+            gap.append(100 * (r["iotsl"][i] - sp["iotsl"][j]))
+    sc = next(d[n]["scale"] for n in ("mnist", "fashion") if n in d)
+    one = {key: v if not isinstance(v, list) else None for key, v in sc.items()}
     eps = d.get("epsilon", [])
-    return {"title": "IoTSL against split learning (seed 002)", "script": "bench_iotsl.py --dataset mnist|fashion",
-            "intro": f"5 devices holding 2/4/6/8 classes in blocks of {scale['block']} distinct images per class "
-                     f"(the seed: 1200), {scale['epochs']} SL epochs, generators of width {scale['gen_dim']} trained "
-                     f"{scale['gen_steps']} steps (batch {scale['gen_batch']}, sigma {scale['sigma']}, clip 1), best "
-                     f"accuracy on {scale['test_n']} test images; in-process on one CPU core per dataset, the same "
-                     "SplitClient/SplitServer code `semifl run --strategy sl|iotsl` runs over MQTT. MNIST here is "
-                     "the first 10,000 training images. Seed: its Table II and Section V-B.",
-            "tables": tables,
+    return {"title": "IoTSL against split learning (seed 002)",
+            "script": "bench_iotsl.py --cells benchmarks/results/iotsl_k*_gen3000",
+            "intro": "Each cell: `python benchmarks/bench_iotsl.py --dataset D --k K --block B --epochs "
+                     f"{one['epochs'] or 'E'} --gen-steps S --out benchmarks/results/iotsl_kK_D_genS` (about an hour of one "
+                     "core), then `--cells` assembles them unchanged. 5 devices holding 2/4/6/8 classes in blocks of "
+                     "distinct images per class (*block*; the seed: 1200), SL from a random model against IoTSL (DP "
+                     f"generators of width {one['gen_dim'] or '32'} trained *steps* steps, batch {one['gen_batch'] or 16}, "
+                     f"sigma {one['sigma'] or 1.5}, clip 1; the host's pre-training on their generated set; imputation "
+                     f"of missing classes), {one['epochs'] or 'E'} SL epochs each, best accuracy on "
+                     f"{one['test_n'] or 2000} test images; in-process, the same SplitClient/SplitServer code "
+                     "`semifl run --strategy sl|iotsl` runs over MQTT. The device part is the seed's (VGG-16's first "
+                     "block: two 3x3 convolutions of 64, smashed data 64x14x14); the host part is one 128-channel "
+                     "convolution, a pool and a dense layer (136,586 parameters, 14.5 M multiply-adds an image) in "
+                     "place of the rest of VGG-16 (11 convolutions, 14.7 M parameters, 176 M multiply-adds an image "
+                     "at 28x28), so that an SL epoch takes under a minute of one core. "
+                     "MNIST here is the first 10,000 training images "
+                     "(class 5 has 863), so its blocks shrink where 5 devices need three or four blocks of a class. "
+                     "Seed: its Table II and Section V-B.",
+            "tables": [(["data", "classes / device", "block", "steps", "epsilon", "SL seed", "SL ours", "IoTSL seed",
+                         "IoTSL ours", "pre-trained", "epoch to SL's best (SL / IoTSL)",
+                         "fewer values to SL's best (ours / seed)"], rows)],
             "after": [f"Every generator's (epsilon, delta): epsilon {min(eps):.2f} to {max(eps):.2f} at delta "
-                      f"{d.get('delta')} (dp-accounting RDP), {len(eps)} generators. The communication column counts "
-                      "the seed's values (N(2F+1)+w per device and epoch, generators included for IoTSL) until IoTSL "
-                      "is within a point of SL's best; the seed reports 84.5 % (MNIST) and 70.3 % (Fashion-MNIST) "
-                      "fewer (a negative share: IoTSL moved more, its devices train on their imputed, larger sets). "
-                      "Pre-training on the generated sets reached only "
-                      + ", ".join(f"{min(d[n]['pretrain_accuracy']) * 100:.0f}–{max(d[n]['pretrain_accuracy']) * 100:.0f} % ({n})"
-                                  for n in ("mnist", "fashion") if "pretrain_accuracy" in d.get(n, {}))
-                      + " with generators trained 150 steps on a CPU, so at this scale IoTSL's gain comes from the "
-                      "imputation of missing classes and is largest where devices hold fewest classes." if eps else "",
+                      f"{d.get('delta')} (dp-accounting RDP), {len(eps)} generators. *Pre-trained*: the full model "
+                      "trained on the generated set alone, scored on real images; it measures the generators ("
+                      + ", ".join(f"{100 * min(v):.0f}–{100 * max(v):.0f} % on {n}" for n, v in pre.items())
+                      + f"). IoTSL ours minus the seed's: {min(gap):+.1f} to {max(gap):+.1f} points. The communication "
+                      "columns count the seed's values (N(2F+1)+w per device and epoch, generators included for "
+                      "IoTSL) until IoTSL is within a point of SL's best (negative: IoTSL moved more)." if eps else "",
                       "", scaled_runs(), "", iotsl_plot()]}
 
 
@@ -270,19 +286,24 @@ def iotsl_plot() -> str:
 
 
 def scaled_runs() -> str:
-    """IoTSL at larger scales (longer generators, larger blocks) than the main table, one row per
-    (data, classes per device) of each benchmarks/results/iotsl_*/iotsl.json that a
-    `bench_iotsl.py --k K ... --out DIR` wrote, beside the main run's row for the same cell."""
-    rows, results = [], REPO / "benchmarks" / "results"
-    runs = {path: json.loads(path.read_text()) for path in [results / "iotsl.json"] + sorted(results.glob("iotsl_*/iotsl.json"))}
+    """IoTSL at the other scales tried (shorter or longer generators, smaller or larger blocks): one row
+    per (data, classes per device) of each benchmarks/results/iotsl_*/iotsl.json that is not a cell of
+    the main table, beside the main table's row for the same cell."""
+    results = REPO / "benchmarks" / "results"
+    fed = {Path(p).parent.name for n in ("mnist", "fashion") if (f := results / f"iotsl_{n}.json").exists()
+           for p in json.loads(f.read_text())["settings"].get("assembled_from", [])}
+    runs = {path: json.loads(path.read_text()) for path in [results / "iotsl.json"] + sorted(results.glob("iotsl_*/iotsl.json"))
+            if path.parent == results or path.parent.name not in fed}
     cells = {(n, k) for path, d in runs.items() if path.parent != results
              for n in ("mnist", "fashion") for k in d.get(n, {}).get("classes_per_device", [])}
+    rows = []
     for path, d in runs.items():
         for n in ("mnist", "fashion"):
             for i, k in enumerate(d.get(n, {}).get("classes_per_device", [])):
                 if (n, k) not in cells:
                     continue
-                sc, seed = d[n]["scale"], d[n]["seed_paper"]
+                sc = {key: v[i] if isinstance(v, list) else v for key, v in d[n]["scale"].items()}
+                seed = d[n]["seed_paper"]
                 j = [2, 4, 6, 8].index(k)
                 eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{n}/{k}/")]
                 red = d[n]["comm_reduction"][i]
@@ -293,15 +314,14 @@ def scaled_runs() -> str:
                              f"`{path.relative_to(results)}` |"))
     if not cells:
         return ""
-    return "\n".join(["At larger scales (`bench_iotsl.py --k K --block B --gen-steps S --out DIR`), beside the main run's cell:", "",
+    return "\n".join(["The other scales tried (`bench_iotsl.py --k K --block B --gen-steps S --out DIR`), beside the main "
+                      "table's cell (`iotsl.json`):", "",
                       "| data | classes per device | block | SL epochs | generator steps | epsilon | SL | IoTSL | seed SL | seed IoTSL | "
                       "pre-trained | fewer values to SL's best | results |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)] + [
-                      "", "The seed's blocks are 1200 images. Pre-training accuracy, the CNN trained on generated images alone "
-                      "scored on real ones, measures the generators; it is what rises with their training, and IoTSL with it. "
-                      "Fashion-MNIST runs up to the seed's 1200-image blocks; MNIST here has 10,000 training images (about "
-                      "1,000 a class): its blocks stop short of 1200, and 300-image blocks stop at 4 classes per device (6 would "
-                      "need three blocks of every class)."])
+                      "", "IoTSL rises with its generators' training (pre-trained accuracy) and with the data they "
+                      "learn from (block); SL only with the block. Fashion-MNIST runs up to the seed's 1200-image blocks; "
+                      "MNIST here has 10,000 training images, about 1,000 a class."])
 
 
 def sl_smashed_section(d: dict) -> dict:

@@ -216,6 +216,7 @@ def iotsl_section(d: dict) -> dict:
             red, hit = r["comm_reduction"][i], r["epoch_to_target"]
             rows.append([name, k, at["block"], at["gen_steps"], f"{max(eps):.2f}" if eps else "—",
                          pct(sp["sl"][j]), pct(r["sl"][i]), pct(sp["iotsl"][j]), f"**{pct(r['iotsl'][i])}**",
+                         f"{100 * (r['iotsl'][i] - r['sl'][i]):+.1f} / {100 * (sp['iotsl'][j] - sp['sl'][j]):+.1f}",
                          pct(r["pretrain_accuracy"][i]), f"{hit['sl'][i] or '—'} / {hit['iotsl'][i] or '—'}",
                          f"{'—' if red is None else f'{100 * red:.1f} %'} / {100 * sp['comm_reduction']:.1f} %"])
             pre.setdefault(name, []).append(r["pretrain_accuracy"][i])
@@ -242,7 +243,7 @@ def iotsl_section(d: dict) -> dict:
                      "(class 5 has 863), so its blocks shrink where 5 devices need three or four blocks of a class. "
                      "Seed: its Table II and Section V-B.",
             "tables": [(["data", "classes / device", "block", "steps", "epsilon", "SL seed", "SL ours", "IoTSL seed",
-                         "IoTSL ours", "pre-trained", "epoch to SL's best (SL / IoTSL)",
+                         "IoTSL ours", "IoTSL − SL, points (ours / seed)", "pre-trained", "epoch to SL's best (SL / IoTSL)",
                          "fewer values to SL's best (ours / seed)"], rows)],
             "after": [f"Every generator's (epsilon, delta): epsilon {min(eps):.2f} to {max(eps):.2f} at delta "
                       f"{d.get('delta')} (dp-accounting RDP), {len(eps)} generators. *Pre-trained*: the full model "

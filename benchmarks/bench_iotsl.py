@@ -84,18 +84,17 @@ def assemble(dirs: list[Path]) -> dict:
             for c in run["cells"]:
                 key = (run["dataset"], c["k"])
                 if key in by:
-                    raise SystemExit(f"{key[0]} with {key[1]} classes per device is in both {by[key][0]} and {p}")
+                    raise SystemExit(f"{key[0]} with {key[1]} classes per device is in both {by[key]['from']} and {p}")
                 settings = c.get("settings") or {s: run["settings"][s] for s in SETTINGS}
-                by[key] = (p, {**c, "settings": settings, "from": str(p)})
-            seconds[p] = run["seconds"]
+                by[key] = {**c, "settings": settings, "from": str(p)}
+            seconds[str(p)] = run["seconds"]
     full = {}
-    for (dataset, _), (p, c) in sorted(by.items()):
-        f = full.setdefault(dataset, {"dataset": dataset, "settings": {"assembled_from": []}, "seconds": 0.0,
-                                      "seed_paper": SEED[dataset], "cells": []})
-        f["cells"].append(c)
-        if str(p) not in f["settings"]["assembled_from"]:
-            f["settings"]["assembled_from"].append(str(p))
-            f["seconds"] = round(f["seconds"] + seconds[p], 1)
+    for (dataset, _), c in sorted(by.items()):
+        full.setdefault(dataset, {"dataset": dataset, "settings": None, "seconds": None, "seed_paper": SEED[dataset],
+                                  "cells": []})["cells"].append(c)
+    for f in full.values():
+        runs = sorted({c["from"] for c in f["cells"]})
+        f.update(settings={"assembled_from": runs}, seconds=round(sum(seconds[r] for r in runs), 1))
     return full
 
 

@@ -201,6 +201,22 @@ def clustering_section(d: dict) -> dict:
                       "them by k-means (`learn/compress.py`): the same or better weights one-shot, far better at small k."]}
 
 
+def iotsl_cell(d: dict, name: str, i: int) -> tuple[dict, list, int]:
+    """Cell i of an iotsl.json's dataset: its scale (a per-cell list picked at i), its generators'
+    epsilons, and its column in the seed's table (2/4/6/8 classes per device)."""
+    k = d[name]["classes_per_device"][i]
+    scale = {key: v[i] if isinstance(v, list) else v for key, v in d[name]["scale"].items()}
+    eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{name}/{k}/")]
+    return scale, eps, [2, 4, 6, 8].index(k)
+
+
+def setting(d: dict, key: str) -> str:
+    """A scale setting over every cell of the table: its value, or each value where cells differ."""
+    vals = sorted({v for n in ("mnist", "fashion") if n in d
+                   for v in (d[n]["scale"][key] if isinstance(d[n]["scale"][key], list) else [d[n]["scale"][key]])})
+    return "/".join(str(v) for v in vals)
+
+
 def iotsl_section(d: dict) -> dict:
     """The seed's Table II beside ours, one row per (data, classes per device), each at the scale it ran."""
     rows, pre, gap = [], {}, []
@@ -208,11 +224,9 @@ def iotsl_section(d: dict) -> dict:
         r = d.get(name)
         if not r:
             continue
-        sp, sc = r["seed_paper"], r["scale"]
+        sp = r["seed_paper"]
         for i, k in enumerate(r["classes_per_device"]):
-            at = {key: v[i] if isinstance(v, list) else v for key, v in sc.items()}
-            j = [2, 4, 6, 8].index(k)
-            eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{name}/{k}/")]
+            at, eps, j = iotsl_cell(d, name, i)
             red, hit = r["comm_reduction"][i], r["epoch_to_target"]
             rows.append([name, k, at["block"], at["gen_steps"], f"{max(eps):.2f}" if eps else "—",
                          pct(sp["sl"][j]), pct(r["sl"][i]), pct(sp["iotsl"][j]), f"**{pct(r['iotsl'][i])}**",
@@ -221,19 +235,17 @@ def iotsl_section(d: dict) -> dict:
                          f"{'—' if red is None else f'{100 * red:.1f} %'} / {100 * sp['comm_reduction']:.1f} %"])
             pre.setdefault(name, []).append(r["pretrain_accuracy"][i])
             gap.append(100 * (r["iotsl"][i] - sp["iotsl"][j]))
-    sc = next(d[n]["scale"] for n in ("mnist", "fashion") if n in d)
-    one = {key: v if not isinstance(v, list) else None for key, v in sc.items()}
     eps = d.get("epsilon", [])
     return {"title": "IoTSL against split learning (seed 002)",
             "script": "bench_iotsl.py --cells benchmarks/results/iotsl_k*_gen3000",
             "intro": "Each cell: `python benchmarks/bench_iotsl.py --dataset D --k K --block B --epochs "
-                     f"{one['epochs'] or 'E'} --gen-steps S --out benchmarks/results/iotsl_kK_D_genS` (about an hour of one "
-                     "core), then `--cells` assembles them unchanged. 5 devices holding 2/4/6/8 classes in blocks of "
+                     f"{setting(d, 'epochs')} --gen-steps S --out benchmarks/results/iotsl_kK_D_genS` (about an hour of "
+                     "one core), then `--cells` assembles them unchanged. 5 devices holding 2/4/6/8 classes in blocks of "
                      "distinct images per class (*block*; the seed: 1200), SL from a random model against IoTSL (DP "
-                     f"generators of width {one['gen_dim'] or '32'} trained *steps* steps, batch {one['gen_batch'] or 16}, "
-                     f"sigma {one['sigma'] or 1.5}, clip 1; the host's pre-training on their generated set; imputation "
-                     f"of missing classes), {one['epochs'] or 'E'} SL epochs each, best accuracy on "
-                     f"{one['test_n'] or 2000} test images; in-process, the same SplitClient/SplitServer code "
+                     f"generators of width {setting(d, 'gen_dim')} trained *steps* steps, batch {setting(d, 'gen_batch')}, "
+                     f"sigma {setting(d, 'sigma')}, clip 1; the host's pre-training on their generated set; imputation "
+                     f"of missing classes), {setting(d, 'epochs')} SL epochs each, best accuracy on "
+                     f"{setting(d, 'test_n')} test images; in-process, the same SplitClient/SplitServer code "
                      "`semifl run --strategy sl|iotsl` runs over MQTT. The device part is the seed's (VGG-16's first "
                      "block: two 3x3 convolutions of 64, smashed data 64x14x14); the host part is one 128-channel "
                      "convolution, a pool and a dense layer (136,586 parameters, 14.5 M multiply-adds an image) in "
@@ -303,11 +315,8 @@ def scaled_runs() -> str:
             for i, k in enumerate(d.get(n, {}).get("classes_per_device", [])):
                 if (n, k) not in cells:
                     continue
-                sc = {key: v[i] if isinstance(v, list) else v for key, v in d[n]["scale"].items()}
-                seed = d[n]["seed_paper"]
-                j = [2, 4, 6, 8].index(k)
-                eps = [v for g, v in d.get("epsilon_by_generator", {}).items() if g.startswith(f"{n}/{k}/")]
-                red = d[n]["comm_reduction"][i]
+                sc, eps, j = iotsl_cell(d, n, i)
+                seed, red = d[n]["seed_paper"], d[n]["comm_reduction"][i]
                 rows.append(((n, k, sc["block"], sc["gen_steps"]),
                              f"| {n} | {k} | {sc['block']} | {sc['epochs']} | {sc['gen_steps']} | {max(eps):.2f} | "
                              f"{pct(d[n]['sl'][i])} | {pct(d[n]['iotsl'][i])} | {pct(seed['sl'][j])} | {pct(seed['iotsl'][j])} | "

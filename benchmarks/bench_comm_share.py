@@ -40,7 +40,7 @@ SEED = {"source": "seed 002 (IoTSL): communication added 42.6 % to a Pi's energy
 LOCAL = r"""
 import sys, numpy as np
 from semifl.learn import mlp
-from semifl_agent.train import local_update
+from semifl.device import local_update
 d = np.load(sys.argv[1]); rounds = int(sys.argv[2])
 params = mlp.init_params(seed=0)
 print("ready", flush=True); sys.stdin.readline()

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from semifl.config import RunConfig
-from semifl.service.experiment import run_experiment
+from semifl.app.run import run_experiment
 from semifl.service.report import energy_table, plot_energy_vs_accuracy
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         dirs = []
         for name, over in RUNS.items():
             out = Path(d) / name
-            run_experiment(RunConfig(rounds=a.rounds, out=str(out), plot=False, int8_every=10, **over))
+            run_experiment(RunConfig.make(rounds=a.rounds, out=str(out), plot=False, int8_every=10, **over))
             dirs.append(out)
         rows = energy_table(dirs)
         for r in rows:

@@ -28,7 +28,7 @@ from semifl.config import RunConfig
 from semifl.energy import load_profile
 from semifl.fleet.planner import PlannerConfig
 from semifl.learn.data import load_idx_dataset
-from semifl.service.experiment import run_experiment
+from semifl.app.run import run_experiment
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7)
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         for model, cap in CAPACITY_J.items():
             rows = []
             for th in THRESHOLDS:
-                cfg = RunConfig(rounds=a.rounds, out=str(Path(d) / f"{model}-{th}"), plot=False, int8_every=0,
+                cfg = RunConfig.make(rounds=a.rounds, out=str(Path(d) / f"{model}-{th}"), plot=False, int8_every=0,
                                 pi_battery_j=str(cap), pi_charge=CHARGES, pi_battery_idle=model == "idle",
                                 fl_min_battery=th)
                 s = run_experiment(cfg, ds=ds)

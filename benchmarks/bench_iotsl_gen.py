@@ -27,11 +27,14 @@ import numpy as np   # noqa: E402
 from semifl.learn import nn   # noqa: E402
 from semifl.learn.data import load_idx_dataset, to_float   # noqa: E402
 from semifl.learn.iotsl import artifact   # noqa: E402
-from semifl.learn.iotsl.pretrain import CUT, generated_dataset, pretrain, split_cnn   # noqa: E402
+from semifl.learn.iotsl.pretrain import generated_dataset, pretrain   # noqa: E402
 from semifl.learn.iotsl.train import train_generator   # noqa: E402
+from semifl.models import get   # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mnist"
+
+SPLIT = get("splitcnn-mnist")   # IoTSL's split CNN and its cut
 
 
 def accuracy(net, params, x, y) -> float:
@@ -71,10 +74,10 @@ def main(argv=None) -> int:
         print(f"D{i + 1} {classes}: epsilon {tg.epsilon:.2f} (delta {tg.delta}), {tg.steps} steps in {tg.seconds:.0f} s",
               flush=True)
 
-    net = split_cnn()
+    net = SPLIT.network()
     x_gen, y_gen, _ = generated_dataset(gens, seed=0)
     t0 = time.perf_counter()
-    theta_pre, _ = pretrain(x_gen, y_gen, net, cut=CUT, epochs=a.epochs, batch=64, lr=0.05, momentum=0.9)
+    theta_pre, _ = pretrain(x_gen, y_gen, net, cut=SPLIT.cut, epochs=a.epochs, batch=64, lr=0.05, momentum=0.9)
     t_gen = time.perf_counter() - t0
     acc_gen = accuracy(net, theta_pre, x_test, y_test)
     print(f"split CNN on generated data: {acc_gen:.4f} on real test ({t_gen:.0f} s)", flush=True)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np   # noqa: E402
-
+from semifl.config import RunConfig   # noqa: E402
 from semifl.experiments import perfit as ex   # noqa: E402
 from semifl.learn import perfit   # noqa: E402
 from semifl.learn.har import load_har   # noqa: E402
@@ -70,7 +69,10 @@ def run_setting(data, n, k, rounds, cfg, a, names=None, mixes=False, log=print) 
         if names and name not in names:
             continue
         log(f"{n} clients, K={k or n}: {name}")
-        r = ex.run(make(), ex.make_devices(data, n, arch), rounds, k, seed=a.seed, log=log, log_every=100)
+        method = make()
+        run_cfg = RunConfig.make(strategy=method.name, subjects=n, per_round=k, rounds=rounds, seed=a.seed, data=a.data,
+                                 arch=[arch] if isinstance(arch, str) else arch)
+        r = ex.run(run_cfg, data, method, log=log, log_every=100)
         if name.startswith("FTL-"):   # FTL's run is FedAvg's: its global model on every device is FL-*
             res["FL-" + name[4:]] = {**slim({**r, **r["global"]}, arch), "from": f"the {name} run's global model"}
         res[name] = slim(r, arch)

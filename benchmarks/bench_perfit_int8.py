@@ -18,6 +18,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np   # noqa: E402
 
+from semifl.config import RunConfig   # noqa: E402
 from semifl.experiments import perfit as ex   # noqa: E402
 from semifl.learn import perfit   # noqa: E402
 from semifl.learn.har import load_har   # noqa: E402
@@ -38,11 +39,12 @@ def main(argv=None):
     cfg = perfit.Local(epochs=2, batch=32, lr=0.01, momentum=0.9)
     method = perfit.FTL(ex.network("3nn"), cfg, 0, ft_epochs=a.ft_epochs)
     t0 = time.perf_counter()
-    res = ex.run(method, devices, a.rounds, k=5, seed=0, log=None)
+    res = ex.run(RunConfig.make(strategy="ftl", subjects=a.clients, per_round=5, rounds=a.rounds, seed=0), data, method,
+                 log=None)
     spec = get("3nn-har")
     rows, arena_max = {}, 0
     for d in devices:
-        tfl, _ = convert(spec, d.personal, d.x[:500], d.x_test[:8])
+        tfl, _ = convert(spec, res["personal_models"][d.id], d.x[:500], d.x_test[:8])
         xq = quantize_input(tfl, d.x_test)
         lite = run_litert(tfl, xq)
         arena = tflm_arena(tfl) if not rows else arena_max   # same graph shape for every device

@@ -23,7 +23,7 @@ import numpy as np   # noqa: E402
 from semifl.config import RunConfig   # noqa: E402
 from semifl.experiments import perfit as ex   # noqa: E402
 from semifl.learn.har import load_har   # noqa: E402
-from semifl.service import experiment   # noqa: E402
+from semifl.app import run as experiment   # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"FTL-3NN": ("ftl", "3nn"), "FedPer": ("fedper", "3nn"), "FD-CNN": ("fd", "cnn"),
@@ -48,15 +48,14 @@ def main(argv=None):
     path = Path(a.out)
     for name in a.methods.split(","):
         strategy, arch = RUNS[name]
-        cfg = RunConfig(strategy=strategy, arch=arch, **common)
+        cfg = RunConfig.make(strategy=strategy, arch=arch, **common)
         with tempfile.TemporaryDirectory() as d:
             cfg.out = d
             t0 = time.perf_counter()
             s = experiment.run_experiment(cfg)
             mqtt_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ref = ex.run(experiment.personal_method(cfg, har, ex.network(arch)), ex.make_devices(har, a.subjects, arch),
-                     a.rounds, a.k, seed=0, log=None)
+        ref = ex.run(cfg, har, log=None)
         inproc_s = time.perf_counter() - t0
         got = {d["id"]: d["personal_accuracy"] for d in s["devices"]}
         diff = max(abs(got[d] - ref["per_device"][d]) for d in got)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from semifl.config import RunConfig
-from semifl.service.experiment import run_experiment
+from semifl.app.run import run_experiment
 
 HERE = Path(__file__).resolve().parent
 LINKS = {"loopback": {}, "wifi_2mbps_5ms": {"bandwidth_bps": 2e6, "latency_s": 0.005}}
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     out = {"rounds": a.rounds, "machine": platform.platform(), "links": {}}
     for name, link in LINKS.items():
         with tempfile.TemporaryDirectory() as d:
-            s = run_experiment(RunConfig(rounds=a.rounds, out=str(Path(d) / "run"), plot=False, int8_every=0, **link))
+            s = run_experiment(RunConfig.make(rounds=a.rounds, out=str(Path(d) / "run"), plot=False, int8_every=0, **link))
         out["links"][name] = {"link": link, "round_time_s": s["round_time_s"],
                               "mean_round_wall_s": sum(r["wall_s"] for r in s["rounds"]) / len(s["rounds"]),
                               "runtimes": sorted({(d["device_class"], d["runtime"]) for d in s["devices"]})}

@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from semifl.config import RunConfig   # noqa: E402
 from semifl.energy import fleet_energy   # noqa: E402
 from semifl.learn.data import Dataset, load_idx_dataset   # noqa: E402
-from semifl.service.experiment import run_experiment   # noqa: E402
+from semifl.app.run import run_experiment   # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MNIST = HERE.parent.parent / "shared" / "data" / "mnist"
@@ -41,7 +41,7 @@ def main(argv=None):
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("sl", "iotsl"):
-            cfg = RunConfig(strategy=strategy, rounds=a.rounds, fl_devices=5, cl_devices=0, partition="k-classes",
+            cfg = RunConfig.make(strategy=strategy, rounds=a.rounds, fl_devices=5, cl_devices=0, partition="k-classes",
                             k_classes=2, lr=0.05, sl_batch=32, gen_steps=a.gen_steps, max_epsilon=50.0, out=f"{tmp}/{strategy}",
                             plot=False, int8_every=0)
             s = run_experiment(cfg, ds=ds)

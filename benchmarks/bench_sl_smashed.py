@@ -20,9 +20,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np   # noqa: E402
 
 from semifl.config import RunConfig   # noqa: E402
-from semifl.learn.data import Dataset, load_idx_dataset, to_float   # noqa: E402
+from semifl.learn.data import Dataset, load_idx_dataset   # noqa: E402
 from semifl.models import get   # noqa: E402
-from semifl.sim.split_inprocess import run_split_inprocess   # noqa: E402
+from semifl.app.inprocess import run_inprocess   # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WIDTH = {"float32": 4, "float16": 2, "int8": 1}
@@ -41,13 +41,12 @@ def main(argv=None):
     net = get("splitcnn-mnist").network()
     f_a = net.split(get("splitcnn-mnist").cut)[0]
     F = int(np.prod(f_a.out_shapes[-1]))
-    x_test = to_float(ds.x_test).reshape(-1, 28, 28, 1)
     runs = {}
     for dtype in ("float32", "float16", "int8"):
-        cfg = RunConfig(strategy="sl", rounds=a.epochs, fl_devices=a.devices, cl_devices=0, partition="iid", lr=0.05,
+        cfg = RunConfig.make(strategy="sl", rounds=a.epochs, fl_devices=a.devices, cl_devices=0, partition="iid", lr=0.05,
                         sl_batch=32, smashed=dtype)
         acc, t0 = [], time.perf_counter()
-        run_split_inprocess(cfg, ds, on_round=lambda r, s: acc.append(float((net.predict(s.params, x_test) == ds.y_test).mean())))
+        run_inprocess(cfg, ds, on_round=lambda m: acc.append(m["accuracy"]))   # on all of ds.x_test (eval_n 0)
         runs[dtype] = {"accuracy": acc, "final": acc[-1], "best": max(acc), "seconds": round(time.perf_counter() - t0, 1),
                        "smashed_bytes_per_device_epoch": a.per_device * F * WIDTH[dtype],
                        "gradient_bytes_per_device_epoch": a.per_device * F * 4}

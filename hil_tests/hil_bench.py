@@ -150,14 +150,15 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
     RunConfig fields (strategy, ...)."""
     from semifl.config import RunConfig
     from semifl.meters import MeterError
-    from semifl.service.experiment import build_engine
+    from semifl.app.build import limits, make_round
+    from semifl.service.session import Session
     from semifl.service.store import Store
     from semifl.sim.fleet import VirtualFleet, fleet_for
     from semifl.transport.mqtt import HostLink
 
     # a board may spend seconds writing an int8 model to flash and running it: it answers the next
     # round's announcement late, so the bench waits longer for `ready` than a fleet would
-    cfg = RunConfig(**{"rounds": rounds, "fl_devices": 1, "cl_devices": 1, "int8_every": 2, "plot": False,
+    cfg = RunConfig.make(**{"rounds": rounds, "fl_devices": 1, "cl_devices": 1, "int8_every": 2, "plot": False,
                        "out": str(root), "broker": url, "ready_timeout_s": 30.0, **run})
     specs = fleet_for(cfg, ds)
     spec = next((s for s in specs if s.id == dut.id), None)
@@ -173,24 +174,25 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
     watcher, w = watch(url, dut.id)
     meter = None
     try:
-        engine = build_engine(cfg, ds, store, link)
+        session = Session(link, store, limits(cfg))
+        rounds_obj = make_round(cfg, session, ds)
         with VirtualFleet(root / "fleet", specs, ds, url, mcu_runtime="micropython") as fleet:
             dut.fleet = fleet
-            if not engine.wait_for_devices(2, timeout=join_timeout):
+            if not session.wait_for_devices(2, timeout=join_timeout):
                 raise TimeoutError(f"the DUT {dut.id} did not join within {join_timeout:.0f} s "
-                                   f"(online: {sorted(engine.registry.online)}); its log:\n{dut.log()}")
+                                   f"(online: {sorted(session.registry.online)}); its log:\n{dut.log()}")
             meter = make_meter(dut)
             meter.start()
             error = None
             try:
-                engine.run(rounds)
-                pushed = [r for r in range(1, rounds + 1) if cfg.int8_every and r % cfg.int8_every == 0]
+                session.run(rounds_obj, rounds)
+                pushed = [r for r in range(1, rounds + 1) if cfg.federated.int8_every and r % cfg.federated.int8_every == 0]
                 if pushed:   # the DUT evaluates the last model it got after that round: let it report first
                     end = time.monotonic() + 60
                     while time.monotonic() < end and not any(e["round"] == pushed[-1] for e in w.of_kind("eval")):
                         time.sleep(0.1)
             finally:
-                engine.stop_fleet()
+                session.stop_fleet()
                 try:
                     meter.stop()
                 except MeterError as e:   # the run's other data is kept; the test reports the reason

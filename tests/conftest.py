@@ -5,10 +5,14 @@ import subprocess
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 from semifl.learn.data import FASHION_MNIST_DIR, load_idx_dataset
 from semifl.transport.broker import EmbeddedBroker, free_port
+
+HAR_ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 activities
+HAR_NF = 91                                          # and WISDM-2019's 91 features
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +45,26 @@ def start_mosquitto(port: int, d: str) -> subprocess.Popen:
     proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port)
     return proc
+
+
+@pytest.fixture(scope="session")
+def har_dir(tmp_path_factory):
+    """Six subjects in WISDM-2019's ARFF layout, each doing 4 of the 18 activities its own way."""
+    d = tmp_path_factory.mktemp("har")
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(18, HAR_NF)) * 2
+    head = "@relation person_activities_labeled\n@attribute ACTIVITY { " + ", ".join(HAR_ACTS) + " }\n"
+    head += "".join(f"@attribute X{i} numeric\n" for i in range(HAR_NF)) + "@attribute class { 0 }\n@data\n"
+    for s in range(6):
+        acts = rng.choice(18, 4, replace=False)
+        shift = rng.normal(size=HAR_NF)
+        rows = []
+        for a in acts:
+            for _ in range(24):
+                x = centers[a] + shift + rng.normal(size=HAR_NF)
+                rows.append(HAR_ACTS[a] + "," + ",".join(f"{v:.4f}" for v in x) + ",0")
+        (d / f"data_{1600 + s}_accel_watch.arff").write_text(head + "\n".join(rows) + "\n")
+    return str(d)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
+from semifl.config import Federated
 from semifl.fleet.planner import RoundPlan
 from semifl.learn import mlp
 from semifl.learn.strategy import FedAvg
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays
-from semifl.service.engine import EngineConfig, RoundEngine
+from semifl.service.rounds.federated import Context, FederatedRound
+from semifl.service.session import Session
 from semifl.service.store import Store
 from semifl.transport.mqtt import HostLink, parse_broker_url
 
@@ -29,7 +31,9 @@ def caps(dev, cls):
 def rig(tmp_path, broker_url):
     store = Store(str(tmp_path / "state.db"))
     link = HostLink(broker_url, client_id=f"host-{time.monotonic_ns()}", max_payload=256 * 1024).connect()
-    engine = RoundEngine(link, store, FedAvg(), EngineConfig(), mlp.init_params(LAYERS), lambda p: (0.0, 0.0))
+    session = Session(link, store)
+    engine = FederatedRound(session, FedAvg(), Federated(), mlp.init_params(LAYERS), lambda p: (0.0, 0.0))
+    session.handler = engine
     host, port = parse_broker_url(broker_url)
     dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{time.monotonic_ns()}")
     dev.connect(host, port)
@@ -40,8 +44,9 @@ def rig(tmp_path, broker_url):
 
     for d, cls in (("pi-x", "pi"), ("mcu-y", "mcu")):
         send(d, wire.T_CAPS, wire.encode_json(caps(d, cls)))
-    assert engine.pump(lambda: {"pi-x", "mcu-y"} <= set(engine.registry.devices), 10)
-    engine.round = RND
+    assert session.pump(lambda: {"pi-x", "mcu-y"} <= set(session.registry.devices), 10)
+    session.begin(RND)
+    engine.ctx = Context(RND, engine.params, {}, {})
     engine.plan = RoundPlan(RND, cl=["mcu-y"], fl=["pi-x"])
     engine.uploaders = ["pi-x"]
     yield engine, send, store
@@ -56,8 +61,8 @@ def rig(tmp_path, broker_url):
 def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=4096, **meta):
     # a good update changes only what the client's copy holds (the model pruned at cfg.prune)
     arrays = arrays if arrays is not None else [np.where(m, 0.01, 0.0).astype(np.float32)
-                                                for m in engine.prune_mask(engine.cfg.prune)]
-    m = {"kind": "update", "round": rnd, "task": engine.task_id(rnd, device) if task is None else task,
+                                                for m in engine.ctx.mask(engine.cfg.prune)]
+    m = {"kind": "update", "round": rnd, "task": engine.session.task_id(rnd, device) if task is None else task,
          "device": device, "n": 100}
     m.update(meta)
     return list(wire.iter_chunks(wire.KIND_UPDATE, rnd, encode_arrays(m, arrays), chunk))
@@ -66,20 +71,21 @@ def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=
 def samples_chunks(engine, k=3, device="mcu-y"):
     x = np.arange(k * 784, dtype=np.uint32).astype(np.uint8).reshape(k, 784)
     y = np.array([0, 1, 2][:k], np.uint8)
-    m = {"kind": "samples", "round": RND, "task": engine.task_id(RND, device), "device": device, "n": k}
+    m = {"kind": "samples", "round": RND, "task": engine.session.task_id(RND, device), "device": device, "n": k}
     return list(wire.iter_chunks(wire.KIND_SAMPLES, RND, encode_arrays(m, [x, y]), 4096))
 
 
 def expect(engine, reason, before):
-    assert engine.pump(lambda: engine.rejected[reason] > before.get(reason, 0), 10), \
-        f"no {reason!r} rejection; got {dict(engine.rejected)}"
+    rejected = engine.session.rec.rejected
+    assert engine.session.pump(lambda: rejected[reason] > before.get(reason, 0), 10), \
+        f"no {reason!r} rejection; got {dict(rejected)}"
 
 
 def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     engine, send, store = rig
 
     def bad(reason, device, leaf, payloads):
-        before = dict(engine.rejected)
+        before = dict(engine.session.rec.rejected)
         for p in payloads:
             send(device, leaf, p)
         expect(engine, reason, before)
@@ -121,7 +127,8 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
         send("pi-x", wire.T_UP, p)
     for p in samples_chunks(engine):
         send("mcu-y", wire.T_UP, p)
-    assert engine.pump(lambda: {("pi-x", "update"), ("mcu-y", "samples")} <= engine.accepted, 10), dict(engine.rejected)
+    assert engine.session.pump(lambda: {("pi-x", "update"), ("mcu-y", "samples")} <= engine.accepted, 10), \
+        dict(engine.session.rec.rejected)
     bad("replay", "pi-x", wire.T_UP, update_chunks(engine))                 # a second delivery of the same update
 
     stored = {(d, k) for d, k, _, _ in store.contributions(RND)}
@@ -129,4 +136,4 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     reasons = {r[2] for r in store.rejections()}
     assert reasons == {"malformed", "truncated", "crc", "version", "shape", "nonfinite", "mask", "stale_round", "replay",
                        "unknown_device", "schema", "oversized", "unexpected"}
-    assert sum(engine.rejected.values()) == len(store.rejections())
+    assert sum(engine.session.rec.rejected.values()) == len(store.rejections())

@@ -4,23 +4,26 @@ import contextlib
 import subprocess
 import sys
 
+from semifl.app.build import limits, make_round
+from semifl.app.run import run_experiment
 from semifl.config import RunConfig
-from semifl.service.experiment import build_engine, run_experiment
+from semifl.service.session import Session
 from semifl.service.store import Store
 from semifl.sim.fleet import VirtualFleet, seed_fleet
 from semifl.transport.mqtt import HostLink
 
 
 def test_killed_devices_drop_out_and_rounds_go_on(tmp_path, fashion, mosquitto):
-    cfg = RunConfig(rounds=5, collect_timeout_s=60)
+    cfg = RunConfig.make(rounds=5, collect_timeout_s=60)
     specs = seed_fleet(6, 4, 10, cfg.seed, cfg.rounds)
     with contextlib.ExitStack() as stack:
         store = Store(str(tmp_path / "state.db"))
         link = HostLink(mosquitto, client_id="host-dropout").connect()
         stack.callback(link.close)
-        engine = build_engine(cfg, fashion, store, link)
+        session = Session(link, store, limits(cfg))
+        rounds_obj = make_round(cfg, session, fashion)
         fleet = stack.enter_context(VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto))
-        assert engine.wait_for_devices(10, 60)
+        assert session.wait_for_devices(10, 60)
         walls = []
 
         def on_round(m):
@@ -28,8 +31,8 @@ def test_killed_devices_drop_out_and_rounds_go_on(tmp_path, fashion, mosquitto):
             if m["round"] == 2:   # power cut on one Pi and one sensor
                 fleet.kill("pi-00")
                 fleet.kill("mcu-07")
-        engine.run(cfg.rounds, on_round=on_round)
-        engine.stop_fleet()
+        session.run(rounds_obj, cfg.rounds, on_round=on_round)
+        session.stop_fleet()
     rounds = store.round_metrics()
     assert [m["round"] for m in rounds] == [1, 2, 3, 4, 5]
     for m in rounds[3:]:
@@ -40,7 +43,7 @@ def test_killed_devices_drop_out_and_rounds_go_on(tmp_path, fashion, mosquitto):
 
 
 def test_lossy_links_thin_out_rounds_but_the_run_completes(tmp_path, fashion, embedded):
-    cfg = RunConfig(rounds=6, drop=0.3, ready_timeout_s=1.0, out=str(tmp_path / "lossy"), broker=embedded, plot=False)
+    cfg = RunConfig.make(rounds=6, drop=0.3, ready_timeout_s=1.0, out=str(tmp_path / "lossy"), broker=embedded, plot=False)
     summary = run_experiment(cfg, ds=fashion)
     rounds = summary["rounds"]
     assert len(rounds) == 6

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from semifl.config import RunConfig
-from semifl.sim.inprocess import run_inprocess
-from semifl.service.experiment import run_experiment
+from semifl.app.inprocess import run_inprocess
+from semifl.app.run import run_experiment
 
 
 def test_semifl_run_learns_and_writes_summary(tmp_path, fashion, broker_url):
-    cfg = RunConfig(rounds=20, out=str(tmp_path / "run"), broker=broker_url)
+    cfg = RunConfig.make(rounds=20, out=str(tmp_path / "run"), broker=broker_url)
     summary = run_experiment(cfg, ds=fashion)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["final_accuracy"] == summary["final_accuracy"]
@@ -52,10 +52,10 @@ def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedd
     int8 + P=0.6 copies, send float32, float16 and int8 deltas; the host merges them mask-aware."""
     extra = {"none": {}, "auto": dict(compression="auto", pi_ram="4e9,64e6,16e6", fl_uploaders=6),
              "sparse": dict(sparse_updates=True, fl_uploaders=6)}[compression]   # sparse: uniform P = 0.3
-    cfg = RunConfig(rounds=6, seed=7, out=str(tmp_path / "mqtt"), broker=embedded, plot=False, int8_every=0, **extra)
+    cfg = RunConfig.make(rounds=6, seed=7, out=str(tmp_path / "mqtt"), broker=embedded, plot=False, int8_every=0, **extra)
     summary = run_experiment(cfg, ds=fashion)
     over_mqtt = np.load(tmp_path / "mqtt" / "final_model.npz")
-    in_process = run_inprocess(cfg, fashion)
+    in_process = run_inprocess(cfg, fashion).params
     for i, p in enumerate(in_process):
         assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
     assert all(r["rejected"] == {} for r in summary["rounds"])
@@ -75,7 +75,7 @@ def test_same_seed_same_model_in_process_and_over_mqtt(tmp_path, fashion, embedd
 
 
 def test_fedavg_baseline_never_uses_cl_devices(tmp_path, fashion, embedded):
-    cfg = RunConfig(strategy="fedavg", rounds=3, fl_uploaders=6, prune=0.0, out=str(tmp_path / "fl"),
+    cfg = RunConfig.make(strategy="fedavg", rounds=3, fl_uploaders=6, prune=0.0, out=str(tmp_path / "fl"),
                     broker=embedded, plot=False)
     summary = run_experiment(cfg, ds=fashion)
     for r in summary["rounds"]:

@@ -5,10 +5,10 @@ import pytest
 from semifl.config import RunConfig
 from semifl.energy import load_profile
 from semifl.fleet.planner import PlannerConfig, plan_round
-from semifl.service.experiment import run_experiment
-from semifl.sim import link
+from semifl.app.run import run_experiment
+from semifl.device import link
 from semifl.sim.fleet import fleet_for, pi_battery
-from semifl.sim.link import SimBattery
+from semifl.device.link import SimBattery
 
 PI_ROLES = ["fl", "sl"]   # what the Pi agent reports (firmware/pi/semifl_agent/agent.py)
 
@@ -55,7 +55,7 @@ def test_pi_battery_takes_the_virtual_meters_numbers():
 
 
 def test_run_config_cycles_capacity_and_charge_over_the_pis(fashion):
-    specs = fleet_for(RunConfig(rounds=2, fl_devices=3, cl_devices=1, pi_battery_j="50,0", pi_charge="0.3,0.9"), fashion)
+    specs = fleet_for(RunConfig.make(rounds=2, fl_devices=3, cl_devices=1, pi_battery_j="50,0", pi_charge="0.3,0.9"), fashion)
     sims = {s.id: s.sim for s in specs}
     assert sims["pi-00"]["battery_j"] == 50.0 and sims["pi-00"]["charge"] == 0.3
     assert sims["pi-01"]["battery_j"] == 0.0            # 0: mains powered, as before
@@ -88,8 +88,8 @@ def test_a_draining_pi_stops_training_at_the_threshold(tmp_path, fashion, embedd
     """Pis on 2 J batteries that sleep between tasks, fl_min_battery 0.6: pi-00 starts at 0.65 and
     its first round (training and its update upload) takes it below 0.6; pi-02 starts flat."""
     th, cap = 0.6, 2.0
-    cfg = RunConfig(rounds=4, fl_devices=3, cl_devices=1, out=str(tmp_path / "run"), broker=embedded, plot=False,
-                    int8_every=0, pi_battery_j=str(cap), pi_charge="0.65,1.0,0.04", pi_battery_idle=False,
+    cfg = RunConfig.make(rounds=4, fl_devices=3, cl_devices=1, out=str(tmp_path / "run"), broker=embedded, plot=False,
+                    int8_every=0, pi_battery_j=str(cap), pi_charge="0.65,1.0,0.04", pi_battery_sleeps=True,
                     fl_min_battery=th)
     s = run_experiment(cfg, ds=fashion)
     rounds = s["rounds"]

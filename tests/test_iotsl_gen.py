@@ -13,8 +13,11 @@ from dp_accounting import pld, rdp
 from semifl.learn.iotsl import artifact, dp
 from semifl.learn.iotsl.gan import Discriminator, Generator, generate, noise
 from semifl.learn.iotsl.impute import Fill, impute, imputed_set
-from semifl.learn.iotsl.pretrain import CUT, generated_dataset, pretrain, split_cnn
+from semifl.learn.iotsl.pretrain import generated_dataset, pretrain
 from semifl.learn.iotsl.train import train_generator
+from semifl.models import get
+
+SPLIT = get("splitcnn-mnist")   # IoTSL's split CNN and its cut
 
 
 def _direct_epsilon(sigma, steps, q, delta, acc):
@@ -222,12 +225,12 @@ def test_pretraining_on_generated_data_reduces_the_loss():
     gens = [(_contrasty_generator(), [8, 8, 0, 0]), (_contrasty_generator(), [0, 0, 8, 8])]
     x, y, log = generated_dataset(gens, seed=0)
     assert log == [[8, 8, 0, 0], [0, 0, 8, 8]] and np.bincount(y).tolist() == [8, 8, 8, 8]
-    net = split_cnn()
+    net = SPLIT.network()
     theta0 = net.init(0)
-    theta_pre, theta_pre_a = pretrain(x, y, net, params=theta0, epochs=8, batch=8, lr=0.02)
+    theta_pre, theta_pre_a = pretrain(x, y, net, SPLIT.cut, params=theta0, epochs=8, batch=8, lr=0.02)
     before, after = net.loss_and_grad(theta0, x, y)[0], net.loss_and_grad(theta_pre, x, y)[0]
     assert before > math.log(10) - 0.1 and after < math.log(4)   # better than the class prior alone
-    f_a, _ = net.split(CUT)
+    f_a, _ = net.split(SPLIT.cut)
     assert len(theta_pre_a) == len(f_a.shapes()) and sum(p.size for p in theta_pre_a) == 37_568
     assert all(a is b for a, b in zip(theta_pre_a, theta_pre))
     assert f_a.forward(theta_pre_a, x[:2]).shape == (2, 14, 14, 64)        # the smashed data

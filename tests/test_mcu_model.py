@@ -36,7 +36,7 @@ def replay(tmp_path, msgs, burst=False):
     (tmp_path / "messages.bin").write_bytes(records(msgs))
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
                                                          str(REPO / "host" / "semifl" / "protocol"),
-                                                         str(REPO / "host" / "semifl" / "sim")]))
+                                                         str(REPO / "host" / "semifl" / "device")]))
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_replay.py"),
                         str(tmp_path)] + (["burst"] if burst else []), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("OK"), r.stdout + r.stderr

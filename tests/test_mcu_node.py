@@ -29,7 +29,7 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     (tmp_path / "labels.bin").write_bytes(y.tobytes())
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
                                                          str(REPO / "host" / "semifl" / "protocol"),
-                                                         str(REPO / "host" / "semifl" / "sim")]))
+                                                         str(REPO / "host" / "semifl" / "device")]))
     seed, fraction = 12345, 0.3
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_upload.py"),
                         str(tmp_path), str(seed), str(fraction)], capture_output=True, text=True, env=env, timeout=300)
@@ -132,7 +132,7 @@ def test_a_read_that_fails_mid_packet_drops_the_link_and_reconnects(tmp_path, mo
     from semifl_node import node as firmware
     from semifl_node.node import Node
     monkeypatch.setattr(firmware.time, "sleep", lambda s: None)   # the reconnect backoff
-    from semifl.sim.link import SimBattery, SimRadio
+    from semifl.device.link import SimBattery, SimRadio
 
     class Client:
         sock = None

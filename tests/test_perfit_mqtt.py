@@ -17,45 +17,24 @@ from semifl.learn.har import load_har
 from semifl.models import get
 from semifl.protocol import wire
 from semifl.protocol.tensors import arrays_crc, decode_arrays, to_wire
-from semifl.service import experiment
-from semifl.service.engine import EngineConfig
-from semifl.service.personal_engine import PersonalEngine
+from semifl.app import run as experiment
+from semifl.service.rounds.personal import PersonalRound
+from semifl.service.session import Session
 from semifl.service.store import Store
 from semifl.transport.mqtt import HostLink, parse_broker_url
-from semifl_agent.personal import PersonalClient
+from semifl.device import PersonalClient
 
 from conftest import accepted_in_open_round
 
-ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 activities
-NF = 91                                          # and WISDM-2019's 91 features
+from conftest import HAR_NF as NF   # noqa: E402  (WISDM-2019's 91 features; the har_dir fixture's)
 NET = get("3nn-har").network()
 BASE, HEAD = NET.shapes()[:-2], NET.shapes()[-2:]
-
-
-@pytest.fixture(scope="module")
-def har_dir(tmp_path_factory):
-    """Six subjects in WISDM-2019's ARFF layout, each doing 4 of the 18 activities its own way."""
-    d = tmp_path_factory.mktemp("har")
-    rng = np.random.default_rng(7)
-    centers = rng.normal(size=(18, NF)) * 2
-    head = "@relation person_activities_labeled\n@attribute ACTIVITY { " + ", ".join(ACTS) + " }\n"
-    head += "".join(f"@attribute X{i} numeric\n" for i in range(NF)) + "@attribute class { 0 }\n@data\n"
-    for s in range(6):
-        acts = rng.choice(18, 4, replace=False)
-        shift = rng.normal(size=NF)
-        rows = []
-        for a in acts:
-            for _ in range(24):
-                x = centers[a] + shift + rng.normal(size=NF)
-                rows.append(ACTS[a] + "," + ",".join(f"{v:.4f}" for v in x) + ",0")
-        (d / f"data_{1600 + s}_accel_watch.arff").write_text(head + "\n".join(rows) + "\n")
-    return str(d)
 
 
 def cfg(tmp_path, har_dir, broker, **kw):
     base = dict(strategy="fedper", rounds=3, subjects=4, per_round=2, epochs=1, batch=16, lr=0.05, momentum=0.5,
                 public_n=40, ft_epochs=2, data=har_dir, out=str(tmp_path / "run"), broker=broker, plot=False)
-    return RunConfig(**{**base, **kw})
+    return RunConfig.make(**{**base, **kw})
 
 
 @pytest.mark.parametrize("strategy", ["ftl", "fedper", "fd", "perfedavg", "ditto"])
@@ -63,8 +42,7 @@ def test_each_method_over_the_broker_is_the_method_in_process(tmp_path, har_dir,
     c = cfg(tmp_path, har_dir, embedded, strategy=strategy)
     summary = experiment.run_experiment(c)
     har = load_har(har_dir, seed=c.seed)
-    ref = ex.run(experiment.personal_method(c, har, NET), ex.make_devices(har, c.subjects, c.arch), c.rounds, c.per_round,
-                 seed=c.seed, log=None)
+    ref = ex.run(c, har, log=None)
     over_mqtt = {d["id"]: d["personal_accuracy"] for d in summary["devices"]}
     assert over_mqtt == ref["per_device"]            # the same floats: same code, same data, same seeds
     assert summary["final_accuracy"] == ref["mean_acc"] and summary["final_p10_accuracy"] == ref["p10_acc"]
@@ -169,7 +147,8 @@ class RawDevice:
         self.c.publish(wire.dev_topic(dev, leaf), payload, qos=1, retain=retain).wait_for_publish(10)
 
     def upload(self, dev, kind, arrays, rnd=1, task=None, version=None, engine=None):
-        meta = {"kind": kind, "round": rnd, "task": engine.task_id(rnd, dev) if task is None else task, "device": dev, "n": 8}
+        meta = {"kind": kind, "round": rnd, "task": engine.session.task_id(rnd, dev) if task is None else task,
+                "device": dev, "n": 8}
         if version is not None:
             meta["version"] = version
         for chunk in wire.iter_chunks(wire.KIND_UPDATE, rnd, wire.encode_blob(meta, [to_wire(a) for a in arrays]), 65536):
@@ -184,15 +163,17 @@ def engine_for(tmp_path, url, method, ids):
     store = Store(str(tmp_path / "state.db"))
     link = HostLink(url, client_id=f"host-{time.monotonic_ns()}").connect()
     views = {"3nn-har": lambda a: a}
-    e = PersonalEngine(link, store, EngineConfig(), method, {i: "3nn-har" for i in ids}, {"3nn-har": NET}, views, None,
-                       18, NF, method.cfg, rounds=5, per_round=0)
-    assert e.pump(lambda: set(ids) <= e.registry.online, 10)
+    session = Session(link, store)
+    e = session.handler = PersonalRound(session, method, {i: "3nn-har" for i in ids}, {"3nn-har": NET}, views, None,
+                                        18, NF, rounds=5, per_round=0)
+    assert session.pump(lambda: set(ids) <= session.registry.online, 10)
     return e, store, link
 
 
 def expect(engine, reason):
-    assert engine.pump(lambda: engine.rejected[reason] > 0, 10), (reason, dict(engine.rejected))
-    engine.rejected.clear()
+    rejected = engine.session.rec.rejected
+    assert engine.session.pump(lambda: rejected[reason] > 0, 10), (reason, dict(rejected))
+    rejected.clear()
 
 
 def test_bad_uploads_are_refused_and_personal_models_go_to_their_owner_only(tmp_path, embedded):
@@ -201,7 +182,8 @@ def test_bad_uploads_are_refused_and_personal_models_go_to_their_owner_only(tmp_
     pub = np.random.default_rng(0).normal(size=(50, NF)).astype(np.float32)
     fd = perfit.FD(pub, 18, perfit.Local(), public_n=20)
     engine, store, link = engine_for(tmp_path, embedded, fd, ids)
-    engine.round, engine.plan = 1, RoundPlan(1, fl=["s-a"])
+    engine.session.begin(1)
+    engine.plan = RoundPlan(1, fl=["s-a"])
     fd.begin_round(1)
     good = np.zeros((20, 18), np.float32)
     dev.upload("s-a", "logits", [good[:10]], version=1, engine=engine)
@@ -219,13 +201,13 @@ def test_bad_uploads_are_refused_and_personal_models_go_to_their_owner_only(tmp_
     dev.upload("s-a", "logits", [good], version=1, task=123, engine=engine)
     expect(engine, "replay")
     dev.upload("s-a", "logits", [good], version=1, engine=engine)
-    assert engine.pump(lambda: "s-a" in engine.uploads, 10) and engine.rejected == {}
+    assert engine.session.pump(lambda: "s-a" in engine.uploads, 10) and engine.session.rec.rejected == {}
     dev.upload("s-a", "logits", [good], version=1, engine=engine)
     expect(engine, "replay")                                  # a second delivery
 
     # a personal model the host keeps (edge offloading) goes to its owner, on the owner's topic only
     mine = [np.full(s, 0.25, np.float32) for s in NET.shapes()]
-    engine._keep_personal("s-a", mine, 1)
+    engine.keep_personal("s-a", mine, 1)
     ask = lambda who, owner: dev.send(who, wire.T_STATUS, wire.encode_json(
         {"v": 1, "kind": "request", "round": 1, "what": "personal", "device": owner}))
     ask("s-b", "s-a")
@@ -235,7 +217,7 @@ def test_bad_uploads_are_refused_and_personal_models_go_to_their_owner_only(tmp_
     ask("s-a", "s-a")
     deadline = time.monotonic() + 10
     while not dev.got["s-a"] and time.monotonic() < deadline:
-        engine.pump(lambda: False, 0.2)
+        engine.session.pump(lambda: False, 0.2)
     asm = None
     for p in dev.got["s-a"]:
         kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(p, 1 << 24)
@@ -294,7 +276,7 @@ def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mo
     c = cfg(tmp_path, har_dir, mosquitto, rounds=rounds, latency_s=0.02)
     har = load_har(har_dir, seed=c.seed)
 
-    with VirtualFleet(tmp_path / "fleet", experiment.personal_fleet(c, har), None, mosquitto):
+    with VirtualFleet(tmp_path / "fleet", experiment.fleet_specs(c, har), None, mosquitto):
         host = serve()
         before, end = [], time.monotonic() + 120
         while not before and time.monotonic() < end and host.poll() is None:
@@ -312,5 +294,5 @@ def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mo
         "SELECT device, accepted FROM contributions WHERE round=?", (before[0][0],))))
     assert all(rows[d] == t for _, d, _, t in before)   # accepted before the crash: kept, not received again
     store.close()
-    ref = ex.run(experiment.personal_method(c, har, NET), ex.make_devices(har, 4, "3nn"), rounds, 2, seed=c.seed, log=None)
+    ref = ex.run(c, har, log=None)
     assert metrics[rounds]["personal"] == ref["per_device"]

@@ -23,8 +23,8 @@ def test_agent_reports_the_exported_models_accuracy(fashion):
     cfg = {"id": "pi-t", "broker": "mqtt://127.0.0.1:1", "tflite": str(MODEL / "mlp-fmnist.tflite"), "eval_n": 50}
     agent = PiAgent(cfg, fashion.x_test[idx], fashion.y_test[idx])
     sent = []
-    agent.publish = lambda topic, payload, retain=False: sent.append((topic, payload))
-    agent.evaluate_tflite()
+    agent.device._publish = lambda topic, payload, retain=False: sent.append((topic, payload))
+    agent.infer.evaluate()
     (topic, payload), = sent
     msg = wire.decode_json(payload)
     assert topic == wire.dev_topic("pi-t", wire.T_STATUS) and msg["kind"] == "eval" and msg["n"] == 50

@@ -6,7 +6,7 @@ import numpy as np
 from semifl.config import RunConfig
 from semifl.fleet.planner import PlannerConfig, cannot_run, plan_round
 from semifl.learn import int8, mlp
-from semifl.service import experiment
+from semifl.app import run as experiment
 
 
 def test_cannot_run_names_the_missing_ops_and_the_memory():
@@ -50,7 +50,7 @@ def test_refused_over_mqtt_and_the_rest_of_the_round_goes_on(tmp_path, fashion, 
 
     monkeypatch.setattr(experiment, "fleet_for", fleet)
     # full-batch training on all 6,000 samples needs ~24 MB: the 16 MB Pis are refused the task
-    cfg = RunConfig(rounds=3, fl_devices=2, cl_devices=3, fl_uploaders=2, cl_uploaders=3, fl_fraction=1.0,
+    cfg = RunConfig.make(rounds=3, fl_devices=2, cl_devices=3, fl_uploaders=2, cl_uploaders=3, fl_fraction=1.0,
                     pi_ram="4e9,16e6", int8_every=1, out=str(tmp_path / "run"), broker=embedded, plot=False)
     summary = experiment.run_experiment(cfg, ds=fashion)
     for r in summary["rounds"]:

@@ -13,7 +13,7 @@ import pytest
 from semifl.config import RunConfig
 from semifl.service.store import Store
 from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
-from semifl.sim.inprocess import run_inprocess
+from semifl.app.inprocess import run_inprocess
 
 from conftest import accepted_in_open_round
 
@@ -58,7 +58,7 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
         role = "fl" if kind == "update" else "cl"
         assert dev in metrics[killed_round]["participants"][role]
     # and the resumed run computes exactly what an uninterrupted run computes
-    expected = run_inprocess(RunConfig(rounds=ROUNDS, seed=SEED, strategy=strategy), fashion)
+    expected = run_inprocess(RunConfig.make(rounds=ROUNDS, seed=SEED, strategy=strategy), fashion).params
     final = store.checkpoint(ROUNDS)
     for a, b in zip(final, expected):
         assert np.array_equal(a, b)

@@ -14,13 +14,14 @@ from semifl.learn.split import SplitServer, comm_params
 from semifl.models import get
 from semifl.protocol import wire
 from semifl.protocol.tensors import from_wire, to_wire
-from semifl.service import experiment
-from semifl.service.engine import EngineConfig
-from semifl.service.split_engine import SplitEngine
+from semifl.app import run as experiment
+from semifl.app.inprocess import run_inprocess
+from semifl.device import SplitClient, SplitError
+from semifl.learn.registry import spec
+from semifl.service.rounds.split import SplitRound
+from semifl.service.session import Session
 from semifl.service.store import Store
-from semifl.sim.split_inprocess import run_split_inprocess
 from semifl.transport.mqtt import HostLink, parse_broker_url
-from semifl_agent.split import SplitClient, SplitError
 
 SPEC = get("splitcnn-mnist")
 F_A, F_B = SPEC.network().split(SPEC.cut)
@@ -35,7 +36,7 @@ def small(ds, n):
 def cfg(tmp_path, embedded, **kw):
     base = dict(strategy="sl", rounds=2, fl_devices=3, cl_devices=0, partition="iid", lr=0.05, sl_batch=32,
                 out=str(tmp_path / "run"), broker=embedded, plot=False, int8_every=0)
-    return RunConfig(**{**base, **kw})
+    return RunConfig.make(**{**base, **kw})
 
 
 def raw_device(url, ids, roles=("sl",)):
@@ -84,7 +85,7 @@ def test_same_model_in_process_and_over_mqtt_and_every_value_counted(tmp_path, f
     c = cfg(tmp_path, embedded, smashed=smashed)
     summary = experiment.run_experiment(c, ds=ds)
     over_mqtt = np.load(tmp_path / "run" / "final_model.npz")
-    server = run_split_inprocess(c, ds)
+    server = run_inprocess(c, ds).server
     for i, p in enumerate(server.params):
         assert np.array_equal(over_mqtt[f"arr_{i}"], p), f"tensor {i} differs"
     for r in summary["rounds"]:
@@ -117,16 +118,16 @@ def test_splitfed_averages_the_clients_f_a(tmp_path, fashion, embedded):
 
 
 def test_a_device_that_drops_mid_epoch_is_skipped(tmp_path, fashion, embedded, monkeypatch):
-    original = SplitEngine._on_smashed
+    original = SplitRound.on_smashed
 
-    def kill_after_second_batch(self, dev, rnd, meta, tensors):
-        original(self, dev, rnd, meta, tensors)
+    def kill_after_second_batch(self, dev, meta, tensors):
+        original(self, dev, meta, tensors)
         if dev == "pi-01" and meta["batch"] == 1:   # pull its plug: the process dies mid-epoch
             for p in psutil.process_iter(["cmdline"]):
                 if any("pi-01" in a and a.endswith("config.json") for a in p.info["cmdline"] or []):
                     p.kill()
 
-    monkeypatch.setattr(SplitEngine, "_on_smashed", kill_after_second_batch)
+    monkeypatch.setattr(SplitRound, "on_smashed", kill_after_second_batch)
     ds = small(fashion, 240)
     summary = experiment.run_experiment(cfg(tmp_path, embedded, rounds=1, collect_timeout_s=30), ds=ds)
     r = summary["rounds"][0]
@@ -156,14 +157,15 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
     store = Store(str(tmp_path / "state.db"))
     link = HostLink(embedded, client_id=f"host-{time.monotonic_ns()}").connect()
     net = SPEC.network()
-    engine = SplitEngine(link, store, EngineConfig(lr=0.01), net, SPEC.cut, SPEC.name, net.init(0),
-                         lambda p: (0.0, 0.0), batch=4)
+    session = Session(link, store)
+    engine = session.handler = SplitRound(session, spec("sl"), net, SPEC.cut, SPEC.name, net.init(0), lambda p: (0.0, 0.0),
+                                          lr=0.01, batch=4)
     dev, got = raw_device(embedded, ["pi-x"])
     send = lambda leaf, payload: dev.publish(wire.dev_topic("pi-x", leaf), payload, qos=1).wait_for_publish(10)
     send(wire.T_PRESENCE, b"online")
-    engine.round = 1
+    session.begin(1)
     engine.active["pi-x"] = {"next": 0}
-    task = engine.task_id(1, "pi-x")
+    task = session.task_id(1, "pi-x")
 
     def smashed(batch=0, n=4, dtype=np.float32, shape=(14, 14, 64), fill=0.5, task=task, labels=None):
         x = np.full((n,) + shape, fill, dtype)
@@ -174,8 +176,9 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
             send(wire.T_UP, chunk)
 
     def expect(reason):
-        assert engine.pump(lambda: engine.rejected[reason] > 0, 10), (reason, dict(engine.rejected))
-        engine.rejected.clear()
+        rejected = session.rec.rejected
+        assert session.pump(lambda: rejected[reason] > 0, 10), (reason, dict(rejected))
+        rejected.clear()
 
     smashed(batch=1)
     expect("schema")                                   # not the batch in flight
@@ -192,11 +195,11 @@ def test_bad_smashed_data_is_rejected_over_the_broker(tmp_path, embedded):
     smashed(task=123)
     expect("replay")
     smashed()                                          # and a good one is answered with its gradient
-    assert engine.pump(lambda: engine.active["pi-x"]["next"] == 1, 10)
+    assert session.pump(lambda: engine.active["pi-x"]["next"] == 1, 10)
     kind, meta, (t,) = first_blob(got)
     grad = from_wire(t)
     assert kind == wire.KIND_GRAD and meta["batch"] == 0 and grad.shape == (4, 14, 14, 64)
-    assert engine.rejected == {}
+    assert session.rec.rejected == {}
     dev.loop_stop()
     dev.disconnect()
     link.close()
@@ -256,15 +259,16 @@ def test_a_device_that_lost_its_generated_set_gets_its_paired_generators_again(t
     store.keep_artifact("pi-y", "generator", 1, info.sha256, info.epsilon, info.delta, art)
     link = HostLink(embedded, client_id=f"host-{time.monotonic_ns()}").connect()
     net = SPEC.network()
-    engine = SplitEngine(link, store, EngineConfig(lr=0.01), net, SPEC.cut, SPEC.name, net.init(0),
-                         lambda p: (0.0, 0.0), variant="iotsl")
-    engine.round = 2
-    engine.strategy.fills = {"pi-x": [[3, "pi-y", 5], [4, "pi-y", 6]]}
+    session = Session(link, store)
+    engine = session.handler = SplitRound(session, spec("iotsl"), net, SPEC.cut, SPEC.name, net.init(0),
+                                          lambda p: (0.0, 0.0), lr=0.01)
+    session.begin(2)
+    engine.fills = {"pi-x": [[3, "pi-y", 5], [4, "pi-y", 6]]}
     dev, got = raw_device(embedded, ["pi-x", "pi-z"])
     for who in ("pi-x", "pi-z"):
         dev.publish(wire.dev_topic(who, wire.T_STATUS), wire.encode_json(
             {"v": 1, "kind": "request", "round": 2, "what": "generators"}), qos=1).wait_for_publish(10)
-    assert engine.pump(lambda: engine.rejected["unexpected"] == 1, 10)   # pi-z has nothing to ask for
+    assert session.pump(lambda: session.rec.rejected["unexpected"] == 1, 10)   # pi-z has nothing to ask for
     kind, meta, tensors = first_blob(got)
     assert kind == wire.KIND_GENERATOR and meta["kind"] == "impute" and meta["generators"] == ["pi-y"]
     assert meta["fills"] == [[3, "pi-y", 5], [4, "pi-y", 6]] and bytes(tensors[0][4]) == art

@@ -6,8 +6,9 @@ and named configurations for the ablation. One process, one core (set OPENBLAS_N
 
 Each run writes /tmp/splus/<run>_r<rounds>.json (per-round accuracy, loss, uplink bytes); a table of
 all finished runs is printed at the end (`--table` prints it without running anything).
-Uplink: wire bytes as run_inprocess counts them (blob + 24-byte chunk headers; an FL update is ~200 kB,
-a CL sample 785 bytes plus a per-upload header). CL baseline: 60000 x 785 bytes each round.
+Uplink: FL bytes as they crossed the in-memory broker (updates in chunks, statuses); CL bytes as the
+wire size of the samples blobs sent (blob + 24-byte chunk headers: 785 bytes a sample plus a header per
+upload), so that the fresh-samples-only rule can be costed. CL baseline: 60000 x 785 bytes each round.
 """
 from __future__ import annotations
 
@@ -24,17 +25,26 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "host"), str(REPO / "firmware" / "pi")]
 
+from semifl.app.inprocess import run_inprocess  # noqa: E402
 from semifl.config import RunConfig  # noqa: E402
 from semifl.fleet.planner import task_seed  # noqa: E402
 from semifl.learn.data import load_idx_dataset  # noqa: E402
+from semifl.learn.registry import SEMIFL_PLUS  # noqa: E402
 from semifl.learn.semifl_plus import SemiFLPlus  # noqa: E402
-from semifl.learn.strategy import SEMIFL_PLUS, SemiFL  # noqa: E402
+from semifl.learn.strategy import SemiFL  # noqa: E402
+from semifl.protocol import wire  # noqa: E402
 from semifl.protocol.sampling import ceil_fraction, select  # noqa: E402
 from semifl.sim.fleet import fleet_for, shard  # noqa: E402
-from semifl.sim.inprocess import MCU_CHUNK, run_inprocess, wire_bytes  # noqa: E402
 
 OUT = Path("/tmp/splus")
 SAMPLE_BYTES = 785   # the CL baseline's cost of one sample (784 pixels + label)
+MCU_CHUNK = 4096     # an MCU's max_chunk
+
+
+def wire_bytes(meta: dict, headers: list, chunk: int) -> int:
+    """Bytes a blob occupies on the wire: meta, tensor headers and data, plus one header per chunk."""
+    _, total = wire.blob_head(meta, headers)
+    return total + wire.CHUNK_HEADER_LEN * wire.chunk_count(total, chunk)
 
 
 # name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads).
@@ -59,8 +69,8 @@ RUNS = {
 ABLATION = ["semifl", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
             "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
 CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
-        "host/semifl/sim/inprocess.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
-        "firmware/pi/semifl_agent/train.py", "tools/semifl_plus_experiments.py"]
+        "host/semifl/service/rounds/federated.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
+        "host/semifl/device/fl.py", "tools/semifl_plus_experiments.py"]
 
 
 def code_digest() -> dict:
@@ -72,7 +82,7 @@ def make(cfg: RunConfig, kwargs, sizes):
     if kwargs is None:
         return SemiFL(lr=cfg.lr)
     if kwargs.get("prune") == "task":
-        kwargs = dict(kwargs, prune=cfg.prune)
+        kwargs = dict(kwargs, prune=cfg.federated.prune)
     return SemiFLPlus(lr=cfg.lr, dataset_sizes=sizes, rounds=cfg.rounds, seed=cfg.seed, **kwargs)
 
 
@@ -92,18 +102,16 @@ def run(cfg: RunConfig, ds, kwargs, fresh_only: bool, log_every: int = 50) -> di
         rnd, new, cl_bytes = r["round"], 0, 0
         for d in r["participants"]["cl"]:
             n = len(data[d][1])
-            idx = select(n, ceil_fraction(n, cfg.cl_fraction), task_seed(cfg.seed, rnd, d))
+            idx = select(n, ceil_fraction(n, cfg.federated.cl_fraction), task_seed(cfg.seed, rnd, d))
             k = sum(i not in sent[d] for i in idx) if fresh_only else len(idx)
             sent[d].update(idx)
             new += k
             if k:
                 cl_bytes += wire_bytes({"kind": "samples", "round": rnd, "task": 10 ** 9, "device": d, "n": k},
                                        [("uint8", (k, 784), 1.0, 0), ("uint8", (k,), 1.0, 0)], MCU_CHUNK)
-        if not fresh_only:
-            assert cl_bytes == r["bytes_up"]["cl"]
         rec["accuracy"].append(r["accuracy"])
         rec["loss"].append(r["loss"])
-        rec["fl_bytes"].append(r["bytes_up"]["fl"])
+        rec["fl_bytes"].append(r["bytes_by_class"].get("pi", [0, 0])[0])
         rec["cl_bytes"].append(cl_bytes)
         rec["cl_new_samples"].append(new)
         rec["fl"].append(r["participants"]["fl"])
@@ -111,7 +119,7 @@ def run(cfg: RunConfig, ds, kwargs, fresh_only: bool, log_every: int = 50) -> di
         if log_every and (rnd % log_every == 0 or rnd == cfg.rounds):
             print(f"  round {rnd:4d}  acc {r['accuracy']:.4f}  loss {r['loss']:.4f}  {time.time() - t0:6.1f}s", flush=True)
 
-    rec["params"] = run_inprocess(cfg, ds, on_round, strategy=strategy)
+    rec["params"] = run_inprocess(cfg, ds, on_round, strategy=strategy).params
     rec["seconds"] = time.time() - t0
     rec["n_train"] = int(sum(sizes.values()))
     return rec
@@ -167,7 +175,7 @@ def main(argv=None):
         if kwargs is not None and overrides:
             kwargs = dict(kwargs, **overrides)
         cfg_over = dict(cfg_over, **{k: json.loads(v) for k, v in (c.split("=", 1) for c in a.cfg)})
-        cfg = RunConfig(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, **cfg_over})
+        cfg = RunConfig.make(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, **cfg_over})
         label = name + a.tag + (f".s{a.seed}" if a.seed else "")
         print(f"{label}: lr {cfg.lr} epochs {cfg.epochs} {kwargs}", flush=True)
         res = run(cfg, ds, kwargs, fresh)

@@ -8,87 +8,27 @@ import time
 
 
 def _common(p: argparse.ArgumentParser):
-    p.add_argument("--broker", help="mqtt://host:port of an external broker (Mosquitto); default: embedded")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--broker", help="mqtt://[user:password@]host:port of an external broker (Mosquitto); default: embedded")
+    p.add_argument("--seed", type=int, help="seed of everything random in the run (default 0)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
 def _run_flags(p: argparse.ArgumentParser):
-    p.add_argument("--config", help="TOML file with RunConfig settings (flags override it)")
-    p.add_argument("--name")
-    p.add_argument("--strategy", choices=["fedavg", "semifl", "semifl+", "sl", "splitfed", "iotsl",
-                                          "ftl", "fedper", "fd", "perfedavg", "ditto"],
-                   help="sl / splitfed: split learning (the Pis keep the model's first layers, --model); iotsl: "
-                        "SL after DP generators, pre-training and non-IID imputation (seed 002); ftl / fedper / fd / "
-                        "perfedavg / ditto: personalization on HAR, one subject per device (seed 003)")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--devices", type=int, help="total devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
-    p.add_argument("--fl-devices", type=int)
-    p.add_argument("--cl-devices", type=int)
-    p.add_argument("--fl-uploaders", type=int, help="K: FL devices that upload per round (top by update norm)")
-    p.add_argument("--cl-uploaders", type=int, help="N: CL devices that upload per round (top by channel)")
-    p.add_argument("--prune", type=float, help="P: pruning rate of the FL clients' local model")
-    p.add_argument("--fl-fraction", type=float)
-    p.add_argument("--cl-fraction", type=float, help="S: share of samples a CL uploader sends")
-    p.add_argument("--compression", choices=["none", "auto"],
-                   help="auto: each FL client trains a copy compressed to its capabilities (prune, fp16/int8 deltas)")
-    p.add_argument("--pi-ram", help="simulated RAM of the virtual Pis, bytes, comma-separated and cycled (e.g. 4e9,64e6,16e6)")
-    p.add_argument("--sparse-updates", action="store_true", default=None,
-                   help="pruned FL clients send only the entries their copy holds (the host knows the mask)")
-    p.add_argument("--fl-min-battery", type=float,
-                   help="energy-aware planning: a capable board below this battery level uploads samples instead of training")
-    p.add_argument("--pi-battery-j", help="battery capacity of the virtual Pis, joules, comma-separated and cycled "
-                   "(drained per the board's power profile; empty: mains)")
-    p.add_argument("--pi-charge", help="the virtual Pis' charge at start, 0..1, comma-separated and cycled")
-    p.add_argument("--pi-battery-sleeps", dest="pi_battery_idle", action="store_const", const=False,
-                   help="the Pis' batteries pay only for work, not for idle time (a board that sleeps between tasks)")
-    p.add_argument("--int8-every", type=int, help="rounds between int8 model pushes to MCUs for on-device eval (0: never)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
-    p.add_argument("--out", help="output folder (default runs/<name>)")
-    p.add_argument("--partition", choices=["class", "k-classes", "dirichlet", "iid"],
-                   help="how the training data is split over devices (default: one class each, as the seed)")
-    p.add_argument("--k-classes", type=int, help="classes per device with --partition k-classes")
-    p.add_argument("--alpha", type=float, help="Dirichlet concentration with --partition dirichlet")
-    p.add_argument("--drop", type=float, help="probability a virtual device misses a round")
-    p.add_argument("--ready-timeout-s", type=float, help="how long a round waits for devices' ready reports")
-    p.add_argument("--collect-timeout-s", type=float, help="deadline for a round's updates and samples")
-    p.add_argument("--latency-s", type=float, help="simulated link latency per message of every virtual device")
-    p.add_argument("--bandwidth-bps", type=float, help="simulated link bandwidth of every virtual device (0: unlimited)")
-    p.add_argument("--model", help="split learning: a model definition with a device part (default splitcnn-mnist)")
-    p.add_argument("--sl-batch", type=int, help="split learning: samples per smashed-data batch")
-    p.add_argument("--smashed", choices=["float32", "float16", "int8"], help="split learning: smashed data on the wire")
-    p.add_argument("--eval-n", type=int, help="test samples the host evaluates on each round (0: all)")
-    p.add_argument("--gen-steps", type=int, help="iotsl: generator steps per device")
-    p.add_argument("--gen-sigma", type=float, help="iotsl: DP noise multiplier on the generator's gradient")
-    p.add_argument("--max-epsilon", type=float, help="iotsl: the devices' privacy policy for a released generator")
-    p.add_argument("--subjects", type=int, help="personalization: HAR subjects, one virtual device each (default 30)")
-    p.add_argument("--per-round", type=int, help="personalization: K devices per round (default 5; 0: all)")
-    p.add_argument("--arch", help="personalization: 3nn | cnn; FD may mix them, comma-separated and cycled (3nn,cnn)")
-    p.add_argument("--batch", type=int, help="personalization: local minibatch")
-    p.add_argument("--momentum", type=float, help="personalization: local SGD momentum")
-    p.add_argument("--epochs", type=int, help="local epochs per round")
-    p.add_argument("--personal-every", type=int, help="personalization: every device reports its personal accuracy every N rounds")
-    p.add_argument("--raw-ok", help="personalization: may each device's windows leave it (edge offloading), 0/1 cycled")
-    p.add_argument("--no-plot", dest="plot", action="store_const", const=False)
+    from semifl.config import add_flags
+
+    add_flags(p, skip={"broker", "seed"})
+    p.add_argument("--devices", type=int, help="total virtual devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
     _common(p)
 
 
 def _load_config(args):
-    from semifl.config import RunConfig
+    from semifl.config import RunConfig, flag_overrides
 
-    over = {k: getattr(args, k, None) for k in ("name", "strategy", "rounds", "fl_devices", "cl_devices", "fl_uploaders",
-                                               "cl_uploaders", "prune", "fl_fraction", "cl_fraction", "lr", "data",
-                                               "out", "partition", "k_classes", "alpha", "drop", "ready_timeout_s", "collect_timeout_s", "latency_s", "bandwidth_bps", "plot", "broker", "seed",
-                                               "int8_every", "compression", "pi_ram", "fl_min_battery",
-                                               "pi_battery_j", "pi_charge", "pi_battery_idle",
-                                               "sparse_updates", "model", "sl_batch", "smashed", "eval_n", "gen_steps",
-                                               "gen_sigma", "max_epsilon", "subjects", "per_round", "arch", "batch",
-                                               "momentum", "epochs", "personal_every", "raw_ok")}
+    over = flag_overrides(args)
     if getattr(args, "devices", None):
-        over["fl_devices"] = over["fl_devices"] or round(args.devices * 0.6)
-        over["cl_devices"] = over["cl_devices"] if over["cl_devices"] is not None else args.devices - over["fl_devices"]
-    return RunConfig.load(args.config, **over)
+        over["fl_devices"] = over.get("fl_devices") or round(args.devices * 0.6)
+        over.setdefault("cl_devices", args.devices - over["fl_devices"])
+    return RunConfig.load(args.config, over)
 
 
 def _progress(total: int):
@@ -106,7 +46,7 @@ def _progress(total: int):
 
 
 def cmd_run(args):
-    from semifl.service.experiment import run_experiment
+    from semifl.app.run import run_experiment
 
     cfg = _load_config(args)
     prog, on_round = _progress(cfg.rounds)
@@ -132,53 +72,30 @@ def cmd_broker(args):
 
 
 def _external(args, command: str):
-    """Config and dataset of a command that joins a broker someone else runs."""
-    from semifl.learn.data import load_idx_dataset
-
-    from semifl.learn.har import load_har
-    from semifl.service.experiment import PERSONAL
-
+    """The config of a command that joins a broker someone else runs."""
     cfg = _load_config(args)
     if not cfg.broker:
         raise SystemExit(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
-    return cfg, load_har(cfg.data, seed=cfg.seed) if cfg.strategy in PERSONAL else load_idx_dataset(cfg.data)
+    return cfg
 
 
 def cmd_serve(args):
     """The host service alone: resumes from its state database at the last completed round."""
-    from semifl.service.experiment import PERSONAL, build_engine, build_personal_engine, har_ids
-    from semifl.service.store import Store
-    from semifl.transport.mqtt import HostLink
+    from semifl.app.run import serve
 
-    cfg, ds = _external(args, "serve")
-    store = Store(args.state)
-    link = HostLink(cfg.broker).connect()
-    if cfg.strategy in PERSONAL:
-        engine = build_personal_engine(cfg, ds, store, link, har_ids(cfg, ds))
-    else:
-        engine = build_engine(cfg, ds, store, link)
-    if not engine.wait_for_devices(args.wait_devices, timeout=args.wait_s):
-        print(f"semifl serve: {len(engine.registry.online)} of {args.wait_devices} devices online", file=sys.stderr)
-        return 1
-    engine.run(cfg.rounds, on_round=lambda m: print(f"round {m['round']}: acc {m['accuracy']} "
-                                                    f"fl {m['participants']['fl']} cl {m['participants']['cl']}", flush=True))
-    engine.stop_fleet()
-    link.close()
-    store.close()
-    return 0
+    cfg = _external(args, "serve")
+    return serve(cfg, args.state, args.wait_devices, args.wait_s, on_round=lambda m: print(
+        f"round {m['round']}: acc {m['accuracy']} fl {m['participants']['fl']} cl {m['participants']['cl']}", flush=True))
 
 
 def cmd_fleet(args):
     from pathlib import Path
 
-    from semifl.service.experiment import PERSONAL, personal_fleet
-    from semifl.sim.fleet import VirtualFleet, fleet_for
+    from semifl.app.run import start_fleet
 
-    cfg, ds = _external(args, "fleet")
-    personal = cfg.strategy in PERSONAL
-    specs = personal_fleet(cfg, ds) if personal else fleet_for(cfg, ds)
-    fleet = VirtualFleet(Path(args.root), specs, None if personal else ds, cfg.broker).start()
-    print(f"{len(specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
+    cfg = _external(args, "fleet")
+    fleet = start_fleet(cfg, Path(args.root))
+    print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
     try:
         fleet.stop(timeout=10 ** 9)   # devices exit when the host ends the run
     except KeyboardInterrupt:
@@ -345,11 +262,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from semifl.config import ConfigError
     from semifl.learn.data import DataNotFound
 
     try:
         return args.fn(args)
-    except DataNotFound as e:
+    except (DataNotFound, ConfigError) as e:
         print(f"semifl: {e}", file=sys.stderr)
         return 2
 

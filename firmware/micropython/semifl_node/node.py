@@ -14,10 +14,11 @@ import sys
 import time
 
 try:
-    import wire
+    import report
     import sampling
+    import wire
 except ImportError:  # CPython with the host package installed
-    from semifl.protocol import sampling, wire
+    from semifl.protocol import report, sampling, wire
 from semifl_node import int8
 from semifl_node.download import FlashAssembler, replace
 
@@ -102,9 +103,8 @@ class Node:
                 block = f.read(512)
                 if not block:
                     break
-                for b in block:
-                    if b < n_classes:
-                        hist[b] += 1
+                for c, k in enumerate(report.histogram(block, n_classes)):
+                    hist[c] += k
         return hist
 
     def free_ram(self):
@@ -118,24 +118,20 @@ class Node:
             flash = st[0] * st[4]
         except (AttributeError, OSError):
             flash = 0
-        return {"v": wire.VERSION, "id": self.id, "class": "mcu", "fw": FIRMWARE, "proto": [wire.VERSION],
-                "ram": self.free_ram(), "flash": flash,
-                "cpu_score": cpu_score(), "battery": self.battery.level(), "rssi": self.radio.rssi(0),
-                "n_samples": self.n, "hist": self.histogram(), "raw_ok": bool(self.cfg.get("raw_ok", True)),
-                "max_chunk": self.max_chunk, "roles": ["cl", "infer"], "runtime": sys.implementation.name,
-                "ops": self.cfg.get("ops", OPS),
-                "board": self.cfg.get("board", "esp32")}
+        return report.capabilities(self.id, "mcu", FIRMWARE, self.free_ram(), flash, cpu_score(), self.battery.level(),
+                                   self.radio.rssi(0), self.n, self.histogram(), bool(self.cfg.get("raw_ok", True)),
+                                   self.max_chunk, ["cl", "infer"], sys.implementation.name,
+                                   self.cfg.get("board", "esp32"), ops=self.cfg.get("ops", OPS))
 
-    def status(self, msg):
-        msg["v"] = wire.VERSION
-        self.publish(self.topic(wire.T_STATUS), wire.encode_json(msg))
+    def status(self, kind, rnd, **fields):
+        self.publish(self.topic(wire.T_STATUS), wire.encode_json(report.status(kind, rnd, **fields)))
 
     def phase(self, name):
         """A `phase` status at each change (train, infer, upload, download, idle), stamped with the
         device's millisecond tick, so a meter's samples can be attributed (semifl.meters.align)."""
         if self.marks and name != self.cur_phase:
             self.cur_phase = name
-            self.status({"kind": "phase", "round": self.round, "phase": name, "t_ms": int(now_ms())})
+            self.status("phase", self.round, phase=name, t_ms=int(now_ms()))
 
     def on_message(self, topic, msg):
         # umqtt calls this inside wait_msg(), where publishing is not safe: queue it and act outside.
@@ -162,8 +158,7 @@ class Node:
             self.round = obj["round"]
             self.phase("idle")
             if not self.radio.drops(obj["round"]):
-                self.status({"kind": "ready", "round": obj["round"], "rssi": self.radio.rssi(obj["round"]),
-                             "battery": self.battery.level()})
+                self.status("ready", obj["round"], rssi=self.radio.rssi(obj["round"]), battery=self.battery.level())
         elif topic == self.topic(wire.T_TASK):
             if obj.get("role") == "cl":
                 self.phase("upload")
@@ -214,7 +209,7 @@ class Node:
         except ValueError as e:
             os.remove(self.model_path + ".new")
             reason, _, detail = str(e).partition(": ")
-            self.status({"kind": "refused", "round": blob_id, "reason": reason, "detail": detail[:120]})
+            self.status("refused", blob_id, reason=reason, detail=detail[:120])
             self.phase("idle")
             return
         replace(self.model_path + ".new", self.model_path)
@@ -251,8 +246,7 @@ class Node:
         ms = since_ms(t0)
         m = row = None
         gc.collect()   # the model's arrays go before the next upload needs its chunk buffers
-        self.status({"kind": "eval", "round": model_round, "accuracy": correct / n, "n": n, "ms": ms,
-                     "crc": self.model_crc})
+        self.status("eval", model_round, accuracy=correct / n, n=n, ms=ms, crc=self.model_crc)
         return correct / n
 
     def report_error(self, topic, e):
@@ -260,7 +254,7 @@ class Node:
         rnd = self.round
         print("semifl-node:", topic, type(e).__name__, e)
         try:
-            self.status({"kind": "error", "round": rnd, "error": type(e).__name__, "detail": str(e)[:120]})
+            self.status("error", rnd, error=type(e).__name__, detail=str(e)[:120])
         except Exception as e2:
             # a publish that failed mid-packet (or while reading the PUBACK) leaves the stream out of
             # step: close it, so serve's next read fails and run() reconnects on a clean session
@@ -289,10 +283,10 @@ class Node:
                 f.seek(i * ROW)
                 w.write(f.read(ROW))
         w.write(wire.tensor_header("uint8", (k,)))
-        with open(self.labels_path, "rb") as f:
-            labels = f.read()
+        with open(self.labels_path, "rb") as f:   # a label at a time: the whole file is n bytes of heap
             for i in idx:
-                w.write(labels[i:i + 1])
+                f.seek(i)
+                w.write(f.read(1))
         w.close()
         self.pending = None
         gc.collect()

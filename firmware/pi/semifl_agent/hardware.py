@@ -1,6 +1,6 @@
 """What the Pi agent reads from its board: memory, storage, CPU speed, radio and battery.
 
-The virtual fleet swaps `Radio` and `Battery` for simulated ones (semifl.sim.link); everything else
+The virtual fleet swaps `Radio` and `Battery` for simulated ones (semifl.device.link); everything else
 is measured for real on whatever machine runs the agent.
 """
 from __future__ import annotations
@@ -48,6 +48,9 @@ class Radio:
 
     def delay(self, nbytes: int) -> None:
         """Real radios take their own time."""
+
+    def receive(self, nbytes: int) -> None:
+        """As `delay`."""
 
     def drops(self, rnd: int) -> bool:
         return False

@@ -1,8 +1,8 @@
 """IoTSL (seed 002) against plain split learning, in-process: the seed's Section V-F setting (5 devices
 holding 2/4/6/8 classes in blocks of distinct images), SL from a random model against IoTSL (DP
 generators trained per device, the host's pre-training on their generated set, non-IID imputation
-with paired generators, then the same SL). The device and host code are the ones the MQTT run uses
-(`SplitClient`, `SplitServer`); values are counted as the seed counts them (Table I).
+with paired generators, then the same SL). The SL epochs are split-learning rounds of the round object
+an MQTT run uses, over an in-memory broker; values are counted as the seed counts them (Table I).
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from semifl.learn import nn
-from semifl.learn.data import to_float
-from semifl.learn.split import SplitServer, comm_params
+from semifl.app.inprocess import run_inprocess
+from semifl.config import RunConfig
+from semifl.learn.data import Dataset, to_float
+from semifl.learn.split import comm_params
 from semifl.models import get
-from semifl.sim.split_inprocess import split_round
-from semifl_agent.split import SplitClient
+from semifl.sim.fleet import DeviceSpec
 
 
 def allocate(y: np.ndarray, k: int, block: int, devices: int = 5, n_classes: int = 10, seed: int = 0) -> dict:
@@ -35,24 +35,29 @@ def allocate(y: np.ndarray, k: int, block: int, devices: int = 5, n_classes: int
     return out
 
 
-def split_training(net: nn.Net, cut: int, data: dict, params, epochs: int, test, lr: float = 0.05,
-                   batch: int = 32, seed: int = 0, target: float | None = None, log=print) -> dict:
-    """Sequential SL over `data` (device -> (x float, y)), epochs = rounds: each device one epoch in
-    order, f_a handed on. -> accuracy per epoch, the best, values per epoch, first epoch >= target."""
-    f_a, f_b = net.split(cut)
-    na = len(f_a.shapes())
-    server = SplitServer(f_b, list(params[na:]), list(params[:na]), lr=lr)
-    clients = {d: SplitClient(f_a, x, y) for d, (x, y) in data.items()}
+def split_training(model: str, data: dict, params, epochs: int, test, lr: float = 0.05, batch: int = 32,
+                   seed: int = 0, target: float | None = None, log=print) -> dict:
+    """Sequential SL of `model` (a definition with a cut) over `data` (device -> (x, y): its training
+    set, uint8 pixels or floats in [0, 1]) for `epochs` rounds, each device one epoch in order, f_a
+    handed on, from `params`. -> accuracy per epoch, the best, values per epoch, first epoch >= target."""
+    x_test, y_test = test
+    ds = Dataset("split-test", np.zeros((0, 784), np.uint8), np.zeros(0, np.int64), x_test.reshape(len(x_test), -1),
+                 np.asarray(y_test), [str(c) for c in range(10)])
+    cfg = RunConfig.make(strategy="sl", rounds=epochs, seed=seed, lr=lr, sl_batch=batch, eval_n=len(y_test), model=model)
+    specs = [DeviceSpec(d, "pi", sorted(set(np.asarray(y).tolist())), raw_ok=False, data={"x": x, "y": np.asarray(y)})
+             for d, (x, y) in sorted(data.items())]
+    spec = get(model)
+    w = spec.network().split(spec.cut)[0].n_params
     acc, values = [], []
-    for e in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        before = sum(v["up"] + v["down"] for v in server.values.values())
-        # the seed's count: the relay's host -> next device hop is not in Table I
-        split_round(server, clients, e, seed, batch, lr, relay=False)
-        values.append(sum(v["up"] + v["down"] for v in server.values.values()) - before)
-        pred = net.predict(server.params, test[0])
-        acc.append(float((pred == test[1]).mean()))
-        log(f"  epoch {e}: {100 * acc[-1]:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    t0 = [time.perf_counter()]
+
+    def each(m):
+        acc.append(m["accuracy"])
+        # the seed's count: the relay's host -> next device hop of f_a is not in Table I
+        values.append(sum(v["up"] + v["down"] for v in m["device_values"].values()) - w * len(m["trained"]))
+        log(f"  epoch {m['round']}: {100 * acc[-1]:.2f} % ({time.perf_counter() - t0[0]:.0f} s)")
+        t0[0] = time.perf_counter()
+    run_inprocess(cfg, ds, each, init=list(params), specs=specs)
     hit = next((i + 1 for i, a in enumerate(acc) if target is not None and a >= target), None)
     return {"accuracy": acc, "best": max(acc), "values_per_epoch": values, "epoch_to_target": hit}
 
@@ -74,7 +79,7 @@ def run(ds, k: int, block: int, epochs: int, gen_steps: int, gen_dim: int = 32, 
     F, W = int(np.prod(net.split(spec.cut)[0].out_shapes[-1])), net.split(spec.cut)[0].n_params
 
     log(f"k={k}: SL from a random model")
-    sl = split_training(net, spec.cut, local, net.init(seed), epochs, test, lr, batch, seed, log=log)
+    sl = split_training(spec.name, local, net.init(seed), epochs, test, lr, batch, seed, log=log)
 
     log(f"k={k}: IoTSL: a DP generator per device")
     gens, rows, t0 = {}, [], time.perf_counter()
@@ -97,7 +102,7 @@ def run(ds, k: int, block: int, epochs: int, gen_steps: int, gen_dim: int = 32, 
                for d, (x, y) in local.items()}
     target = sl["best"] - 0.01   # rounds-to-target: within a point of what SL reaches at best
     sl["epoch_to_target"] = next((i + 1 for i, a in enumerate(sl["accuracy"]) if a >= target), None)
-    io = split_training(net, spec.cut, imputed, theta_pre, epochs, test, lr, batch, seed, target=target, log=log)
+    io = split_training(spec.name, imputed, theta_pre, epochs, test, lr, batch, seed, target=target, log=log)
     n_sl = {d: len(y) for d, (_, y) in local.items()}
     n_io = {d: len(y) for d, (_, y) in imputed.items()}
     # values per epoch by the seed's formula, checked against what the runs counted

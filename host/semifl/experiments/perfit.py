@@ -1,9 +1,10 @@
 """PerFit's case study (seed 003, Section V) in-process, on WISDM-2019: one subject = one device.
 
-Each round K devices (the seed: 5) or all of them take part; the methods of `semifl.learn.perfit` run
-their host and device steps directly, without a broker. Every device keeps its personal state between
-rounds; at the end each device personalizes (FTL fine-tunes, Per-FedAvg adapts) and is scored on its
-own test windows. Values are counted from the arrays each participant receives and sends.
+`run` is a personalization run as `semifl run --strategy ftl|fedper|fd|perfedavg|ditto` makes it, with
+the same round object over an in-memory broker (`semifl.app.inprocess`): each round K devices (the
+seed: 5) or all of them take part, every device keeps its personal state between rounds, and at the
+end each device personalizes and is scored on its own test windows. Values are counted from the arrays
+each participant receives and sends.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import time
 
 import numpy as np
 
+from semifl.app.build import ARCHS, public_set   # noqa: F401  (re-exported for the benchmarks)
+from semifl.app.inprocess import run_inprocess
+from semifl.config import RunConfig
+from semifl.device import PersonalRole
 from semifl.fleet.planner import task_seed
 from semifl.learn import perfit
-from semifl.learn.perfit import p10, participants   # noqa: F401  (the runner's, re-exported)
 from semifl.learn.har import HARData, feature_view
+from semifl.learn.perfit import p10, participants   # noqa: F401  (the runner's, re-exported)
 from semifl.models import MODELS
-
-ARCHS = {"3nn": "3nn-har", "cnn": "cnn-har"}
 
 
 def view(arch: str, n_features: int):
@@ -29,19 +32,8 @@ def network(arch: str):
     return MODELS[ARCHS[arch]].network()
 
 
-def public_set(data: HARData, n: int) -> np.ndarray:
-    """FD's globally shared pool: the training windows of the subjects outside the federation (30 of
-    50: the other 20), or, when every subject is a client, 10 % of every client's training windows
-    (drawn seeded, used unlabeled: only logits on them ever travel)."""
-    if n < len(data.subjects):
-        return np.concatenate([s.x_train for s in data.subjects[n:]])
-    rng = np.random.default_rng(0)
-    return np.concatenate([s.x_train[rng.choice(len(s.x_train), len(s.x_train) // 10, replace=False)]
-                           for s in data.subjects[:n]])
-
-
 def make_devices(data: HARData, n: int, archs: list[str] | str) -> list[perfit.Device]:
-    """The first n subjects as devices; archs is one architecture for all or one per device (FD)."""
+    """The first n subjects as the method sees them; archs is one architecture for all or one per device (FD)."""
     archs = [archs] * n if isinstance(archs, str) else list(archs)
     nf = len(data.features)
     out = []
@@ -51,38 +43,36 @@ def make_devices(data: HARData, n: int, archs: list[str] | str) -> list[perfit.D
     return out
 
 
-def run(method, devices: list[perfit.Device], rounds: int, k: int = 5, seed: int = 0, log=print,
-        log_every: int = 50) -> dict:
-    """Rounds of `method` over the devices, then every device's personal model on its own test set.
-    Also the global model on every device where the method has one of the devices' architecture."""
-    by_id = {d.id: d for d in devices}
-    ids = sorted(by_id)
-    up_vals, down_vals = [], []
+def run(cfg: RunConfig, data: HARData, method: perfit.Method | None = None, log=print, log_every: int = 50) -> dict:
+    """`cfg`'s personalization run in-process (method: instead of the one cfg describes, e.g. with
+    settings the configuration does not carry), then every device's personal model on its own test
+    windows; also the global model on every device where the method has one of the devices' architecture."""
     t0 = time.perf_counter()
-    for r in range(1, rounds + 1):
-        method.begin_round(r)
-        ups = []
-        for d in participants(r, ids, k, seed):
-            msg = method.send(d)
-            up = method.local(by_id[d], msg, task_seed(seed, r, d))
-            by_id[d].rounds.append(r)
-            up_vals.append(up.values)
-            down_vals.append(msg.values)
-            ups.append(up)
-        method.aggregate(ups)
-        if log and (r % log_every == 0 or r == rounds):
-            log(f"  {method.name} round {r}/{rounds} ({time.perf_counter() - t0:.0f} s)")
-    train_s = time.perf_counter() - t0
-    acc = {d.id: d.accuracy(method.personalize(d, task_seed(seed, rounds + 1, d.id))) for d in devices}
-    out = {"rounds": rounds, "k": k or len(devices), "mean_acc": float(np.mean(list(acc.values()))),
-           "p10_acc": p10(list(acc.values())), "per_device": acc,
+    rounds = []
+
+    def each(m):
+        rounds.append(m)
+        if log and (m["round"] % log_every == 0 or m["round"] == cfg.rounds):
+            log(f"  {cfg.strategy} round {m['round']}/{cfg.rounds} ({time.perf_counter() - t0:.0f} s)")
+    r = run_inprocess(cfg, data, each, strategy=method)
+    last = rounds[-1]["personal"] if rounds else {}
+    ups = [v["up"] for m in rounds for v in m["device_values"].values() if v["up"]]
+    downs = [v["down"] for m in rounds for d, v in m["device_values"].items() if v["up"]]
+    ids = sorted(r.models)
+    out = {"rounds": cfg.rounds, "k": cfg.personal.per_round or len(ids), "mean_acc": float(np.mean(list(last.values()))),
+           "p10_acc": p10(list(last.values())), "per_device": dict(last),
            # the seed's Fig. 8 measure: values one participating device sends per round
-           "values_per_round": int(np.mean(up_vals)) if up_vals else 0,
-           "values_down_per_round": int(np.mean(down_vals)) if down_vals else 0,
-           "participation": {d.id: len(d.rounds) for d in devices},
-           "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(train_s, 1)}
-    if method.kind == "weights":
-        g = {d.id: d.accuracy(method.params) for d in devices}
+           "values_per_round": int(np.mean(ups)) if ups else 0,
+           "values_down_per_round": int(np.mean(downs)) if downs else 0,
+           "participation": {d: sum(d in m["trained"] for m in rounds) for d in ids},
+           "seconds": round(time.perf_counter() - t0, 1),
+           # each device's personal model as it keeps it (inside the in-process device)
+           "personal_models": {d: role.client.dev.personal for d, dev in r.fleet.devices.items()
+                               for role in dev.roles if isinstance(role, PersonalRole)}}
+    if r.method.kind == "weights":
+        archs = cfg.personal.arch
+        devs = make_devices(data, len(ids), [archs[i % len(archs)] for i in range(len(ids))])
+        g = {d.id: d.accuracy(r.method.params) for d in devs}
         out["global"] = {"mean_acc": float(np.mean(list(g.values()))), "p10_acc": p10(list(g.values())), "per_device": g}
     return out
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from semifl.app.inprocess import run_inprocess
 from semifl.config import RunConfig
 from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LR, SEED_MAX
 from semifl.learn import mlp
 from semifl.learn.data import Dataset, to_float
-from semifl.sim.inprocess import run_inprocess
 
 
 def per_class_accuracy(params, ds: Dataset) -> list[float]:
@@ -24,24 +24,25 @@ def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=No
     """One baseline in-process. Besides the curves, the final model's per-class test accuracy and,
     where FL clients prune, that of the pruned copy they train on (the two can differ a lot: the host
     steps the pruned entries with the CL gradient alone)."""
-    cfg = RunConfig(**{"rounds": rounds, "seed": seed, "lr": SEED_LR, **BASELINES[name], **overrides})
+    cfg = RunConfig.make(**{"rounds": rounds, "seed": seed, "lr": SEED_LR, **BASELINES[name], **overrides})
     curve = {"accuracy": [], "loss": [], "bytes_up": [], "bytes_down": [], "bytes_up_by_role": {"fl": [], "cl": []}}
 
     def record(m):
         curve["accuracy"].append(m["accuracy"])
         curve["loss"].append(m["loss"])
-        curve["bytes_up"].append(m["bytes_up"]["fl"] + m["bytes_up"]["cl"])
-        curve["bytes_down"].append(m["bytes_down"]["fl"] + m["bytes_down"]["cl"])
-        for role in ("fl", "cl"):
-            curve["bytes_up_by_role"][role].append(m["bytes_up"][role])
+        curve["bytes_up"].append(m["bytes_up"])
+        curve["bytes_down"].append(m["bytes_down"])
+        # every byte as it crossed the in-memory broker: Pis are the FL clients, MCUs the CL uploaders
+        for role, cls in (("fl", "pi"), ("cl", "mcu")):
+            curve["bytes_up_by_role"][role].append(m["bytes_by_class"].get(cls, [0, 0])[0])
         if on_round:
             on_round(name, m)
     t0 = time.perf_counter()
-    params = run_inprocess(cfg, ds, on_round=record)
+    params = run_inprocess(cfg, ds, on_round=record).params
     curve["wall_s"] = round(time.perf_counter() - t0, 2)
     curve["per_class_accuracy"] = per_class_accuracy(params, ds)
-    if cfg.prune > 0:
-        pruned = [p * m for p, m in zip(params, mlp.prune_mask(params, cfg.prune))]
+    if cfg.federated.prune > 0:
+        pruned = [p * m for p, m in zip(params, mlp.prune_mask(params, cfg.federated.prune))]
         curve["pruned_model"] = {"accuracy": mlp.evaluate(pruned, to_float(ds.x_test), ds.y_test.astype(np.int64))[0],
                                  "per_class_accuracy": per_class_accuracy(pruned, ds)}
     curve["config"] = cfg.to_dict()

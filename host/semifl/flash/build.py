@@ -23,9 +23,10 @@ APP = [
     (MP_DIR / "semifl_node" / "download.py", "semifl_node/download"),
     (REPO / "host" / "semifl" / "protocol" / "wire.py", "wire"),
     (REPO / "host" / "semifl" / "protocol" / "sampling.py", "sampling"),
+    (REPO / "host" / "semifl" / "protocol" / "report.py", "report"),
     (MP_DIR / "lib" / "umqtt" / "simple.py", "lib/umqtt/simple"),
 ]
-SIM = [(REPO / "host" / "semifl" / "sim" / "link.py", "link")]   # the unix port's simulated radio/battery
+SIM = [(REPO / "host" / "semifl" / "device" / "link.py", "link")]   # the unix port's simulated radio/battery
 SOURCE = [(MP_DIR / "boot.py", "boot.py"), (MP_DIR / "main.py", "main.py")]   # run as source on a board
 PACKAGES = ["semifl_node", "lib/umqtt"]   # need an (empty) __init__ on the unix port
 

@@ -71,10 +71,12 @@ def plan_personal(rnd: int, devices: dict[str, dict], picked: list[str], ready: 
 
 
 def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True,
-               train_bytes=None) -> RoundPlan:
+               train_bytes=None, fl_budget: int | None = None, seed: int = 0) -> RoundPlan:
     """devices: id -> latest capabilities merged with this round's link report ("rssi", "battery").
     train_bytes(caps) -> bytes a device needs to train this round's model: a capable device with less
-    RAM is refused the model before training (plan.refused) and treated as computing-limited."""
+    RAM is refused the model before training (plan.refused) and treated as computing-limited.
+    fl_budget: at most this many FL clients train (the K a round uses plus its over-selection),
+    drawn seeded per round from the capable ones; None: all of them."""
     plan = RoundPlan(rnd)
     cl_candidates = []
     for dev_id in sorted(devices):
@@ -105,6 +107,13 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
             plan.idle[dev_id] = f"cannot upload samples (roles: {', '.join(caps['roles'])})"
         else:
             cl_candidates.append(dev_id)
+    if fl_budget is not None and len(plan.fl) > fl_budget:
+        # a seeded draw per round, so over the rounds every capable device gets its turn
+        drawn = sorted(plan.fl, key=lambda d: binascii.crc32(f"{seed}/{rnd}/{d}".encode()))[:fl_budget]
+        for d in plan.fl:
+            if d not in drawn:
+                plan.idle[d] = "not drawn to train this round"
+        plan.fl = sorted(drawn)
     # strongest channel first; ties broken by id so the plan is deterministic
     ranked = sorted(cl_candidates, key=lambda d: (-devices[d].get("rssi", -200.0), d))
     plan.cl = sorted(ranked[:cfg.cl_uploaders])

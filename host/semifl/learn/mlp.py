@@ -90,11 +90,15 @@ def evaluate(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float
 def prune_mask(params: Params, rate: float) -> list[np.ndarray]:
     """Magnitude pruning over all parameters jointly, as the seed's get_pruned_model: the
     ceil(rate*Q) smallest |w| (weights and biases) are pruned. Returns keep-masks (bool)."""
-    flat = np.concatenate([p.ravel() for p in params])
-    k = int(np.ceil(rate * flat.size))
-    keep = np.ones(flat.size, bool)
+    a = np.abs(np.concatenate([p.ravel() for p in params]))
+    k = int(np.ceil(rate * a.size))
+    keep = np.ones(a.size, bool)
     if k:
-        keep[np.argsort(np.abs(flat), kind="stable")[:k]] = False
+        # what a stable argsort's first k would prune, in O(n): everything below the k-th smallest
+        # |w|, then as many of the values equal to it as are left to prune, in index order
+        thr = np.partition(a, k - 1)[k - 1]
+        keep = a >= thr
+        keep[np.flatnonzero(a == thr)[:k - (a.size - int(keep.sum()))]] = False
     out, off = [], 0
     for p in params:
         out.append(keep[off:off + p.size].reshape(p.shape))

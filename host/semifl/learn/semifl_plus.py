@@ -150,8 +150,10 @@ class SemiFLPlus(Strategy):
             params = [p * m for p, m in zip(params, masks)]
         age = {}
         if self.fl_memory:
-            for u in fl:
-                self.fl_mem[u.device] = (u, self.clock)
+            for u in fl:   # a late (carried) update counts as old as it is, and never replaces a newer one
+                came = self.clock - u.staleness
+                if u.device not in self.fl_mem or came >= self.fl_mem[u.device][1]:
+                    self.fl_mem[u.device] = (u, came)
             fl = [u for u, _ in self.fl_mem.values()]
             age = {d: self.clock - c for d, (_, c) in self.fl_mem.items()}
         fl = sorted(fl, key=lambda u: u.device)

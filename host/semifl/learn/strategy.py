@@ -20,11 +20,15 @@ class FLUpdate:
     delta: list[np.ndarray]
     n: int  # samples the device trained on
     mask: list[np.ndarray] | None = None   # entries its compressed copy kept (seed 001); None: all
+    staleness: int = 0     # global-model versions between the one it trained on and the one it updates
+    weight: float = 1.0    # the round kind's staleness weight (buffered rounds: FedBuff's 1/sqrt(1 + staleness))
 
 
 def average_fl(fl: list[FLUpdate], weights: list[float]) -> list[np.ndarray]:
     """The FL part of a round: the weighted mean of the deltas or, when any device trained a pruned
-    copy of its own (per-device compression), the mask-aware mean: each weight over the devices that kept it."""
+    copy of its own (per-device compression), the mask-aware mean: each weight over the devices that kept it.
+    Each update's own staleness weight multiplies its weight."""
+    weights = [w * u.weight if u.weight != 1.0 else w for w, u in zip(weights, fl)]
     if any(u.mask is not None for u in fl):
         return compress.masked_average([u.delta for u in fl], [u.mask for u in fl], weights)
     return aggregate.weighted_average([u.delta for u in fl], weights)
@@ -99,22 +103,3 @@ class SemiFL(Strategy):
         if not parts:
             return params
         return aggregate.apply_delta(params, aggregate.weighted_average(parts, weights))
-
-
-STRATEGIES = ("fedavg", "semifl", "semifl+")
-
-# semifl+'s ingredients as chosen by the ablation in docs/results.md (tools/semifl_plus_experiments.py)
-SEMIFL_PLUS = dict(server_opt="adam", server_lr=0.005, cl_memory=True, fl_memory=True, fl_decay=0.8,
-                   fl_floor=0.1, balanced=True, schedule="cosine")
-
-
-def make_strategy(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed: int = 0) -> Strategy:
-    if name == "fedavg":
-        return FedAvg()
-    if name == "semifl":
-        return SemiFL(lr=lr)
-    if name == "semifl+":
-        from .semifl_plus import SemiFLPlus  # a module of its own: the one strategy with state
-
-        return SemiFLPlus(lr=lr, rounds=rounds, prune=prune, seed=seed, **SEMIFL_PLUS)
-    raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")

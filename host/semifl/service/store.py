@@ -108,6 +108,15 @@ class Store:
         return self.db.execute("SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind",
                                (rnd,)).fetchall()
 
+    def contribution_keys(self, rnd: int) -> list[tuple[str, str, int]]:
+        """(device, kind, n) of what round `rnd` accepted, without the payloads."""
+        return self.db.execute("SELECT device, kind, n FROM contributions WHERE round=? ORDER BY device, kind",
+                               (rnd,)).fetchall()
+
+    def contribution(self, rnd: int, device: str, kind: str) -> bytes:
+        return self.db.execute("SELECT blob FROM contributions WHERE round=? AND device=? AND kind=?",
+                               (rnd, device, kind)).fetchone()[0]
+
     def has_contribution(self, rnd: int, device: str, kind: str) -> bool:
         return self.db.execute("SELECT 1 FROM contributions WHERE round=? AND device=? AND kind=?",
                                (rnd, device, kind)).fetchone() is not None

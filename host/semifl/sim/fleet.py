@@ -62,40 +62,56 @@ def seed_fleet(n_fl: int = 6, n_cl: int = 4, n_classes: int = 10, seed: int = 0,
 
 
 def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
-    """The fleet a RunConfig describes (semifl.config.RunConfig), its data split by `cfg.partition`:
-    "class" (the seed: one class each), "k-classes", "dirichlet" or "iid" (semifl.learn.partition)."""
-    specs = seed_fleet(cfg.fl_devices, cfg.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
-                       LinkProfile(cfg.latency_s, cfg.bandwidth_bps, cfg.drop))
-    rams = _cycled(getattr(cfg, "pi_ram", ""))
-    batteries, charges = _cycled(getattr(cfg, "pi_battery_j", "")), _cycled(getattr(cfg, "pi_charge", ""))
+    """The fleet a RunConfig describes (semifl.config.RunConfig, its `sim` section), its data split by
+    `partition`: "class" (the seed: one class each), "k-classes", "dirichlet" or "iid" (semifl.learn.partition).
+    Per-Pi lists (pi_ram, pi_battery_j, pi_charge, pi_slowdown) are cycled over the Pi-class devices."""
+    sim = cfg.sim
+    specs = seed_fleet(sim.fl_devices, sim.cl_devices, ds.n_classes, cfg.seed, cfg.rounds,
+                       LinkProfile(sim.latency_s, sim.bandwidth_bps, sim.drop))
     for i, spec in enumerate(s for s in specs if s.device_class == "pi"):
-        if rams:
-            spec.sim["ram"] = int(rams[i % len(rams)])
-        if batteries and batteries[i % len(batteries)] > 0:
-            spec.sim.update(pi_battery(spec.sim.get("board", "rpi4"), batteries[i % len(batteries)],
-                                       charges[i % len(charges)] if charges else 1.0,
-                                       getattr(cfg, "pi_battery_idle", True)))
-    if cfg.partition != "class":
-        params = {"k-classes": {"k": cfg.k_classes}, "dirichlet": {"alpha": cfg.alpha}}.get(cfg.partition, {})
-        parts = partition(cfg.partition, ds.y_train, len(specs), cfg.seed, **params)
+        if sim.pi_ram:
+            spec.sim["ram"] = int(_cycle(sim.pi_ram, i))
+        if sim.pi_battery_j and _cycle(sim.pi_battery_j, i) > 0:
+            spec.sim.update(pi_battery(spec.sim.get("board", "rpi4"), _cycle(sim.pi_battery_j, i),
+                                       _cycle(sim.pi_charge, i) if sim.pi_charge else 1.0, not sim.pi_battery_sleeps))
+        if sim.pi_slowdown or sim.pi_train_s:
+            slow(spec, _cycle(sim.pi_slowdown, i) if sim.pi_slowdown else 1.0, sim.pi_train_s)
+    for spec in specs:
+        if spec.id in sim.silent:
+            spec.config["silent"] = True
+    if sim.partition != "class":
+        params = {"k-classes": {"k": sim.k_classes}, "dirichlet": {"alpha": sim.alpha}}.get(sim.partition, {})
+        parts = partition(sim.partition, ds.y_train, len(specs), cfg.seed, **params)
         for spec, idx in zip(specs, parts):
             spec.indices = idx
             spec.classes = sorted(int(c) for c in np.unique(ds.y_train[idx]))
     return specs
 
 
+def slow(spec: DeviceSpec, factor: float, train_s: float | None = None) -> None:
+    """Make a virtual device a straggler: it computes `factor` times slower (a training task takes at
+    least `train_s` before that) and its link is `factor` times slower."""
+    spec.sim["slowdown"] = float(factor)
+    if train_s is not None:
+        spec.sim["train_s"] = float(train_s)
+    spec.sim["latency_s"] = spec.sim.get("latency_s", 0.0) * factor
+    if spec.sim.get("bandwidth_bps"):
+        spec.sim["bandwidth_bps"] = spec.sim["bandwidth_bps"] / factor
+
+
 def har_fleet(cfg, har, public: np.ndarray | None = None) -> list[DeviceSpec]:
     """PerFit's fleet: one Pi-class device per subject (the first `cfg.subjects`), holding that
     subject's training and test windows; FD's public pool in every device's flash. `pi_ram` and
     `raw_ok` (comma-separated, cycled) make some devices too small to train and set who may share."""
-    rams, shares = _cycled(getattr(cfg, "pi_ram", "")), _cycled(getattr(cfg, "raw_ok", ""))
+    rams, shares = cfg.sim.pi_ram, cfg.personal.raw_ok
     specs = []
-    for i, s in enumerate(har.subjects[:cfg.subjects]):
-        sim = {"latency_s": cfg.latency_s, "bandwidth_bps": cfg.bandwidth_bps, "drop": cfg.drop, "seed": cfg.seed * 1000 + i}
+    for i, s in enumerate(har.subjects[:cfg.personal.subjects]):
+        sim = {"latency_s": cfg.sim.latency_s, "bandwidth_bps": cfg.sim.bandwidth_bps, "drop": cfg.sim.drop,
+               "seed": cfg.seed * 1000 + i}
         if rams:
-            sim["ram"] = int(rams[i % len(rams)])
+            sim["ram"] = int(_cycle(rams, i))
         spec = DeviceSpec(f"s{s.id}", "pi", sorted(int(c) for c in np.unique(s.y_train)),
-                          raw_ok=bool(shares[i % len(shares)]) if shares else False, sim=sim,
+                          raw_ok=bool(_cycle(shares, i)) if shares else False, sim=sim,
                           data={"x": s.x_train, "y": s.y_train, "x_test": s.x_test, "y_test": s.y_test},
                           config={"n_classes": har.n_classes})
         if public is not None:
@@ -104,8 +120,8 @@ def har_fleet(cfg, har, public: np.ndarray | None = None) -> list[DeviceSpec]:
     return specs
 
 
-def _cycled(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()] if text else []
+def _cycle(values: list, i: int):
+    return values[i % len(values)]
 
 
 def pi_battery(board: str, capacity_j: float, charge: float = 1.0, idle: bool = True) -> dict:

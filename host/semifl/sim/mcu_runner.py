@@ -1,17 +1,19 @@
-"""Run the real MicroPython node (firmware/micropython) under CPython as a virtual MCU.
+"""Run the real MicroPython node (firmware/micropython) under CPython as a virtual MCU, where the
+MicroPython unix port is not installed: `python -m semifl.sim.mcu_runner --config config.json`.
 
-`python -m semifl.sim.mcu_runner --config config.json`. The node's files are imported unchanged; the
-simulator supplies only what a board would: an MQTT client with umqtt.simple's interface, the radio
-and the battery.
+It runs the node's own entry point (`main.py`) unchanged, as the unix port does; the simulator only
+supplies what a board would: an MQTT client with umqtt.simple's interface (`umqtt_paho`, over
+paho-mqtt) and the simulated radio and battery (`link`, as `semifl flash --sim` builds it).
 """
 import argparse
-import json
+import runpy
 import sys
+import types
 from pathlib import Path
-from urllib.parse import urlparse
 
-from .link import SimBattery, SimRadio
-from .umqtt_paho import MQTTClient
+from semifl.device import link as simulated
+
+from . import umqtt_paho
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[3] / "firmware" / "micropython"
 
@@ -20,15 +22,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="semifl-mcu-sim")
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
-    with open(args.config) as f:
-        cfg = json.load(f)
+    umqtt = types.ModuleType("umqtt")
+    umqtt.simple = umqtt_paho
+    sys.modules.update({"umqtt": umqtt, "umqtt.simple": umqtt_paho, "link": simulated})
     sys.path.insert(0, str(FIRMWARE_DIR))
-    from semifl_node.node import Node
-
-    url = urlparse(cfg["broker"])
-    client = MQTTClient(cfg["id"], url.hostname, port=url.port or 1883, keepalive=60)
-    sim = cfg.get("sim", {})
-    Node(cfg, client, SimRadio(sim), SimBattery(sim)).run()
+    sys.argv = [str(FIRMWARE_DIR / "main.py"), args.config]
+    runpy.run_path(str(FIRMWARE_DIR / "main.py"), run_name="__main__")
 
 
 if __name__ == "__main__":

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semifl.models import get
-
 from .. import nn
 from .gan import Generator, generate
-
-# IoTSL's split CNN is the model definition `splitcnn-mnist` (semifl.models): one definition, here too
-SPLIT_CNN = get("splitcnn-mnist")
-CUT = SPLIT_CNN.cut
-
-
-def split_cnn() -> nn.Net:
-    return SPLIT_CNN.network()
 
 
 def generated_dataset(generators: list[tuple[Generator, list[int]]], seed: int = 0):
@@ -30,11 +20,11 @@ def generated_dataset(generators: list[tuple[Generator, list[int]]], seed: int =
     return x[order], y[order], log
 
 
-def pretrain(x, y, net: nn.Net | None = None, cut: int = CUT, params=None, epochs: int = 1, batch: int = 64,
+def pretrain(x, y, net: nn.Net, cut: int, params=None, epochs: int = 1, batch: int = 64,
              lr: float = 0.05, momentum: float = 0.9, seed: int = 0):
-    """-> (theta_pre, theta_pre_a): f trained on (x, y) by `nn.sgd`, and the device part's arrays (the
-    first len(f_a.shapes())), which the host sends to the first device."""
-    net = net or split_cnn()
+    """-> (theta_pre, theta_pre_a): f (IoTSL's split CNN, `splitcnn-mnist` in semifl.models, with the
+    device part its first `cut` layers) trained on (x, y) by `nn.sgd`, and the device part's arrays
+    (the first len(f_a.shapes())), which the host sends to the first device."""
     params = params if params is not None else net.init(seed)
     theta_pre = nn.sgd(net, params, x, y, epochs=epochs, batch=batch, lr=lr, momentum=momentum, seed=seed)
     f_a, _ = net.split(cut)

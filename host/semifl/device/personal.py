@@ -2,24 +2,28 @@
 device steps here, and the device's personal state (FedPer's head, Ditto's v, FD's own model, FTL's
 fine-tuned copy) is kept in flash, never sent.
 
-Transport-free: the agent hands it a task and the message's arrays; the in-process runner
-(`semifl.experiments.perfit`) calls the same `semifl.learn.perfit` methods on the same data.
+`PersonalClient` is transport-free (a task and the message's arrays in, an upload out);
+`PersonalRole` is the role a `Device` plays with it (docs/protocol.md §5b).
 """
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
 from semifl.learn import perfit
 from semifl.learn.har import feature_view
-from semifl.protocol.tensors import arrays_crc
+from semifl.protocol import wire
+from semifl.protocol.tensors import arrays_crc, to_wire
+
+from .device import Role
 
 
 class PersonalClient:
     def __init__(self, dev_id: str, x, y, x_test, y_test, path: str, public_x=None, classes: int = 0):
         """x, y: training windows (features, float32); x_test, y_test: the device's own test windows;
-        path: the flash file its personal state lives in; public_x: FD's shared pool (unlabelled)."""
+        path: the flash file its personal state lives in (None: memory only); public_x: FD's shared pool (unlabelled)."""
         self.id, self.path = dev_id, path
         self.data = (np.asarray(x, np.float32), np.asarray(y, np.int64), np.asarray(x_test, np.float32),
                      np.asarray(y_test, np.int64))
@@ -74,7 +78,7 @@ class PersonalClient:
 
     # --- flash -------------------------------------------------------------------------------------------
     def _load(self, key):
-        if not os.path.exists(self.path):
+        if self.path is None or not os.path.exists(self.path):
             return None
         with np.load(self.path) as f:
             if tuple(str(v) for v in f["key"]) != tuple(str(k) for k in key):
@@ -84,9 +88,65 @@ class PersonalClient:
 
     def _save(self):
         """Written to a temporary file and renamed, so a power cut never leaves half a personal model."""
-        if self.dev is None or self.dev.personal is None:
-            return
+        if self.path is None or self.dev is None or self.dev.personal is None:
+            return   # path None: an in-process device, whose personal state lives in its memory
         tmp = self.path + ".tmp.npz"
         arrays = {f"a{i}": a for i, a in enumerate(self.dev.personal)}
         np.savez(tmp, key=np.array([str(k) for k in self.key]), n=len(self.dev.personal), **arrays)
         os.replace(tmp, self.path)
+
+
+class PersonalRole(Role):
+    """PerFit on the device: the method's device step on the host's message, personal state in flash;
+    edge offloading of its windows when it cannot train itself."""
+    name = "perfit"
+    tasks = ("perfit", "personalize", "offload")
+    blobs = ("message", "personal")
+
+    def __init__(self, device, client: PersonalClient):
+        super().__init__(device)
+        self.client = client
+        self.messages: dict[int, tuple] = {}   # task -> (arrays, public set version) from the host
+        self.answered: dict[int, bytes] = {}   # task -> the upload blob sent for it (the last one)
+
+    def on_blob(self, meta, arrays):
+        if meta["kind"] == "message":   # what the method sends this device for one task
+            self.messages = {meta["task"]: (arrays, meta.get("version"))}
+            return
+        acc, n, crc = self.client.adopt(meta, arrays)   # edge offloading: the host trained our personal model
+        self.dev.status("personal", meta["round"], task=meta["task"], accuracy=acc, n=n, crc=crc)
+
+    def run(self, task):
+        dev, rnd = self.dev, task["round"]
+        if task["role"] == "offload":
+            x, y = self.client.data[0], self.client.data[1]
+            blob = wire.encode_blob({"kind": "samples", "round": rnd, "task": task["task"], "device": dev.id,
+                                     "n": len(y)}, [to_wire(x), to_wire(y.astype(np.uint8))])
+            dev.send_blob(wire.KIND_SAMPLES, rnd, blob)
+            return True
+        if task["role"] == "perfit" and task["task"] in self.answered:
+            # the same task again (a restarted host asks anew): the same answer, not a second training
+            dev.send_blob(wire.KIND_UPDATE, rnd, self.answered[task["task"]])
+            self.messages.pop(task["task"], None)
+            return True
+        if task["task"] not in self.messages:
+            return False   # its message is still arriving
+        arrays, version = self.messages.pop(task["task"])
+        dev.phase("train")
+        t0 = time.perf_counter()
+        if task["role"] == "personalize":
+            acc, n, crc = self.client.personalize(task, arrays)
+            dev.computed(time.perf_counter() - t0)
+            dev.status("personal", rnd, task=task["task"], accuracy=acc, n=n, crc=crc)
+            dev.phase("idle")
+            return True
+        up, before, after = self.client.local(task, arrays, version)
+        t_local = dev.computed(time.perf_counter() - t0)
+        meta = {"kind": up.kind, "round": rnd, "task": task["task"], "device": dev.id, "n": up.n,
+                "personal_from": before, "personal_to": after, "t_local_s": round(t_local, 4)}
+        if up.version is not None:
+            meta["version"] = int(up.version)
+        blob = wire.encode_blob(meta, [to_wire(a) for a in up.arrays])
+        self.answered = {task["task"]: blob}
+        dev.send_blob(wire.KIND_UPDATE, rnd, blob)
+        return True

@@ -1,64 +1,53 @@
-"""Personalization over MQTT (PerFit, seed 003; docs/protocol.md §5b).
+"""Personalization rounds (PerFit, seed 003; docs/protocol.md §5b).
 
-The same engine as SemiFL's (`RoundEngine`: link, store, registry, codec, rejections, byte counts);
-the round is PerFit's. The host runs one `semifl.learn.perfit` method (FTL, FedPer, FD, Per-FedAvg,
-Ditto): each round K devices get the method's message for them on their own `down` topic (the
-global model, FedPer's shared base, or FD's public-set indices and consensus logits) and a `perfit`
-task; each runs the same method's device step on its own data and sends back what the method
-sends (weights, the base without the head, or logits only). Every `personal_every` rounds and at
-the last one, every device personalizes and reports its personal model's accuracy on its own test
-windows. A device too weak to train (its RAM below the training's working memory) whose policy lets
-its windows leave it is trained for by the host (edge offloading, PerFit's first stage); its
-personal model is kept by the host and sent to that device only. Uploads land in `_on_blob`; the
-global state changes in `method.aggregate`.
+The host runs one `semifl.learn.perfit` method (FTL, FedPer, FD, Per-FedAvg, Ditto): each round K
+devices get the method's message for them on their own `down` topic (the global model, FedPer's shared
+base, or FD's public-set indices and consensus logits) and a `perfit` task; each runs the same method's
+device step on its own data and sends back what the method sends (weights, the base without the head,
+or logits only). Every `personal_every` rounds and at the last one, every device personalizes and
+reports its personal model's accuracy on its own test windows. A device too weak to train whose policy
+lets its windows leave it is trained for by the host (edge offloading); its personal model is kept by
+the host and sent to that device only. Uploads land in `on_blob`; the global state changes in
+`method.aggregate`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import asdict
 
 import numpy as np
 
-from semifl.fleet.planner import plan_personal, task_seed
+from semifl.fleet.planner import RoundPlan, plan_personal, task_seed
 from semifl.learn import perfit
-from semifl.learn.strategy import Strategy
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays, from_wire
 
-from .engine import EngineConfig, Rejected, RoundEngine
+from ..session import Rejected, Session
 
 log = logging.getLogger("semifl.perfit")
 UPLOAD_KINDS = ("weights", "base", "logits")
 
 
-class Personalization(Strategy):
-    """The strategy record of a personalization run: the method's host state is its checkpoint."""
-    uses_cl = False
-
-    def __init__(self, method: perfit.Method):
-        self.method, self.name = method, method.name
-
-    def state(self):
-        return self.method.state()
-
-    def load_state(self, meta, arrays):
-        self.method.load_state(meta, arrays)
-
-
-class PersonalEngine(RoundEngine):
-    def __init__(self, link, store, cfg: EngineConfig, method: perfit.Method, models: dict[str, str], nets: dict,
-                 views: dict, evaluate, n_classes: int, n_features: int, local: perfit.Local, rounds: int,
-                 per_round: int = 5, personal_every: int = 0):
+class PersonalRound:
+    def __init__(self, session: Session, method: perfit.Method, models: dict[str, str], nets: dict, views: dict,
+                 evaluate, n_classes: int, n_features: int, rounds: int, *, seed: int = 0, per_round: int = 5,
+                 personal_every: int = 0):
         """models: device -> model name it runs (FD may mix); nets / views: model name -> nn.Net / feature
         view; evaluate(params) -> (accuracy, loss) of a global model on pooled test windows (None: no
         global model); n_features: a window's features; per_round: K devices per round (0: all)."""
-        net = getattr(method, "net", None) or next(iter(nets.values()))
-        init = list(getattr(method, "params", []))
-        super().__init__(link, store, Personalization(method), cfg, init, evaluate, n_classes, net=net)
-        self.method, self.models, self.nets, self.views, self.n_features = method, models, nets, views, n_features
-        self.local_cfg, self.rounds, self.k, self.every = local, rounds, per_round, personal_every
+        self.session, self.method, self.name = session, method, method.name
+        self.models, self.nets, self.views, self.evaluate = models, nets, views, evaluate
+        self.n_classes, self.n_features, self.rounds = n_classes, n_features, rounds
+        self.seed, self.k, self.every = seed, per_round, personal_every
+        store = session.store
+        kept = store.strategy_state() if store.last_completed_round() else None
+        if kept is not None:
+            meta, arrays = kept
+            if meta.get("strategy") != method.name:
+                raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {method.name!r}")
+            method.load_state(meta["state"], arrays)
+        self.plan: RoundPlan | None = None
         self.picked: list[str] = []
         self.uploads: dict[str, perfit.Upload] = {}
         self.values: dict[str, dict] = {}
@@ -67,38 +56,51 @@ class PersonalEngine(RoundEngine):
         self.asked_personal: dict[str, int] = {}   # device -> nonce of its personalize task this round
         self.proxies: dict[str, perfit.Device] = {}   # offloaded devices the host trains for
 
-    # --- who trains ---------------------------------------------------------------------------------
+    @property
+    def params(self) -> list:
+        """The global model (FedPer: the shared base; FD has none)."""
+        return list(getattr(self.method, "params", []))
+
+    # --- who trains -------------------------------------------------------------------------------
     def perfit_devices(self) -> list[str]:
-        return sorted(d for d, c in self.registry.devices.items() if "perfit" in c.get("roles", ()) and d in self.models)
+        reg = self.session.registry
+        return sorted(d for d, c in reg.devices.items() if "perfit" in c.get("roles", ()) and d in self.models)
 
     def train_bytes(self, dev: str) -> int:
         """Memory `dev` needs to train its model for a round (parameters, gradient, momentum, a batch)."""
-        return self.nets[self.models[dev]].train_bytes(self.local_cfg.batch)
+        return self.nets[self.models[dev]].train_bytes(self.method.cfg.batch)
 
     def task(self, rnd: int, dev: str, role: str, nonce: int, seed: int) -> dict:
-        return {"round": rnd, "role": role, "task": nonce, "seed": seed, "run": self.run_id, "method": self.method.name,
-                "model": self.models[dev], "local": asdict(self.local_cfg), "settings": self.method.settings()}
+        return {"round": rnd, "role": role, "task": nonce, "seed": seed, "run": self.session.run_id,
+                "method": self.method.name, "model": self.models[dev], "local": asdict(self.method.cfg),
+                "settings": self.method.settings()}
 
     def _message(self, dev: str, task: dict, msg: perfit.Message):
+        """The method's message for `dev` on its down topic, then its task. A training message's values
+        count towards the round's `device_values` (the seed's measure); a personalize one's do not."""
         meta = {"kind": "message", "round": task["round"], "task": task["task"]}
         if msg.version is not None:
             meta["version"] = msg.version
-        self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, task["round"],
-                                                       encode_arrays(meta, msg.arrays),
-                                                       self.registry.devices[dev]["max_chunk"])
-        self._send(dev, task)
-        self.values.setdefault(dev, {"up": 0, "down": 0})["down"] += msg.values
+        self.session.send_down(dev, wire.KIND_MODEL, task["round"], encode_arrays(meta, msg.arrays))
+        self.session.send_task(dev, task)
+        if task["role"] == "perfit":
+            self.values.setdefault(dev, {"up": 0, "down": 0})["down"] += msg.values
 
-    # --- inbound ------------------------------------------------------------------------------------
-    def _on_blob(self, dev: str, kind: int, blob: bytes):
-        meta, tensors, rnd = self._open_blob(dev, blob)
+    # --- inbound ----------------------------------------------------------------------------------
+    def refuse_chunk(self, dev, kind, blob_id, seq):
+        return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
+
+    def on_blob(self, dev: str, kind: int, blob: bytes):
+        s = self.session
+        meta, tensors = s.open_blob(dev, blob)
+        rnd = s.round
         if kind == wire.KIND_SAMPLES and meta.get("kind") == "samples":
             return self._on_windows(dev, rnd, meta, tensors, blob)
         if kind != wire.KIND_UPDATE or meta.get("kind") not in UPLOAD_KINDS:
             raise Rejected("malformed", f"a personalization client does not send blob kind {kind} ({meta.get('kind')!r})")
         if self.plan is None or dev not in self.plan.fl:
             raise Rejected("unexpected", f"{dev} was not asked to train in round {rnd}")
-        if dev in self.uploads or self.store.has_contribution(rnd, dev, "upload"):
+        if dev in self.uploads or s.store.has_contribution(rnd, dev, "upload"):
             raise Rejected("replay", f"{dev} already delivered its round {rnd} upload")
         arrays = [np.array(from_wire(t)) for t in tensors]
         if not all(a.dtype.kind == "f" for a in arrays):
@@ -113,7 +115,7 @@ class PersonalEngine(RoundEngine):
             self.method.check(up)
         except ValueError as e:
             raise Rejected("shape", str(e)) from None
-        self.store.accept(rnd, dev, "upload", meta["n"], blob)   # durable before it counts
+        s.store.accept(rnd, dev, "upload", meta["n"], blob)   # durable before it counts
         self._took(dev, meta, up)
 
     def _took(self, dev, meta, up):
@@ -124,12 +126,12 @@ class PersonalEngine(RoundEngine):
         self.chain[dev] = {"from": meta.get("personal_from"), "to": meta.get("personal_to")}
         t = meta.get("t_local_s")
         if isinstance(t, (int, float)) and t >= 0:
-            self.times.setdefault(dev, {})["local"] = round(float(t), 4)
+            self.session.rec.took(dev, local=t)
 
     def _on_windows(self, dev, rnd, meta, tensors, blob):
         """An offloaded device's training windows: kept durably (versioned, like a generator), so a
         restarted host can train for it again."""
-        if self.registry.devices[dev].get("raw_ok") is not True:
+        if self.session.registry.devices[dev].get("raw_ok") is not True:
             raise Rejected("privacy", f"{dev}'s policy keeps its data on the device")
         n, f = meta["n"], self.n_features
         if [(t[0], tuple(t[1])) for t in tensors] != [("float32", (n, f)), ("uint8", (n,))]:
@@ -147,7 +149,8 @@ class PersonalEngine(RoundEngine):
         (the latest personal model the host keeps for it)."""
         if dev in self.proxies:
             return self.proxies[dev]
-        kept = self.store.artifacts("windows").get(dev)
+        store = self.session.store
+        kept = store.artifacts("windows").get(dev)
         if kept is None:
             return None
         _, ts = wire.decode_blob(kept["blob"])
@@ -155,103 +158,105 @@ class PersonalEngine(RoundEngine):
         model = self.models[dev]
         v = self.views[model]
         d = perfit.Device(dev, self.nets[model], v(x), y, v(x[:0]), y[:0], view=v)
-        mine = self.store.artifacts("personal").get(dev)
+        mine = store.artifacts("personal").get(dev)
         if mine is not None:
             d.personal = [np.array(from_wire(t)) for t in wire.decode_blob(mine["blob"])[1]]
         self.proxies[dev] = d
         return d
 
-    def _on_status(self, dev: str, msg: dict):
+    def on_status(self, dev: str, msg: dict) -> bool:
         kind = msg.get("kind")
         if kind == "personal":
-            self._check_round(dev, msg.get("round"), "personal status")
+            self.session.check_round(msg.get("round"), "personal status")
             if msg.get("task") != self.asked_personal.get(dev):
                 raise Rejected("replay", f"task {msg.get('task')} is not {dev}'s personalize task")
             acc, n = msg.get("accuracy"), msg.get("n")
             if not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or not isinstance(n, int) or n < 0:
                 raise Rejected("schema", "personal status needs accuracy in [0, 1] and n >= 0")
             self.personal[dev] = float(acc)
-            return
+            return True
         if kind == "request" and msg.get("what") == "personal":
-            if not isinstance(msg.get("round"), int):
-                raise Rejected("schema", "status without an integer round")
-            return self._serve_personal(dev, msg.get("device", dev))
-        return super()._on_status(dev, msg)
+            self.serve_personal(dev, msg.get("device", dev))
+            return True
+        return False
 
-    def _serve_personal(self, dev: str, owner, rnd: int | None = None):
+    def serve_personal(self, dev: str, owner, rnd: int | None = None):
         """A personal model the host keeps goes to its owner only, on the owner's own topic."""
+        s = self.session
         if owner != dev:
             raise Rejected("forbidden", f"{dev} asked for the personal model of {owner!r}; it goes to its owner only")
-        mine = self.store.artifacts("personal").get(dev)
+        mine = s.store.artifacts("personal").get(dev)
         if mine is None:
             raise Rejected("unexpected", f"the host keeps no personal model of {dev}")
-        rnd = self.round if rnd is None else rnd
+        rnd = s.round if rnd is None else rnd
         _, ts = wire.decode_blob(mine["blob"])
-        nonce = self.asked_personal.get(dev) or self.task_id(rnd, dev + "#p")
-        meta = {"kind": "personal", "round": rnd, "task": nonce, "run": self.run_id, "method": self.method.name,
+        nonce = self.asked_personal.get(dev) or s.task_id(rnd, dev + "#p")
+        meta = {"kind": "personal", "round": rnd, "task": nonce, "run": s.run_id, "method": self.method.name,
                 "model": self.models[dev], "version": mine["version"]}
         self.asked_personal[dev] = nonce
-        self.bytes_down[dev] += self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), wire.KIND_MODEL, rnd,
-                                                       wire.encode_blob(meta, ts), self.registry.devices[dev]["max_chunk"])
+        s.send_down(dev, wire.KIND_MODEL, rnd, wire.encode_blob(meta, ts))
 
-    def _keep_personal(self, dev: str, params, rnd: int):
+    def keep_personal(self, dev: str, params, rnd: int):
         self._keep(dev, "personal", rnd, encode_arrays({"kind": "personal", "device": dev, "round": rnd}, params))
 
     def _keep(self, dev: str, kind: str, rnd: int, blob: bytes):
         """A device's versioned artifact in the store (its windows, its personal model), by SHA-256."""
-        self.store.keep_artifact(dev, kind, rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
+        self.session.store.keep_artifact(dev, kind, rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
 
-    # --- the round ----------------------------------------------------------------------------------
-    def run_round(self, rnd: int) -> dict:
-        t0, up0, down0 = self._open_round(rnd)
+    def gone(self, dev: str) -> bool:
+        return dev in self.session.rec.failed or dev not in self.session.registry.online
+
+    # --- the round --------------------------------------------------------------------------------
+    def run(self, rnd: int) -> dict:
+        s = self.session
+        rec = s.begin(rnd)
         self.uploads, self.values, self.chain, self.personal, self.asked_personal = {}, {}, {}, {}, {}
-        online = self._announce(rnd)
-        ready = {d for d in online if self.registry.link.get(d, {}).get("round") == rnd}
+        ready = set(s.announce(rnd))
         fleet = self.perfit_devices()
         # the seed's K devices per round, drawn over the whole fleet (an absent one is a dropout)
-        self.picked = perfit.participants(rnd, fleet, self.k, self.cfg.seed)
-        self.plan = plan_personal(rnd, {d: self.registry.devices[d] for d in fleet}, self.picked, ready, self.train_bytes)
-        self.store.begin_round(rnd, asdict(self.plan))
+        self.picked = perfit.participants(rnd, fleet, self.k, self.seed)
+        self.plan = plan_personal(rnd, {d: s.registry.devices[d] for d in fleet}, self.picked, ready, self.train_bytes)
+        s.store.begin_round(rnd, asdict(self.plan))
         offload = self.plan.offload
-        phases = {"ready": time.time() - t0}
         self.method.begin_round(rnd)
-        for dev, _, n, blob in self.store.contributions(rnd):   # a restarted host keeps what it accepted
+        for dev, _, n, blob in s.store.contributions(rnd):   # a restarted host keeps what it accepted
             meta, ts = wire.decode_blob(blob)
             self._took(dev, meta, perfit.Upload(dev, meta["kind"], [np.array(from_wire(t)) for t in ts], n,
                                                 meta.get("version")))
         for d in offload:   # edge offloading: the windows first, once; the host trains for it from then on
             if d in ready and self._proxy(d) is None:
-                self._send(d, {"round": rnd, "role": "offload", "task": self.task_id(rnd, d)})
+                s.send_task(d, {"round": rnd, "role": "offload", "task": s.task_id(rnd, d)})
         clients = [d for d in self.plan.fl if d not in self.uploads]
         for d in clients:
-            self._message(d, self.task(rnd, d, "perfit", self.task_id(rnd, d), task_seed(self.cfg.seed, rnd, d)),
+            self._message(d, self.task(rnd, d, "perfit", s.task_id(rnd, d), task_seed(self.seed, rnd, d)),
                           self.method.send(d))
-        self.pump(lambda: all(d in self.uploads or d in self.failed for d in clients)
-                  and all(self._proxy(d) is not None for d in offload if d in ready), self.cfg.collect_timeout_s)
+        s.wait(lambda: all(d in self.uploads or self.gone(d) for d in clients)
+               and all(self._proxy(d) is not None or self.gone(d) for d in offload if d in ready),
+               s.limits.collect_timeout_s, "uploads")
         for d in self.picked:   # the host trains for offloaded devices: the method's own device step
             proxy = self._proxy(d) if d in offload else None
             if proxy is not None and d not in self.uploads:
-                up = self.method.local(proxy, self.method.send(d), task_seed(self.cfg.seed, rnd, d))
-                meta = {"kind": up.kind, "round": rnd, "task": self.task_id(rnd, d), "device": d, "n": up.n, "proxy": True}
+                up = self.method.local(proxy, self.method.send(d), task_seed(self.seed, rnd, d))
+                meta = {"kind": up.kind, "round": rnd, "task": s.task_id(rnd, d), "device": d, "n": up.n, "proxy": True}
                 if up.version is not None:
                     meta["version"] = up.version
                 # durable like a device's upload, so a restarted host does not train it a second time
-                self.store.accept(rnd, d, "upload", up.n, encode_arrays(meta, up.arrays))
+                s.store.accept(rnd, d, "upload", up.n, encode_arrays(meta, up.arrays))
                 self.uploads[d] = up
                 if proxy.personal is not None:   # its personal state (FedPer's head, Ditto's v) lives here
-                    self._keep_personal(d, proxy.personal, rnd)
-        phases["train"] = time.time() - t0 - sum(phases.values())
+                    self.keep_personal(d, proxy.personal, rnd)
+        rec.mark("train")
         self.method.aggregate([self.uploads[d] for d in sorted(self.uploads)])
-        self.params = list(getattr(self.method, "params", []))
-        phases["aggregate"] = time.time() - t0 - sum(phases.values())
+        rec.mark("aggregate")
         if rnd == self.rounds or (self.every and rnd % self.every == 0):
             self._personalize(rnd, [d for d in fleet if d in ready], offload)
-            phases["personalize"] = time.time() - t0 - sum(phases.values())
+            rec.mark("personalize")
         glob = self.evaluate(self.params) if self.evaluate else None
         accs = [self.personal[d] for d in sorted(self.personal)]
         acc = float(np.mean(accs)) if accs else (glob[0] if glob else None)
-        return self._close_round(
-            rnd, t0, up0, down0, acc, glob[1] if glob else None, phases,
+        meta, arrays = self.method.state()
+        return s.finish(
+            self.params, acc, glob[1] if glob else None, ({"strategy": self.name, "state": meta}, arrays),
             participants={"cl": [], "fl": sorted(self.uploads)}, trained=sorted(self.uploads), idle=self.plan.idle,
             offloaded=sorted(d for d in offload if d in self.uploads), global_accuracy=glob[0] if glob else None,
             personal=dict(sorted(self.personal.items())), personal_mean=float(np.mean(accs)) if accs else None,
@@ -261,16 +266,17 @@ class PersonalEngine(RoundEngine):
     def _personalize(self, rnd: int, devs: list[str], offload: list[str]):
         """Every device's personal model, scored by the device on its own test windows. The seed is the
         next round's, as the in-process runner's final personalization."""
+        s = self.session
         for d in devs:
-            seed = task_seed(self.cfg.seed, rnd + 1, d)
-            nonce = self.asked_personal[d] = self.task_id(rnd, d + "#p")
+            seed = task_seed(self.seed, rnd + 1, d)
+            nonce = self.asked_personal[d] = s.task_id(rnd, d + "#p")
             if d in offload:
                 proxy = self._proxy(d)
                 if proxy is None:
                     continue
-                self._keep_personal(d, self.method.personalize(proxy, seed), rnd)
-                self._serve_personal(d, d, rnd)
+                self.keep_personal(d, self.method.personalize(proxy, seed), rnd)
+                self.serve_personal(d, d, rnd)
             else:
                 self._message(d, self.task(rnd, d, "personalize", nonce, seed), self.method.send(d))
-        self.pump(lambda: all(d in self.personal or d in self.failed for d in self.asked_personal),
-                  self.cfg.collect_timeout_s)
+        s.wait(lambda: all(d in self.personal or self.gone(d) for d in self.asked_personal),
+               s.limits.collect_timeout_s, "personal models")

@@ -33,9 +33,15 @@ class SimRadio:
         return round(float(self.rssi_by_round[rnd % len(self.rssi_by_round)]), 2)
 
     def delay(self, nbytes):
+        """Sending nbytes: the link's latency and its bandwidth."""
         t = self.latency_s + (nbytes * 8 / self.bandwidth_bps if self.bandwidth_bps else 0.0)
         if t > 0:
             time.sleep(t)
+
+    def receive(self, nbytes):
+        """Receiving nbytes of a blob: its bandwidth (the latency is the sender's)."""
+        if self.bandwidth_bps:
+            time.sleep(nbytes * 8 / self.bandwidth_bps)
 
     def drops(self, rnd):
         if self.drop <= 0:

@@ -1,0 +1,1 @@
+"""The composition root: `semifl run`, `serve`, `fleet` and in-process runs put the layers together here."""

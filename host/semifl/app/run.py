@@ -1,0 +1,203 @@
+"""`semifl run`: broker + host + virtual fleet in one process tree, then the summary and the plot; and
+the pieces `semifl serve` and `semifl fleet` take from it."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from semifl.config import RunConfig
+from semifl.energy import fleet_energy
+from semifl.learn.data import Dataset, load_idx_dataset
+from semifl.learn.har import HARData, load_har
+from semifl.learn.partition import describe
+from semifl.service.report import plot_rounds, write_summary
+from semifl.service.session import Session
+from semifl.service.store import Store
+from semifl.sim.fleet import VirtualFleet, device_indices, fleet_for, har_fleet
+from semifl.transport.broker import EmbeddedBroker
+from semifl.transport.mqtt import HostLink
+
+from .build import limits, make_round, public_set
+
+log = logging.getLogger("semifl.run")
+
+
+def round_time_breakdown(rounds: list[dict], classes: dict[str, str]) -> dict:
+    """Seed 001's T = T_download + T_local + T_upload + T_global per device class, mean seconds over the
+    rounds a device took part in (download and local measured by the device, upload by the host from
+    request to the last chunk, global = the host's aggregate phase)."""
+    acc: dict[str, dict[str, list]] = {}
+    for m in rounds:
+        for dev, t in m.get("device_times_s", {}).items():
+            for k, v in t.items():
+                acc.setdefault(classes.get(dev, "?"), {}).setdefault(k, []).append(v)
+    glob = [m["phases_s"]["aggregate"] for m in rounds if "aggregate" in m.get("phases_s", {})]
+    out = {}
+    for cls, parts in sorted(acc.items()):
+        row = {k: round(sum(v) / len(v), 5) for k, v in sorted(parts.items())}
+        row["global"] = round(sum(glob) / len(glob), 5) if glob else None
+        out[cls] = row
+    return out
+
+
+def load_data(cfg: RunConfig) -> Dataset | HARData:
+    """The run's data: HAR subjects for personalization, an IDX dataset otherwise."""
+    if cfg.family == "personal":
+        har = load_har(cfg.data, seed=cfg.seed)
+        if cfg.personal.subjects > len(har.subjects):
+            raise ValueError(f"{cfg.personal.subjects} subjects asked for, {cfg.data or 'WISDM-2019'} has "
+                             f"{len(har.subjects)}")
+        return har
+    return load_idx_dataset(cfg.data)
+
+
+def fleet_specs(cfg: RunConfig, data) -> list:
+    """The virtual fleet of a run: one Pi per HAR subject (FD's public pool in each one's flash), or
+    the seed's Pis and MCUs with the data split by `partition`."""
+    if cfg.family == "personal":
+        return har_fleet(cfg, data, public_set(data, cfg.personal.subjects) if cfg.strategy == "fd" else None)
+    specs = fleet_for(cfg, data)
+    if cfg.strategy == "iotsl":
+        for s in specs:
+            s.config.setdefault("max_epsilon", cfg.split.max_epsilon)
+    return specs
+
+
+def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None):
+    """One run: the broker (embedded unless cfg.broker), the host's store, link and session, the round
+    object of the strategy, and the virtual fleet. -> (session, round object, the rounds' metrics)."""
+    with contextlib.ExitStack() as stack:
+        url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
+        store = Store(str(out / "state.db"))
+        stack.callback(store.close)
+        link = HostLink(url).connect()
+        stack.callback(link.close)
+        session = Session(link, store, limits(cfg))
+        rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
+        fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, url))
+        if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
+            raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up within "
+                               f"{cfg.host.startup_timeout_s:.0f} s; see {out}/fleet/*/device.log")
+        session.run(rounds_obj, cfg.rounds, on_round=on_round)
+        session.stop_fleet()
+        fleet.stop()
+        return session, rounds_obj, store.round_metrics()
+
+
+def add_energy(summary: dict) -> None:
+    """Each device's energy_j / energy_by_phase / meter in a virtual fleet's summary: no hardware meter
+    there, so the virtual meter of its board profile (semifl.energy) over the summary's rounds."""
+    energy = fleet_energy(summary["rounds"], {d["id"]: d["board"] for d in summary["devices"] if d.get("board")})
+    for d in summary["devices"]:
+        d.update(energy.get(d["id"], {}))
+
+
+def fresh_out(cfg: RunConfig) -> Path:
+    """The run's folder, emptied: `run` is a fresh experiment; `serve` is the one that resumes."""
+    out = Path(cfg.out or f"runs/{cfg.name}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> dict:
+    data = ds if ds is not None and cfg.family != "personal" else load_data(cfg)   # before the output folder
+    out = fresh_out(cfg)
+    specs = fleet_specs(cfg, data)
+    session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round)
+    summary = personal_summary(cfg, specs, session, rounds_obj, rounds) if cfg.family == "personal" else \
+        federated_summary(cfg, data, specs, session, rounds)
+    add_energy(summary)
+    write_summary(out, summary)
+    shown = [m for m in rounds if m["accuracy"] is not None]
+    if cfg.plot and shown:
+        plot_rounds(out, shown, f"{cfg.strategy} on {summary['dataset']}, {len(specs)} devices")
+    if rounds_obj.params:   # the global model (FedPer: the shared base; FD has none)
+        np.savez(out / "final_model.npz", *rounds_obj.params)
+    return summary
+
+
+def common_summary(cfg: RunConfig, session: Session, rounds: list[dict]) -> dict:
+    return {"strategy": cfg.strategy, "broker": "embedded" if not cfg.broker else cfg.broker, "seed": cfg.seed,
+            "config": cfg.to_dict(), "rounds": rounds,
+            "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
+            "late": dict(sum((Counter(m.get("late", {})) for m in rounds), Counter()))}
+
+
+def device_entry(session: Session, spec, role: str, **extra) -> dict:
+    caps = session.registry.devices.get(spec.id, {})
+    # what the device itself reported: the interpreter it ran on and its board profile
+    return {"id": spec.id, "device_class": spec.device_class, "role": role, "runtime": caps.get("runtime"),
+            "board": caps.get("board"), **extra, "bytes_up": int(session.bytes_up[spec.id]),
+            "bytes_down": int(session.bytes_down[spec.id])}
+
+
+def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, rounds: list[dict]) -> dict:
+    pi_role = cfg.strategy if cfg.family == "split" else "fl"
+    evals = {}   # each device's latest on-device evaluation of the int8 model
+    for m in rounds:
+        evals.update(m.get("device_evals", {}))
+    summary = {
+        **common_summary(cfg, session, rounds), "dataset": ds.name, "mode": cfg.federated.mode,
+        "partition": {"kind": cfg.sim.partition, "seed": cfg.seed,
+                      "devices": dict(zip((s.id for s in specs), describe(
+                          [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
+        "devices": [device_entry(session, s, pi_role if s.device_class == "pi" else "cl",
+                                 **{"class": s.classes[0] if len(s.classes) == 1 else s.classes,
+                                    "int8_eval": evals.get(s.id)}) for s in specs],
+        "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+        # models not given to a device that could not run them (its ops, its memory), by reason
+        "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
+    }
+    summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
+    return summary
+
+
+def personal_summary(cfg: RunConfig, specs, session: Session, rounds_obj, rounds: list[dict]) -> dict:
+    last = next((m for m in reversed(rounds) if m.get("personal")), {})
+    ups = [v["up"] for m in rounds for v in m.get("device_values", {}).values() if v["up"]]
+    return {
+        **common_summary(cfg, session, rounds), "dataset": "wisdm-2019" if not cfg.data else cfg.data,
+        "partition": {"kind": "subject", "devices": {s.id: {"n": len(s.data["y"]), "classes": s.classes} for s in specs}},
+        "devices": [device_entry(session, s, cfg.strategy, model=rounds_obj.models[s.id],
+                                 personal_accuracy=last.get("personal", {}).get(s.id)) for s in specs],
+        "final_accuracy": last.get("personal_mean"), "final_p10_accuracy": last.get("personal_p10"),
+        "global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
+        # the seed's Fig. 8 measure: values one participating device sends per round
+        "values_per_round": int(np.mean(ups)) if ups else 0,
+        "offloaded": sorted({d for m in rounds for d in m.get("offloaded", [])}),
+        "refused": {},
+    }
+
+
+def serve(cfg: RunConfig, state: str, wait_devices: int, wait_s: float, on_round=None) -> int:
+    """The host service alone against cfg.broker: resumes from its state database at the last completed round."""
+    data = load_data(cfg)
+    store = Store(state)
+    link = HostLink(cfg.broker).connect()
+    try:
+        session = Session(link, store, limits(cfg))
+        ids = [s.id for s in har_fleet(cfg, data)] if cfg.family == "personal" else None
+        rounds_obj = make_round(cfg, session, data, ids)
+        if not session.wait_for_devices(wait_devices, timeout=wait_s):
+            log.error("%d of %d devices online after %.0f s", len(session.registry.online), wait_devices, wait_s)
+            return 1
+        session.run(rounds_obj, cfg.rounds, on_round=on_round)
+        session.stop_fleet()
+        return 0
+    finally:
+        link.close()
+        store.close()
+
+
+def start_fleet(cfg: RunConfig, root: Path) -> VirtualFleet:
+    """The virtual fleet alone (real device code as processes) against cfg.broker."""
+    data = load_data(cfg)
+    specs = fleet_specs(cfg, data)
+    return VirtualFleet(root, specs, None if cfg.family == "personal" else data, cfg.broker).start()

@@ -1,0 +1,203 @@
+"""Buffered asynchronous rounds (FedBuff, Nguyen et al., AISTATS 2022) for FedAvg, SemiFL and semifl+.
+
+No round waits for the slowest device. FL clients train on the model version they were given and upload
+at once; the host keeps up to `concurrency` of them busy, giving an idle capable device the current model
+as soon as it is seen (devices join and leave at any time). Every accepted update goes into a buffer;
+once `buffer` updates are in, the strategy merges them, each weighted by 1/sqrt(1 + staleness), into the
+next model version: one "round" of the run. An update trained on a model more than `max_staleness`
+versions old is dropped and counted as late. CL uploaders stream too: the top-N by channel are asked for
+samples each version, and whatever samples arrived go into the next merge (docs/protocol.md §5c).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from semifl.fleet.planner import cannot_run, is_capable, task_seed
+from semifl.learn.strategy import CLBatch, FLUpdate
+from semifl.protocol import wire
+from semifl.protocol.tensors import encode_arrays, from_wire
+
+from ..session import Rejected
+from .federated import Context, FederatedRound
+
+log = logging.getLogger("semifl.buffered")
+
+
+def staleness_weight(tau: int) -> float:
+    """FedBuff's s(tau) = 1 / sqrt(1 + tau)."""
+    return 1.0 / math.sqrt(1.0 + tau)
+
+
+class BufferedRound(FederatedRound):
+    """Shares the federated round's update checks and int8 push; replaces the round itself."""
+    continuous = True   # devices' ready reports of earlier versions are welcome, not stale
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.busy: dict[str, tuple[int, float]] = {}     # FL client -> (version it trains on, when it was asked)
+        self.contexts: dict[int, Context] = {}           # version -> what validating its updates needs
+        self.done_for: set[tuple[str, int]] = set()      # (device, version) already delivered (not asked twice)
+        self.cl_asked: dict[str, int] = {}               # CL uploader -> version of its open samples task
+
+    # --- inbound ----------------------------------------------------------------------------------
+    def on_status(self, dev, msg):
+        return False   # buffered rounds have no status of their own: updates come at once
+
+    def refuse_chunk(self, dev, kind, blob_id, seq):
+        v = self.session.round
+        if blob_id in self.contexts:
+            return None
+        if blob_id < v and kind in (wire.KIND_UPDATE, wire.KIND_SAMPLES):   # too stale: late, dropped
+            if seq == 0:
+                self.session.rec.late["update" if kind == wire.KIND_UPDATE else "samples"] += 1
+                self.busy.pop(dev, None)
+                self.cl_asked.pop(dev, None)
+            return "drop"
+        return f"chunk of version {blob_id} during version {v}"
+
+    def on_blob(self, dev: str, kind: int, blob: bytes):
+        s = self.session
+        what = {wire.KIND_UPDATE: "update", wire.KIND_SAMPLES: "samples"}.get(kind)
+        if what is None:
+            raise Rejected("malformed", f"devices do not send blob kind {kind} in federated rounds")
+        u = wire.decode_blob(blob)[0].get("round")
+        ctx = self.contexts.get(u) if isinstance(u, int) else None
+        if ctx is None:
+            raise Rejected("stale_round", f"{what} for version {u}, which the host no longer holds")
+        meta, tensors = s.open_blob(dev, blob, rnd=u)
+        if meta.get("kind") != what:
+            raise Rejected("schema", f"{what} chunk carrying a {meta.get('kind')!r} blob")
+        if (dev, u) in self.done_for or (dev, f"{what}/{u}") in self.accepted:
+            raise Rejected("replay", f"{dev} already delivered its {what} of version {u}")
+        if what == "update":
+            if self.busy.get(dev, (None,))[0] != u:
+                raise Rejected("unexpected", f"{dev} was not asked to train on version {u}")
+            self._check_update(dev, meta, tensors, ctx)
+            del self.busy[dev]
+            self.done_for.add((dev, u))
+            t = {k: meta[f"t_{k}_s"] for k in ("download", "local") if isinstance(meta.get(f"t_{k}_s"), (int, float))}
+            s.rec.took(dev, **t)
+        else:
+            if self.cl_asked.get(dev) != u:
+                raise Rejected("unexpected", f"{dev} was not asked for samples of version {u}")
+            self._check_samples(dev, meta, tensors)
+            del self.cl_asked[dev]
+        s.store.accept(s.round, dev, f"{what}/{u}", meta["n"], blob)   # durable before it counts
+        self.accepted.add((dev, f"{what}/{u}"))
+
+    # --- scheduling -------------------------------------------------------------------------------
+    def eligible(self) -> list[str]:
+        """Online capable devices that may train now: battery, memory, role."""
+        reg, p = self.session.registry, self.planner
+        out = []
+        for d in sorted(reg.online):
+            caps = dict(reg.devices[d], **{k: v for k, v in reg.link.get(d, {}).items() if v is not None})
+            if "fl" not in caps.get("roles", ["fl"]) or not is_capable(caps, p):
+                continue
+            if caps.get("battery", 1.0) < max(p.min_battery, p.fl_min_battery):
+                continue
+            why = cannot_run(caps, [], self.train_bytes(caps))
+            if why:
+                if d not in self.session.rec.refused:
+                    self.refuse(d, f"{why[0]}: {why[1]}")
+                continue
+            out.append(d)
+        return out
+
+    def _task_fl(self, v: int, blob: bytes):
+        """The current model and a task to every idle eligible device that has not trained on it yet."""
+        s, cfg = self.session, self.cfg
+        room = (cfg.concurrency or 1 << 30) - len(self.busy)
+        for d in self.eligible():
+            if room <= 0:
+                break
+            if d in self.busy or (d, v) in self.done_for:
+                continue
+            s.send_down(d, wire.KIND_MODEL, v, blob)
+            s.send_task(d, {"round": v, "role": "fl", "task": s.task_id(v, d), "seed": task_seed(self.seed, v, d),
+                            "prune": cfg.prune, "fraction": cfg.fl_fraction, "epochs": self.epochs, "lr": self.lr,
+                            "upload": True})
+            self.busy[d] = (v, s.clock())
+            room -= 1
+
+    def _task_cl(self, v: int):
+        """SemiFL's CL uploaders of this version: the top-N by their latest channel report."""
+        s, reg = self.session, self.session.registry
+        if not self.strategy.uses_cl or not self.cfg.cl_uploaders:
+            return
+        cands = [d for d in sorted(reg.online) if reg.devices[d].get("raw_ok") and not is_capable(reg.devices[d], self.planner)
+                 and "cl" in reg.devices[d].get("roles", ["cl"]) and d not in self.cl_asked]
+        rssi = lambda d: reg.link.get(d, {}).get("rssi") or reg.devices[d].get("rssi") or -200.0
+        for d in sorted(sorted(cands, key=lambda d: (-rssi(d), d))[:self.cfg.cl_uploaders]):
+            s.send_task(d, {"round": v, "role": "cl", "task": s.task_id(v, d), "seed": task_seed(self.seed, v, d),
+                            "fraction": self.cfg.cl_fraction, "lr": self.lr})
+            self.cl_asked[d] = v
+
+    def _expire(self):
+        """A task nobody answers within its deadline frees its slot (the device may get work again later)."""
+        s = self.session
+        limit = self.cfg.deadline_s or s.limits.collect_timeout_s
+        for d, (v, t) in list(self.busy.items()):
+            if d not in s.registry.online or s.clock() - t > limit:
+                del self.busy[d]
+                s.rec.failed[d] = "offline" if d not in s.registry.online else "timeout"
+                log.info("version %d: %s's task on version %d %s", s.round, d, v,
+                         "ended: it went offline" if d not in s.registry.online else f"expired after {limit:.1f} s")
+        for d in [d for d in self.cl_asked if d not in s.registry.online]:
+            del self.cl_asked[d]
+
+    # --- one merge --------------------------------------------------------------------------------
+    def run(self, v: int) -> dict:
+        s, cfg = self.session, self.cfg
+        rec = s.begin(v)
+        s.broadcast("round", sorted(s.registry.online), wire.encode_json({"v": wire.VERSION, "round": v, "run": s.run_id}),
+                    retain=True)
+        self.contexts[v] = Context(v, self.params, {}, {})
+        for old in [u for u in self.contexts if u < v - cfg.max_staleness]:
+            del self.contexts[old]
+        self.done_for = {(d, u) for d, u in self.done_for if u >= v - cfg.max_staleness}
+        self.accepted = {(d, k) for d, k, _, _ in s.store.contributions(v)}   # a restarted host keeps its buffer
+        blob = encode_arrays({"kind": "model", "round": v}, self.params)
+        self._task_cl(v)
+        fl_in = lambda: sum(k.startswith("update/") for _, k in self.accepted)   # noqa: E731
+        last = s.clock()   # when the buffer last grew: a buffer that stops filling is merged as it is
+        while fl_in() < cfg.buffer:
+            self._expire()
+            self._task_fl(v, blob)
+            if s.clock() - last > s.limits.collect_timeout_s:
+                log.warning("version %d: %d of %d updates and nothing more for %.0f s; merging what there is", v,
+                            fl_in(), cfg.buffer, s.limits.collect_timeout_s)
+                break
+            before = len(self.accepted)
+            if s.pump(lambda: len(self.accepted) > before, 0.5):
+                last = s.clock()
+        rec.mark("train")
+
+        fl, cl = [], []
+        for dev, kind, n, b in s.store.contributions(v):
+            what, u = kind.split("/")
+            meta, ts = wire.decode_blob(b)
+            if what == "update":
+                ctx = self.contexts.get(int(u), Context(int(u), self.params, {}, {}))
+                tau = v - int(u)
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, staleness=tau, weight=staleness_weight(tau)))
+            else:
+                arrays = [from_wire(t) for t in ts]
+                cl.append(CLBatch(dev, arrays[0], arrays[1]))
+                if sum(len(c) for c in self.calib) < 1000:
+                    self.calib.append(np.array(arrays[0][:1000]))
+        self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
+        self.params = self.strategy.aggregate(self.params, fl, cl)
+        rec.mark("aggregate")
+        acc, loss = self.evaluate(self.params)
+        rec.mark("evaluate")
+        if cfg.int8_every and v % cfg.int8_every == 0:
+            self.push_int8(v)
+        meta, arrays = self.strategy.state()
+        return s.finish(self.params, acc, loss, ({"strategy": self.strategy.name, "state": meta}, arrays),
+                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
+                        trained=sorted(u.device for u in fl), staleness={u.device: u.staleness for u in fl},
+                        busy=sorted(self.busy), idle={})

@@ -1,0 +1,361 @@
+"""Synchronous federated rounds: SemiFL's three stages for FedAvg, SemiFL and semifl+ (docs/protocol.md §5).
+
+  1. announce; devices answer `ready` with link and battery; plan roles (fleet.planner): at most
+     ceil(K * (1 + over_select)) FL clients train, the top-N CL uploaders by channel send samples
+  2. each FL client gets the global model on its down topic and a task, trains and reports its update
+     norm; the round goes on once every tasked client has answered, or its quorum has and its deadline
+     has passed (docs/protocol.md §5c); the top-K by norm are asked for their update
+  3. strategy.aggregate -> evaluate -> persist (store) -> next round
+What arrives after its round closed is late: counted, and merged into the next round by a strategy
+that carries late contributions (semifl+), dropped by the others.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from semifl.config import Federated
+from semifl.fleet.planner import PlannerConfig, RoundPlan, cannot_run, plan_round, select_fl_uploaders, task_seed
+from semifl.learn import compress, int8, mlp, nn
+from semifl.learn.data import to_float
+from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
+from semifl.protocol import wire
+from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
+
+from ..session import Rejected, Session
+
+log = logging.getLogger("semifl.federated")
+ROW = 784
+CALIBRATION = 1000   # samples that set the int8 activation ranges
+
+
+@dataclass
+class Context:
+    """What validating an update of one round needs: its model, the masks of its pruned copies and
+    the compression each client trained with."""
+    round: int
+    params: list
+    assigned: dict          # FL client -> its Compression (None: the uniform `prune`)
+    masks: dict             # prune rate -> keep-masks of this round's model
+
+    def rate(self, dev: str, prune: float) -> float:
+        c = self.assigned.get(dev)
+        return c.prune if c is not None else prune
+
+    def mask(self, rate: float) -> list[np.ndarray]:
+        if rate not in self.masks:
+            self.masks[rate] = mlp.prune_mask(self.params, rate)
+        return self.masks[rate]
+
+
+class FederatedRound:
+    def __init__(self, session: Session, strategy: Strategy, cfg: Federated, init_params, evaluate, *, seed: int = 0,
+                 lr: float = 0.1, epochs: int = 1, rounds: int = 0, carries_late: bool = False, n_classes: int = 10,
+                 calib_x=None, net: nn.Net | None = None):
+        """evaluate(params) -> (accuracy, loss); calib_x: uint8 inputs that calibrate the int8 model
+        until CL uploads have brought enough; net: the model as layers (default: the MLP the params
+        describe), for what training it costs a device."""
+        self.session, self.strategy, self.cfg = session, strategy, cfg
+        self.seed, self.lr, self.epochs, self.carries_late = seed, lr, epochs, carries_late
+        self.evaluate, self.n_classes, self.calib_fallback = evaluate, n_classes, calib_x
+        self.name = strategy.name
+        self.planner = PlannerConfig(cl_uploaders=cfg.cl_uploaders, fl_uploaders=cfg.fl_uploaders,
+                                     fl_min_battery=cfg.fl_min_battery)
+        store = session.store
+        last = store.last_completed_round()
+        self.params = store.checkpoint(last) if last else [np.asarray(p, np.float32) for p in init_params]
+        kept = store.strategy_state() if last else None
+        if kept is not None:
+            meta, arrays = kept
+            if meta.get("strategy") != strategy.name:
+                raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {strategy.name!r}")
+            strategy.load_state(meta["state"], arrays)
+        self.shapes = [p.shape for p in self.params]
+        self.net = net or nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
+        self.plan: RoundPlan | None = None
+        self.ctx = Context(0, self.params, {}, {})
+        self.prev: Context | None = None      # the round before: its late uploads are still welcome
+        self.missing: set[tuple[str, str]] = set()   # (device, kind) asked in the round before and never delivered
+        self.norms: dict[str, float] = {}
+        self.uploaders: list[str] | None = None
+        self.accepted: set[tuple[str, str]] = set()
+        self.blobs: dict[tuple[str, str], bytes] = {}   # (device, kind) -> what this process accepted this round
+        self.asked: dict[str, float] = {}
+        self.train_closed = False
+        self.calib: list[np.ndarray] = []     # CL samples the host holds anyway: the int8 calibration set
+
+    @property
+    def fl_budget(self) -> int:
+        """FL clients a round tasks: the K it uses plus its over-selection."""
+        return math.ceil(self.cfg.fl_uploaders * (1 + self.cfg.over_select))
+
+    # --- inbound ----------------------------------------------------------------------------------
+    def on_status(self, dev: str, msg: dict) -> bool:
+        if msg.get("kind") != "trained":
+            return False
+        s, rnd = self.session, msg["round"]
+        if rnd == s.round - 1 and (dev, "update") in self.missing or rnd == s.round and self.train_closed:
+            s.rec.late["trained"] += 1   # it trained, but its round had already chosen its uploaders
+            log.info("round %d: %s reported its training after the round moved on", s.round, dev)
+            return True
+        s.check_round(rnd, "status 'trained'")
+        if self.plan is None or dev not in self.plan.fl:
+            raise Rejected("unexpected", f"{dev} is not an FL client this round")
+        if msg.get("task") != s.task_id(rnd, dev):
+            raise Rejected("replay", f"task {msg.get('task')} is not this round's task")
+        norm, n = msg.get("norm"), msg.get("n")
+        if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
+            raise Rejected("schema", "trained status needs a finite norm and a positive n")
+        self.norms[dev] = float(norm)
+        s.rec.took(dev, **{k: msg[f"t_{k}_s"] for k in ("download", "local") if isinstance(msg.get(f"t_{k}_s"), (int, float))})
+        return True
+
+    def refuse_chunk(self, dev: str, kind: int, blob_id: int, seq: int):
+        if blob_id == self.session.round:
+            return None
+        if self.prev is not None and blob_id == self.prev.round and any(d == dev for d, _ in self.missing):
+            return None   # a late upload of the round before: taken whole, then carried or counted
+        return f"chunk of round {blob_id} during round {self.session.round}"
+
+    def on_blob(self, dev: str, kind: int, blob: bytes):
+        s = self.session
+        what = {wire.KIND_UPDATE: "update", wire.KIND_SAMPLES: "samples"}.get(kind)
+        if what is None:
+            raise Rejected("malformed", f"devices do not send blob kind {kind} in federated rounds")
+        meta, tensors = wire.decode_blob(blob)
+        if self.prev is not None and meta.get("round") == self.prev.round and (dev, what) in self.missing:
+            return self._late(dev, what, blob)
+        meta, tensors = s.open_blob(dev, blob)
+        if meta.get("kind") != what:
+            raise Rejected("schema", f"{what} chunk carrying a {meta.get('kind')!r} blob")
+        if what == "update":
+            if not self.uploaders or dev not in self.uploaders:
+                raise Rejected("unexpected", f"{dev} was not asked to upload in round {s.round}")
+            self._check_update(dev, meta, tensors, self.ctx)
+        else:
+            if self.plan is None or dev not in self.plan.cl:
+                raise Rejected("unexpected", f"{dev} is not a CL uploader in round {s.round}")
+            self._check_samples(dev, meta, tensors)
+        if (dev, what) in self.accepted:
+            raise Rejected("replay", f"{dev} already delivered its round {s.round} {what}")
+        s.store.accept(s.round, dev, what, meta["n"], blob)   # durable before it counts
+        self.accepted.add((dev, what))
+        self.blobs[(dev, what)] = blob
+        if dev in self.asked:   # T_upload as the host sees it: from asking for the blob to holding all of it
+            s.rec.took(dev, upload=s.clock() - self.asked[dev])
+
+    def _late(self, dev: str, what: str, blob: bytes):
+        """An upload of the round before that came after it closed: carried into this round, or counted and dropped."""
+        s = self.session
+        self.missing.discard((dev, what))
+        meta, tensors = s.open_blob(dev, blob, rnd=self.prev.round)
+        if what == "update":
+            self._check_update(dev, meta, tensors, self.prev)
+        else:
+            self._check_samples(dev, meta, tensors)
+        s.rec.late[what] += 1
+        if not self.carries_late:
+            log.info("round %d: dropped %s's late %s of round %d", s.round, dev, what, self.prev.round)
+            return
+        s.store.accept(s.round, dev, "late_" + what, meta["n"], blob)
+        self.accepted.add((dev, "late_" + what))
+        self.blobs[(dev, "late_" + what)] = blob
+
+    def _check_update(self, dev, meta, tensors, ctx: Context):
+        cfg = self.cfg
+        got = [(t[0], tuple(t[1])) for t in tensors]
+        c = ctx.assigned.get(dev)
+        rate = ctx.rate(dev, cfg.prune)
+        sparse = cfg.sparse_updates and rate > 0
+        shapes = [(int(m.sum()),) for m in ctx.mask(rate)] if sparse else self.shapes
+        want = [(c.dtype if c is not None else "float32", tuple(sh)) for sh in shapes]
+        if got != want:
+            raise Rejected("shape", f"update tensors {got[:3]}... do not match the model {want[:3]}...")
+        arrays = self.update_arrays(dev, tensors, ctx)
+        for a in arrays:
+            if not np.isfinite(a).all():
+                raise Rejected("nonfinite", "update contains NaN or Inf")
+        if rate > 0 and not sparse:   # a pruned copy cannot change what it does not have: not its own update
+            for a, m in zip(arrays, ctx.mask(rate)):
+                if np.any(a[~m] != 0):
+                    raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
+        have = self.session.registry.devices[dev]["n_samples"]
+        if meta["n"] > have:
+            raise Rejected("schema", f"n={meta['n']} exceeds the device's {have} samples")
+
+    def _check_samples(self, dev, meta, tensors):
+        k = meta["n"]
+        if [(t[0], tuple(t[1])) for t in tensors] != [("uint8", (k, ROW)), ("uint8", (k,))]:
+            raise Rejected("shape", f"samples must be uint8 ({k}, {ROW}) and uint8 ({k},)")
+        have = self.session.registry.devices[dev]["n_samples"]
+        if k > have:
+            raise Rejected("schema", f"{k} samples exceed the device's {have}")
+        if max(bytes(tensors[1][4]), default=0) >= self.n_classes:
+            raise Rejected("schema", f"label out of range 0..{self.n_classes - 1}")
+
+    def update_arrays(self, dev: str, tensors, ctx: Context) -> list[np.ndarray]:
+        """An update's tensors as float32 model-shaped deltas: fp16/int8 dequantized, a sparse update
+        scattered back through the mask of the copy the client trained."""
+        arrays = [dequantize(t) for t in tensors]
+        rate = ctx.rate(dev, self.cfg.prune)
+        if self.cfg.sparse_updates and rate > 0:
+            arrays = compress.scatter(arrays, ctx.mask(rate))
+        return arrays
+
+    def compression_for(self, dev: str):
+        """The Compression this FL client trains with, or None for the uniform setting (`prune`)."""
+        if self.cfg.compression == "none":
+            return None
+        return compress.for_device(self.session.registry.devices.get(dev, {}), sum(p.nbytes for p in self.params))
+
+    def train_bytes(self, caps: dict) -> int:
+        """Memory an FL client needs for this round's task: the model, its gradient and momentum, and
+        the activations of the full batch of ceil(fl_fraction * n_samples) it trains on."""
+        return self.net.train_bytes(int(np.ceil(self.cfg.fl_fraction * caps.get("n_samples", 0))))
+
+    def refuse(self, dev: str, why: str):
+        """A model a device cannot run is not sent: said, logged and counted, before any work is done."""
+        self.session.rec.refused[dev] = why
+        log.warning("refused %s the model: %s", dev, why)
+
+    def gone(self, dev: str) -> bool:
+        return dev in self.session.rec.failed or dev not in self.session.registry.online
+
+    # --- the round --------------------------------------------------------------------------------
+    def run(self, rnd: int) -> dict:
+        s, cfg = self.session, self.cfg
+        rec = s.begin(rnd)
+        self.norms, self.asked, self.train_closed = {}, {}, False
+        row = s.store.round_row(rnd)
+
+        # stage 1: announce; devices answer with their link; plan
+        s.announce(rnd)
+        if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
+            self.plan = RoundPlan(**row["plan"])
+        else:
+            self.plan = plan_round(rnd, s.registry.view(rnd), self.planner, use_cl=self.strategy.uses_cl,
+                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed)
+            s.store.begin_round(rnd, asdict(self.plan))
+        plan = self.plan
+        for dev, why in plan.refused.items():
+            self.refuse(dev, why)
+        self.uploaders = row["uploaders"] if row else None
+        # per-device compression is a pure function of caps, so a restarted host assigns the same again
+        self.ctx = Context(rnd, self.params, {d: self.compression_for(d) for d in plan.fl}, {})
+        self.accepted = {(d, k) for d, k, _ in s.store.contribution_keys(rnd)}
+        self.blobs = {}
+
+        # stage 2: the model and tasks out, norms and samples in, then the top-K upload
+        fl_todo = [d for d in plan.fl if self.uploaders is None]
+        if fl_todo:
+            blob = encode_arrays({"kind": "model", "round": rnd}, self.params)
+            for d in fl_todo:
+                s.send_down(d, wire.KIND_MODEL, rnd, blob)
+        common = {"round": rnd, "lr": self.lr}
+        for d in fl_todo:
+            c = self.ctx.assigned[d]
+            task = dict(common, role="fl", task=s.task_id(rnd, d), seed=task_seed(self.seed, rnd, d),
+                        prune=self.ctx.rate(d, cfg.prune), fraction=cfg.fl_fraction, epochs=self.epochs)
+            if c is not None:
+                task["compression"] = c.to_task()
+            if cfg.sparse_updates and task["prune"] > 0:
+                task["sparse"] = True
+            s.send_task(d, task)
+        for d in plan.cl:
+            if (d, "samples") not in self.accepted:
+                self.asked[d] = s.clock()
+                s.send_task(d, dict(common, role="cl", task=s.task_id(rnd, d), seed=task_seed(self.seed, rnd, d),
+                                    fraction=cfg.cl_fraction))
+        if self.uploaders is None:
+            self._collect_trained(plan.fl, s.clock() + s.limits.collect_timeout_s)
+            self.uploaders = select_fl_uploaders(self.norms, cfg.fl_uploaders)
+            s.store.set_uploaders(rnd, self.uploaders)
+        self.train_closed = True
+        rec.mark("train")
+        for d in self.uploaders:
+            if (d, "update") not in self.accepted:
+                self.asked[d] = s.clock()
+                s.send_task(d, {"round": rnd, "role": "upload", "task": s.task_id(rnd, d)})
+        want = [(d, "samples") for d in plan.cl] + [(d, "update") for d in self.uploaders]
+        # a wait of its own: a silent client that held the training wait to its limit costs no uploads
+        s.wait(lambda: all(w in self.accepted or self.gone(w[0]) for w in want), s.limits.collect_timeout_s, "uploads")
+        s.drop_partial()   # whatever did not complete by now is dropped; a late one may come whole later
+        rec.mark("upload")
+
+        # stage 3: aggregate what was accepted (read back from the store: the durable copy)
+        fl, cl = self._contributions(rnd)
+        self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
+        self.params = self.strategy.aggregate(self.params, fl, cl)
+        # from now on, what this round asked for and did not get is late
+        self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not self.gone(w[0])}
+        rec.mark("aggregate")
+        acc, loss = self.evaluate(self.params)
+        rec.mark("evaluate")
+        if cfg.int8_every and rnd % cfg.int8_every == 0:
+            self.push_int8(rnd)   # inside the round, so its bytes count towards it
+        meta, arrays = self.strategy.state()
+        return s.finish(self.params, acc, loss, ({"strategy": self.strategy.name, "state": meta}, arrays),
+                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
+                        trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+
+    def _collect_trained(self, tasked: list[str], hard: float):
+        """Wait for the tasked clients' `trained` reports: all of them, or, once `deadline_s` has passed,
+        the quorum; never past the hard limit."""
+        s, cfg = self.session, self.cfg
+        need = cfg.quorum if 0 < cfg.quorum < len(tasked) else len(tasked)
+        everyone = lambda: all(d in self.norms or self.gone(d) for d in tasked)
+        if not s.pump(everyone, min(cfg.deadline_s, hard - s.clock())):
+            if not s.wait(lambda: everyone() or len(self.norms) >= need, hard - s.clock(), "FL clients' training"):
+                return
+            if not everyone():
+                log.info("round %d: quorum %d of %d tasked FL clients in; %s go on without the rest", s.round,
+                         len(self.norms), len(tasked), "the deadline passed, rounds" if cfg.deadline_s else "rounds")
+
+    def _contributions(self, rnd: int) -> tuple[list[FLUpdate], list[CLBatch]]:
+        fl, cl = [], []
+        contexts = {c.round: c for c in (self.prev, self.ctx) if c is not None}
+        store = self.session.store
+        for dev, kind, n in store.contribution_keys(rnd):   # the durable record; payloads from memory where held
+            blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
+            meta, ts = wire.decode_blob(blob)
+            ctx = contexts.get(meta["round"])
+            if kind.endswith("update"):
+                if ctx is None:
+                    continue   # a carried update whose round's context a restart lost: not merged
+                # mask-aware merging for per-device copies; the uniform setting keeps SemiFL's plain mean
+                rate = ctx.rate(dev, self.cfg.prune)
+                mask = ctx.mask(rate) if ctx.assigned.get(dev) is not None and rate > 0 else None
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, mask, staleness=rnd - meta["round"]))
+            else:
+                arrays = [from_wire(t) for t in ts]     # raw uint8 samples and labels
+                cl.append(CLBatch(dev, arrays[0], arrays[1]))
+                if sum(len(c) for c in self.calib) < CALIBRATION:
+                    self.calib.append(np.array(arrays[0][:CALIBRATION]))
+        return fl, cl
+
+    def push_int8(self, rnd: int) -> int:
+        """Quantize the global model (TFLite's int8 scheme, calibrated on CL samples the host holds) and
+        send it to every online MCU that runs inference and can run it (its ops, its free RAM); they
+        store it, swap it in and report `eval`."""
+        s = self.session
+        mcus = [d for d in sorted(s.registry.online) if "infer" in s.registry.devices.get(d, {}).get("roles", ())]
+        calib = np.concatenate(self.calib) if self.calib else self.calib_fallback
+        if not mcus or calib is None:
+            return 0
+        model = int8.quantize(self.params, to_float(calib[:CALIBRATION]))
+        able = []
+        for d in mcus:   # the others get it too (one broadcast) and refuse it on arrival, keeping theirs
+            why = cannot_run(s.registry.devices[d], model.ops(), model.working_bytes())
+            if why:
+                self.refuse(d, f"{why[0]}: {why[1]}")
+            else:
+                able.append(d)
+        if not able:
+            return 0
+        blob = int8.encode(model, rnd)
+        chunk = min(s.registry.devices[d]["max_chunk"] for d in mcus)
+        s.broadcast(wire.T_MODEL_INT8, mcus, blob=(wire.KIND_MODEL_INT8, rnd, blob, chunk))
+        return len(blob)

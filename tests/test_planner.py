@@ -60,3 +60,14 @@ def test_energy_aware_a_low_battery_board_uploads_samples_instead_of_training():
     on = plan_round(1, devices, PlannerConfig(cl_uploaders=2, fl_min_battery=0.3))
     assert on.fl == ["pi-full"] and on.cl == ["mcu-1", "pi-low"]
     assert on.idle["pi-low-private"] == "battery too low to train"
+
+
+def test_a_round_tasks_only_the_clients_it_can_use_drawn_in_turn():
+    devices = {f"pi-{i:02d}": caps("pi", -50) for i in range(30)}
+    plans = [plan_round(r, devices, PlannerConfig(), fl_budget=6, seed=1) for r in range(1, 41)]
+    assert all(len(p.fl) == 6 and len(p.idle) == 24 for p in plans)
+    assert all(p.idle[d] == "not drawn to train this round" for p in plans for d in p.idle)
+    assert plans[0].fl == plan_round(1, devices, PlannerConfig(), fl_budget=6, seed=1).fl   # seeded: the same again
+    assert len({tuple(p.fl) for p in plans}) > 30                                           # a new draw each round
+    assert {d for p in plans for d in p.fl} == set(devices)                                 # everyone's turn comes
+    assert plan_round(1, devices, PlannerConfig(), fl_budget=None).fl == sorted(devices)

@@ -24,8 +24,9 @@ def run_inprocess(cfg: RunConfig, data=None, on_round=None, *, strategy=None, in
     data = load_data(cfg) if data is None else data
     specs = specs if specs is not None else fleet_specs(cfg, data)
     broker = MemoryBroker()
-    session = Session(MemoryLink(broker), Store(":memory:"), limits(cfg))
-    fleet = InProcessFleet(broker, specs, None if cfg.family == "personal" else data, getattr(data, "n_classes", None))
+    session = Session(MemoryLink(broker), Store(":memory:", payloads=False), limits(cfg))
+    fleet = InProcessFleet(broker, specs, None if cfg.family == "personal" else data, getattr(data, "n_classes", None),
+                           host_threads=cfg.host.threads)
     rounds_obj = make_round(cfg, session, data, [s.id for s in specs], strategy, init)
     rounds_obj.fleet = fleet
     if not session.wait_for_devices(len(specs), 1.0):

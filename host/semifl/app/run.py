@@ -68,9 +68,10 @@ def fleet_specs(cfg: RunConfig, data) -> list:
     return specs
 
 
-def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None):
+def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None):
     """One run: the broker (embedded unless cfg.broker), the host's store, link and session, the round
-    object of the strategy, and the virtual fleet. -> (session, round object, the rounds' metrics)."""
+    object of the strategy, and the virtual fleet; stop(metrics) may end it before cfg.rounds.
+    -> (session, round object, the rounds' metrics)."""
     with contextlib.ExitStack() as stack:
         url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
         store = Store(str(out / "state.db"))
@@ -83,7 +84,7 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None):
         if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
             raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up within "
                                f"{cfg.host.startup_timeout_s:.0f} s; see {out}/fleet/*/device.log")
-        session.run(rounds_obj, cfg.rounds, on_round=on_round)
+        session.run(rounds_obj, cfg.rounds, on_round=on_round, stop=stop)
         session.stop_fleet()
         fleet.stop()
         return session, rounds_obj, store.round_metrics()
@@ -106,11 +107,13 @@ def fresh_out(cfg: RunConfig) -> Path:
     return out
 
 
-def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None) -> dict:
+def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None) -> dict:
+    """`semifl run`: the run `cfg` describes, its summary.json, plot and final model. stop(metrics):
+    end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy)."""
     data = ds if ds is not None and cfg.family != "personal" else load_data(cfg)   # before the output folder
     out = fresh_out(cfg)
     specs = fleet_specs(cfg, data)
-    session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round)
+    session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop)
     summary = personal_summary(cfg, specs, session, rounds_obj, rounds) if cfg.family == "personal" else \
         federated_summary(cfg, data, specs, session, rounds)
     add_energy(summary)

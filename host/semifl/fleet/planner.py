@@ -7,6 +7,7 @@ the top-K by update norm upload (`select_fl_uploaders`).
 from __future__ import annotations
 
 import binascii
+import hashlib
 from dataclasses import dataclass, field
 
 CL, FL, IDLE = "cl", "fl", "idle"
@@ -108,8 +109,10 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
         else:
             cl_candidates.append(dev_id)
     if fl_budget is not None and len(plan.fl) > fl_budget:
-        # a seeded draw per round, so over the rounds every capable device gets its turn
-        drawn = sorted(plan.fl, key=lambda d: binascii.crc32(f"{seed}/{rnd}/{d}".encode()))[:fl_budget]
+        # a seeded draw per round, so over the rounds every capable device gets its turn (a cryptographic
+        # hash: CRC-32 is linear, and its orders repeat from round to round)
+        drawn = sorted(plan.fl, key=lambda d: hashlib.blake2b(f"{seed}/{rnd}/{d}".encode(), digest_size=8).digest())
+        drawn = drawn[:fl_budget]
         for d in plan.fl:
             if d not in drawn:
                 plan.idle[d] = "not drawn to train this round"

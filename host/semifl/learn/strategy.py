@@ -27,11 +27,18 @@ class FLUpdate:
 def average_fl(fl: list[FLUpdate], weights: list[float]) -> list[np.ndarray]:
     """The FL part of a round: the weighted mean of the deltas or, when any device trained a pruned
     copy of its own (per-device compression), the mask-aware mean: each weight over the devices that kept it.
-    Each update's own staleness weight multiplies its weight."""
-    weights = [w * u.weight if u.weight != 1.0 else w for w, u in zip(weights, fl)]
+    Staleness weights s_i (buffered rounds) are not normalized away: FedBuff's sum_i s_i w_i delta_i /
+    sum_i w_i, so a buffer of stale updates takes a shorter step."""
+    shrink = 1.0
+    if any(u.weight != 1.0 for u in fl):
+        total = float(sum(weights))
+        weights = [w * u.weight for w, u in zip(weights, fl)]
+        shrink = sum(weights) / total
     if any(u.mask is not None for u in fl):
-        return compress.masked_average([u.delta for u in fl], [u.mask for u in fl], weights)
-    return aggregate.weighted_average([u.delta for u in fl], weights)
+        out = compress.masked_average([u.delta for u in fl], [u.mask for u in fl], weights)
+    else:
+        out = aggregate.weighted_average([u.delta for u in fl], weights)
+    return out if shrink == 1.0 else [o * np.float32(shrink) for o in out]
 
 
 @dataclass

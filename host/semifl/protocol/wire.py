@@ -24,7 +24,6 @@ T_STATUS = "status"    # JSON per-round report (ack, update norm, link), QoS 1
 T_UP = "up"            # binary chunks of an uploaded blob (update, samples), QoS 1
 # Host -> device
 T_TASK = "task"        # JSON task for this device and round, QoS 1
-T_MODEL = "model"      # binary chunks of the global model, QoS 1 (on ROOT/host/model)
 T_MODEL_INT8 = "model_int8"  # binary chunks of the int8 model for MCU inference (on ROOT/host/model_int8)
 T_DOWN = "down"        # binary chunks of a blob for this device only (split learning: f_a, gradients), QoS 1
 
@@ -302,21 +301,26 @@ class Assembler:
             return self.done()  # a duplicate: QoS 1 delivers at least once
         if seq == count - 1:
             self.blob_crc = bcrc
-        self.pending[seq] = data
+        if seq != self.next_seq:
+            self.pending[seq] = data   # out of order: it waits for its turn
+            return False
+        self._take(data)   # in order (the usual case): straight through
         while self.next_seq in self.pending:
-            d = self.pending.pop(self.next_seq)
-            if self.offset + len(d) > self.blob_len:
-                raise WireError("oversized", "chunks exceed the declared blob length")
-            self.sink(self.offset, d)
-            self.crc = crc32(d, self.crc) & 0xFFFFFFFF
-            self.offset += len(d)
-            self.next_seq += 1
+            self._take(self.pending.pop(self.next_seq))
         if self.next_seq == self.count:
             if self.offset != self.blob_len:
                 raise WireError("truncated", "blob %d: %d of %d bytes" % (self.blob_id, self.offset, self.blob_len))
             if self.crc != self.blob_crc:
                 raise WireError("crc", "blob %d" % self.blob_id)
         return self.done()
+
+    def _take(self, d):
+        if self.offset + len(d) > self.blob_len:
+            raise WireError("oversized", "chunks exceed the declared blob length")
+        self.sink(self.offset, d)
+        self.crc = crc32(d, self.crc) & 0xFFFFFFFF
+        self.offset += len(d)
+        self.next_seq += 1
 
     def done(self):
         return self.next_seq == self.count

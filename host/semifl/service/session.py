@@ -29,6 +29,14 @@ class Rejected(Exception):
         self.reason, self.detail = reason, detail
 
 
+def expect_tensors(tensors, want: list[tuple[str, tuple]], what: str) -> None:
+    """The one shape check: a blob's tensors must be exactly `want`, [(dtype, shape), ...]."""
+    got = [(t[0], tuple(t[1])) for t in tensors]
+    if got != [(d, tuple(sh)) for d, sh in want]:
+        raise Rejected("shape", f"{what} tensors {got[:3]}{'...' if len(got) > 3 else ''} are not {want[:3]}"
+                                f"{'...' if len(want) > 3 else ''}")
+
+
 @dataclass
 class Limits:
     """Every wait and every bound of the session, as settings (`[host]` in the run configuration)."""
@@ -173,8 +181,6 @@ class Session:
                 raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
             elif leaf == wire.T_STATUS:
                 self._on_status(dev, wire.decode_json(payload))
-            elif leaf == wire.T_UP:
-                self._on_chunk(dev, payload)
             elif leaf not in (wire.T_TASK, wire.T_DOWN):  # what we send a device echoes back through a wildcard
                 raise Rejected("malformed", f"unknown topic leaf {leaf!r}")
         except wire.WireError as e:
@@ -211,8 +217,9 @@ class Session:
             rec.failed[dev] = str(msg.get("error", "?"))[:40]
             log.warning("round %d: %s reports %s: %s", rnd, dev, rec.failed[dev], str(msg.get("detail", ""))[:200])
         elif kind == "ready":
-            if not (getattr(self.handler, "continuous", False) and rnd < self.round):
-                self.check_round(rnd, f"status {kind!r}")   # buffered rounds welcome an earlier version's
+            if rnd < self.round and self.handler is not None and self.handler.expects_late(dev, rnd):
+                return   # a straggler answering an announcement it missed while it worked
+            self.check_round(rnd, f"status {kind!r}")
             self.registry.on_ready(dev, msg)
         elif self.handler is None or not self.handler.on_status(dev, msg):
             raise Rejected("schema", f"unknown status kind {kind!r}")
@@ -250,7 +257,7 @@ class Session:
         if not complete:
             return False
         del held[key]
-        self.handler.on_blob(dev, kind, bytes(asm.buf))
+        self.handler.on_blob(dev, kind, asm.buf)   # the assembled bytearray, not copied again
         return True
 
     def drop_partial(self) -> None:
@@ -280,12 +287,13 @@ class Session:
         self.rec = RoundRecord(rnd, time.time(), Counter(self.bytes_up), Counter(self.bytes_down))
         return self.rec
 
-    def announce(self, rnd: int) -> list[str]:
-        """Announce the round (retained) and wait for the devices' link reports. -> who answered."""
+    def announce(self, rnd: int, busy=()) -> list[str]:
+        """Announce the round (retained) and wait for the devices' link reports, up to ready_timeout_s;
+        devices still `busy` with an earlier round's task are not waited for. -> who answered."""
         online = sorted(self.registry.online)
         self.broadcast("round", online, wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), retain=True)
-        answered = lambda: [d for d in self.registry.online if self.registry.link.get(d, {}).get("round") == rnd]
-        if not self.pump(lambda: len(answered()) == len(self.registry.online), self.limits.ready_timeout_s):
+        answered = lambda: {d for d in self.registry.online if self.registry.link.get(d, {}).get("round") == rnd}
+        if not self.pump(lambda: self.registry.online - set(busy) <= answered(), self.limits.ready_timeout_s):
             log.info("round %d: %d of %d online devices answered within %.1f s", rnd, len(answered()),
                      len(self.registry.online), self.limits.ready_timeout_s)
         self.rec.mark("ready")
@@ -307,10 +315,10 @@ class Session:
         self.store.finish_round(rnd, params, metrics, state)
         return metrics
 
-    def run(self, rounds_obj, rounds: int, on_round=None) -> list:
+    def run(self, rounds_obj, rounds: int, on_round=None, stop=None) -> list:
         """Run `rounds_obj` from the round after the last completed one (a restarted host resumes) to
-        `rounds`. The host's arithmetic runs on `limits.threads` BLAS threads, whatever the machine
-        sets, so a run's bits do not depend on it."""
+        `rounds`, or until stop(metrics) says so after a round. The host's arithmetic runs on
+        `limits.threads` BLAS threads, whatever the machine sets, so a run's bits do not depend on it."""
         from threadpoolctl import threadpool_limits
 
         self.handler = rounds_obj
@@ -319,6 +327,8 @@ class Session:
                 m = rounds_obj.run(rnd)
                 if on_round:
                     on_round(m)
+                if stop and stop(m):
+                    break
         return rounds_obj.params
 
     def stop_fleet(self) -> None:

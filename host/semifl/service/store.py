@@ -31,8 +31,10 @@ CREATE TABLE IF NOT EXISTS rejections (t REAL NOT NULL, round INTEGER, device TE
 
 
 class Store:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, payloads: bool = True):
+        """payloads False: contributions are recorded without their blobs (an in-process run, whose
+        store lives in memory and dies with it, keeps them in the round object instead)."""
+        self.path, self.payloads = path, payloads
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses no committed round
@@ -86,7 +88,8 @@ class Store:
 
     def accept(self, rnd: int, device: str, kind: str, n: int, blob: bytes) -> None:
         """An accepted update or sample batch is durable before the device hears back."""
-        self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?)", (rnd, device, kind, n, blob, time.time()))
+        self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
+                        (rnd, device, kind, n, blob if self.payloads else b"", time.time()))
 
     def keep_artifact(self, device: str, kind: str, rnd: int, sha256: str, epsilon: float | None, delta: float | None,
                       blob: bytes) -> int:

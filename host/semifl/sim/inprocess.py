@@ -26,10 +26,13 @@ TIMED = ("latency_s", "bandwidth_bps", "slowdown", "train_s")   # what only a re
 
 
 class InProcessFleet:
-    def __init__(self, broker: MemoryBroker, specs: list[DeviceSpec], ds=None, n_classes: int | None = None):
+    def __init__(self, broker: MemoryBroker, specs: list[DeviceSpec], ds=None, n_classes: int | None = None,
+                 host_threads: int = 1):
+        """host_threads: the BLAS threads the host computes with around the devices' deliveries; with
+        more than one, each delivery limits the device to one (~10 us a message), as a device process has."""
         self.broker = broker
         self.devices: dict[str, Device] = {}
-        self._blas = ThreadpoolController()   # inspected once: limiting it per message is then ~10 us
+        self._blas = ThreadpoolController() if host_threads != 1 else None
         for spec in specs:
             dev = self._device(spec, ds, n_classes or (ds.n_classes if ds is not None else 10))
             self.devices[spec.id] = dev
@@ -57,12 +60,18 @@ class InProcessFleet:
                       sleep=lambda s: None)
 
     def _handle(self, dev: Device, topic: str, payload: bytes):
-        """As the Pi agent's loop: a message the device refuses is logged and reported, never fatal."""
+        if self._blas is None:
+            return self._run(dev, topic, payload)
         with self._blas.limit(limits=1):
-            try:
-                dev.handle(topic, payload)
-            except wire.WireError as e:
-                log.warning("%s: rejected message on %s: %s", dev.id, topic, e)
-            except DeviceError as e:
-                log.warning("%s: %s", dev.id, e)
-                dev.status("error", error=type(e).__name__, detail=str(e)[:120])
+            return self._run(dev, topic, payload)
+
+    @staticmethod
+    def _run(dev: Device, topic: str, payload: bytes):
+        """As the Pi agent's loop: a message the device refuses is logged and reported, never fatal."""
+        try:
+            dev.handle(topic, payload)
+        except wire.WireError as e:
+            log.warning("%s: rejected message on %s: %s", dev.id, topic, e)
+        except DeviceError as e:
+            log.warning("%s: %s", dev.id, e)
+            dev.status("error", error=type(e).__name__, detail=str(e)[:120])

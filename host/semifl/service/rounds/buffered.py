@@ -10,6 +10,7 @@ samples each version, and whatever samples arrived go into the next merge (docs/
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -33,11 +34,11 @@ def staleness_weight(tau: int) -> float:
 
 class BufferedRound(FederatedRound):
     """Shares the federated round's update checks and int8 push; replaces the round itself."""
-    continuous = True   # devices' ready reports of earlier versions are welcome, not stale
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.busy: dict[str, tuple[int, float]] = {}     # FL client -> (version it trains on, when it was asked)
+        self.expired: set[tuple[str, int]] = set()       # (device, version) of tasks given up on: still welcome
         self.contexts: dict[int, Context] = {}           # version -> what validating its updates needs
         self.done_for: set[tuple[str, int]] = set()      # (device, version) already delivered (not asked twice)
         self.cl_asked: dict[str, int] = {}               # CL uploader -> version of its open samples task
@@ -45,6 +46,9 @@ class BufferedRound(FederatedRound):
     # --- inbound ----------------------------------------------------------------------------------
     def on_status(self, dev, msg):
         return False   # buffered rounds have no status of their own: updates come at once
+
+    def expects_late(self, dev, rnd):
+        return True   # versions move on without waiting: an earlier version's ready is no error
 
     def refuse_chunk(self, dev, kind, blob_id, seq):
         v = self.session.round
@@ -73,10 +77,12 @@ class BufferedRound(FederatedRound):
         if (dev, u) in self.done_for or (dev, f"{what}/{u}") in self.accepted:
             raise Rejected("replay", f"{dev} already delivered its {what} of version {u}")
         if what == "update":
-            if self.busy.get(dev, (None,))[0] != u:
+            if self.busy.get(dev, (None,))[0] != u and (dev, u) not in self.expired:
                 raise Rejected("unexpected", f"{dev} was not asked to train on version {u}")
             self._check_update(dev, meta, tensors, ctx)
-            del self.busy[dev]
+            if self.busy.get(dev, (None,))[0] == u:
+                del self.busy[dev]
+            self.expired.discard((dev, u))
             self.done_for.add((dev, u))
             t = {k: meta[f"t_{k}_s"] for k in ("download", "local") if isinstance(meta.get(f"t_{k}_s"), (int, float))}
             s.rec.took(dev, **t)
@@ -87,6 +93,7 @@ class BufferedRound(FederatedRound):
             del self.cl_asked[dev]
         s.store.accept(s.round, dev, f"{what}/{u}", meta["n"], blob)   # durable before it counts
         self.accepted.add((dev, f"{what}/{u}"))
+        self.blobs[(dev, f"{what}/{u}")] = blob
 
     # --- scheduling -------------------------------------------------------------------------------
     def eligible(self) -> list[str]:
@@ -108,10 +115,14 @@ class BufferedRound(FederatedRound):
         return out
 
     def _task_fl(self, v: int, blob: bytes):
-        """The current model and a task to every idle eligible device that has not trained on it yet."""
+        """The current model and a task to idle eligible devices that have not trained on it yet, in a
+        seeded order of their own each version (so buffers mix devices instead of cycling through the
+        same groups), up to `concurrency` busy at once."""
         s, cfg = self.session, self.cfg
         room = (cfg.concurrency or 1 << 30) - len(self.busy)
-        for d in self.eligible():
+        order = sorted(self.eligible(), key=lambda d: hashlib.blake2b(f"{self.seed}/{v}/{d}".encode(),
+                                                                        digest_size=8).digest())
+        for d in order:
             if room <= 0:
                 break
             if d in self.busy or (d, v) in self.done_for:
@@ -137,12 +148,14 @@ class BufferedRound(FederatedRound):
             self.cl_asked[d] = v
 
     def _expire(self):
-        """A task nobody answers within its deadline frees its slot (the device may get work again later)."""
+        """A task not answered within collect_timeout_s frees its slot: the device may get work again, and
+        the update of the task given up on is still welcome if it comes (within max_staleness)."""
         s = self.session
-        limit = self.cfg.deadline_s or s.limits.collect_timeout_s
+        limit = s.limits.collect_timeout_s
         for d, (v, t) in list(self.busy.items()):
             if d not in s.registry.online or s.clock() - t > limit:
                 del self.busy[d]
+                self.expired.add((d, v))
                 s.rec.failed[d] = "offline" if d not in s.registry.online else "timeout"
                 log.info("version %d: %s's task on version %d %s", s.round, d, v,
                          "ended: it went offline" if d not in s.registry.online else f"expired after {limit:.1f} s")
@@ -153,13 +166,16 @@ class BufferedRound(FederatedRound):
     def run(self, v: int) -> dict:
         s, cfg = self.session, self.cfg
         rec = s.begin(v)
+        s.store.begin_round(v, {})
         s.broadcast("round", sorted(s.registry.online), wire.encode_json({"v": wire.VERSION, "round": v, "run": s.run_id}),
                     retain=True)
         self.contexts[v] = Context(v, self.params, {}, {})
         for old in [u for u in self.contexts if u < v - cfg.max_staleness]:
             del self.contexts[old]
+        self.expired = {(d, u) for d, u in self.expired if u in self.contexts}
         self.done_for = {(d, u) for d, u in self.done_for if u >= v - cfg.max_staleness}
-        self.accepted = {(d, k) for d, k, _, _ in s.store.contributions(v)}   # a restarted host keeps its buffer
+        self.accepted = {(d, k) for d, k, _ in s.store.contribution_keys(v)}   # a restarted host keeps its buffer
+        self.blobs = {}
         blob = encode_arrays({"kind": "model", "round": v}, self.params)
         self._task_cl(v)
         fl_in = lambda: sum(k.startswith("update/") for _, k in self.accepted)   # noqa: E731
@@ -177,7 +193,8 @@ class BufferedRound(FederatedRound):
         rec.mark("train")
 
         fl, cl = [], []
-        for dev, kind, n, b in s.store.contributions(v):
+        for dev, kind, n in s.store.contribution_keys(v):   # the durable record; payloads from memory where held
+            b = self.blobs.pop((dev, kind), None) or s.store.contribution(v, dev, kind)
             what, u = kind.split("/")
             meta, ts = wire.decode_blob(b)
             if what == "update":

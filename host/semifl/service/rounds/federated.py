@@ -25,7 +25,7 @@ from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
 from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
 
-from ..session import Rejected, Session
+from ..session import Rejected, Session, expect_tensors
 
 log = logging.getLogger("semifl.federated")
 ROW = 784
@@ -79,6 +79,8 @@ class FederatedRound:
         self.ctx = Context(0, self.params, {}, {})
         self.prev: Context | None = None      # the round before: its late uploads are still welcome
         self.missing: set[tuple[str, str]] = set()   # (device, kind) asked in the round before and never delivered
+        self.busy: dict[str, tuple[int, float]] = {}   # FL client -> (round, when) of a task it has not reported on
+        self.first_task: dict[str, int] = {}           # FL client -> the round of the task that made it busy
         self.norms: dict[str, float] = {}
         self.uploaders: list[str] | None = None
         self.accepted: set[tuple[str, str]] = set()
@@ -97,9 +99,10 @@ class FederatedRound:
         if msg.get("kind") != "trained":
             return False
         s, rnd = self.session, msg["round"]
-        if rnd == s.round - 1 and (dev, "update") in self.missing or rnd == s.round and self.train_closed:
+        if self.busy.get(dev, (None,))[0] == rnd and (rnd < s.round or self.train_closed):
+            del self.busy[dev]
             s.rec.late["trained"] += 1   # it trained, but its round had already chosen its uploaders
-            log.info("round %d: %s reported its training after the round moved on", s.round, dev)
+            log.info("round %d: %s reported its round %d training after that round moved on", s.round, dev, rnd)
             return True
         s.check_round(rnd, "status 'trained'")
         if self.plan is None or dev not in self.plan.fl:
@@ -110,8 +113,14 @@ class FederatedRound:
         if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
             raise Rejected("schema", "trained status needs a finite norm and a positive n")
         self.norms[dev] = float(norm)
+        self.busy.pop(dev, None)
         s.rec.took(dev, **{k: msg[f"t_{k}_s"] for k in ("download", "local") if isinstance(msg.get(f"t_{k}_s"), (int, float))})
         return True
+
+    def expects_late(self, dev: str, rnd: int) -> bool:
+        """Whether a `ready` of an earlier round from `dev` is one the host expects: a straggler that was
+        working on a task of that round or before answers the announcements it missed when it is done."""
+        return self.first_task.get(dev, rnd + 1) <= rnd
 
     def refuse_chunk(self, dev: str, kind: int, blob_id: int, seq: int):
         if blob_id == self.session.round:
@@ -166,14 +175,11 @@ class FederatedRound:
 
     def _check_update(self, dev, meta, tensors, ctx: Context):
         cfg = self.cfg
-        got = [(t[0], tuple(t[1])) for t in tensors]
         c = ctx.assigned.get(dev)
         rate = ctx.rate(dev, cfg.prune)
         sparse = cfg.sparse_updates and rate > 0
         shapes = [(int(m.sum()),) for m in ctx.mask(rate)] if sparse else self.shapes
-        want = [(c.dtype if c is not None else "float32", tuple(sh)) for sh in shapes]
-        if got != want:
-            raise Rejected("shape", f"update tensors {got[:3]}... do not match the model {want[:3]}...")
+        expect_tensors(tensors, [(c.dtype if c is not None else "float32", tuple(sh)) for sh in shapes], "update")
         arrays = self.update_arrays(dev, tensors, ctx)
         for a in arrays:
             if not np.isfinite(a).all():
@@ -188,8 +194,7 @@ class FederatedRound:
 
     def _check_samples(self, dev, meta, tensors):
         k = meta["n"]
-        if [(t[0], tuple(t[1])) for t in tensors] != [("uint8", (k, ROW)), ("uint8", (k,))]:
-            raise Rejected("shape", f"samples must be uint8 ({k}, {ROW}) and uint8 ({k},)")
+        expect_tensors(tensors, [("uint8", (k, ROW)), ("uint8", (k,))], "samples")
         have = self.session.registry.devices[dev]["n_samples"]
         if k > have:
             raise Rejected("schema", f"{k} samples exceed the device's {have}")
@@ -231,8 +236,12 @@ class FederatedRound:
         self.norms, self.asked, self.train_closed = {}, {}, False
         row = s.store.round_row(rnd)
 
-        # stage 1: announce; devices answer with their link; plan
-        s.announce(rnd)
+        # stage 1: announce; devices answer with their link (not waited for: those still training); plan
+        now = s.clock()
+        for d, (_, t) in list(self.busy.items()):   # a task not reported on within the hard limit is given up
+            if self.gone(d) or now - t > s.limits.collect_timeout_s:
+                del self.busy[d]
+        s.announce(rnd, busy=self.busy)
         if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
             self.plan = RoundPlan(**row["plan"])
         else:
@@ -264,6 +273,8 @@ class FederatedRound:
             if cfg.sparse_updates and task["prune"] > 0:
                 task["sparse"] = True
             s.send_task(d, task)
+            self.busy[d] = (rnd, s.clock())
+            self.first_task[d] = rnd
         for d in plan.cl:
             if (d, "samples") not in self.accepted:
                 self.asked[d] = s.clock()

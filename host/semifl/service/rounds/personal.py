@@ -23,7 +23,7 @@ from semifl.learn import perfit
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays, from_wire
 
-from ..session import Rejected, Session
+from ..session import Rejected, Session, expect_tensors
 
 log = logging.getLogger("semifl.perfit")
 UPLOAD_KINDS = ("weights", "base", "logits")
@@ -87,6 +87,9 @@ class PersonalRound:
             self.values.setdefault(dev, {"up": 0, "down": 0})["down"] += msg.values
 
     # --- inbound ----------------------------------------------------------------------------------
+    def expects_late(self, dev, rnd):
+        return False
+
     def refuse_chunk(self, dev, kind, blob_id, seq):
         return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
 
@@ -134,8 +137,7 @@ class PersonalRound:
         if self.session.registry.devices[dev].get("raw_ok") is not True:
             raise Rejected("privacy", f"{dev}'s policy keeps its data on the device")
         n, f = meta["n"], self.n_features
-        if [(t[0], tuple(t[1])) for t in tensors] != [("float32", (n, f)), ("uint8", (n,))]:
-            raise Rejected("shape", f"windows must be float32 ({n}, {f}) and uint8 ({n},)")
+        expect_tensors(tensors, [("float32", (n, f)), ("uint8", (n,))], "windows")
         x, y = from_wire(tensors[0]), from_wire(tensors[1])
         if not np.isfinite(x).all():
             raise Rejected("nonfinite", "windows contain NaN or Inf")

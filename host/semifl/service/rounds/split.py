@@ -21,7 +21,7 @@ from semifl.learn.split import SplitServer
 from semifl.protocol import wire
 from semifl.protocol.tensors import arrays_crc, encode_arrays, from_wire
 
-from ..session import Rejected, Session
+from ..session import Rejected, Session, expect_tensors
 
 log = logging.getLogger("semifl.split")
 SMASHED_DTYPES = ("float32", "float16", "int8")
@@ -89,6 +89,9 @@ class SplitRound:
             return True
         return False
 
+    def expects_late(self, dev, rnd):
+        return False
+
     def refuse_chunk(self, dev, kind, blob_id, seq):
         return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
 
@@ -110,10 +113,10 @@ class SplitRound:
         if meta.get("batch") != st["next"]:
             raise Rejected("schema", f"smashed batch {meta.get('batch')}, expected batch {st['next']}")
         n = meta["n"]
+        if n > self.batch:
+            raise Rejected("shape", f"a smashed batch of {n} rows; the task's batch is {self.batch}")
         want = [(self.smashed_dtype, (n,) + tuple(self.f_b.input_shape)), ("uint8", (n,))]
-        got = [(t[0], tuple(t[1])) for t in tensors]
-        if n > self.batch or got != want:
-            raise Rejected("shape", f"smashed tensors {got}, expected {want} (n <= {self.batch})")
+        expect_tensors(tensors, want, "smashed")
         smashed = compress.decode_delta([(from_wire(tensors[0]), tensors[0][2])], [want[0][1]])[0]
         labels = from_wire(tensors[1])
         if labels.max() >= self.n_classes:
@@ -127,9 +130,7 @@ class SplitRound:
         s.send_down(dev, wire.KIND_GRAD, s.round, blob)
 
     def _on_fa(self, dev, meta, tensors):
-        want = [("float32", tuple(sh)) for sh in self.f_a.shapes()]
-        if [(t[0], tuple(t[1])) for t in tensors] != want:
-            raise Rejected("shape", f"f_a tensors {[(t[0], tuple(t[1])) for t in tensors]} are not the device part's")
+        expect_tensors(tensors, [("float32", tuple(sh)) for sh in self.f_a.shapes()], "f_a")
         if dev in self.done:
             raise Rejected("replay", f"{dev} already handed back its f_a this round")
         params = [np.array(from_wire(t)) for t in tensors]
@@ -159,7 +160,7 @@ class SplitRound:
             raise Rejected("unexpected", f"{dev} was not asked for a generator")
         if dev in self.generators:
             raise Rejected("replay", f"{dev} already delivered its generator")
-        if [(t[0], len(t[1])) for t in tensors] != [("uint8", 1)]:
+        if [(t[0], len(t[1])) for t in tensors] != [("uint8", 1)]:   # one uint8 tensor of any length
             raise Rejected("shape", "a generator blob carries its artifact as one uint8 tensor")
         blob = bytes(tensors[0][4])
         caps = s.registry.devices[dev]

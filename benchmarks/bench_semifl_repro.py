@@ -1,6 +1,8 @@
-"""1,000 rounds of the SemiFL seed setup in-process: semifl's strategies vs a bare numpy loop of the same
-arithmetic, and the FL baseline vs Flower 1.41's simulation of it. Writes
-benchmarks/results/semifl_repro.json. Targets: in-process <= 1.2x the bare loop's time.
+"""1,000 rounds of the SemiFL seed setup in-process: semifl's in-process run (the round object an MQTT run
+uses, over the in-memory broker, every message through the protocol's codec) vs a bare numpy loop of the
+same arithmetic, both on one BLAS thread (the host's default, `host.threads`), and the FL baseline vs
+Flower 1.41's simulation of it. Writes benchmarks/results/semifl_repro.json. Target: in-process <= 1.2x
+the bare loop's time.
 
     python benchmarks/bench_semifl_repro.py [--rounds 1000] [--skip-flower]
 """
@@ -42,9 +44,9 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="semifl-repro-"))
     res = {}
 
-    def run(name, cmd, out):
+    def run(name, cmd, out, env=None):
         print(f"[bench] {name} ...", flush=True)
-        m = measure(cmd, cwd=str(REPO))
+        m = measure(cmd, env=env, cwd=str(REPO))
         if m["rc"] != 0:
             raise SystemExit(f"{name} failed (rc {m['rc']})")
         m.update(json.loads(Path(out).read_text()))
@@ -54,12 +56,13 @@ def main(argv=None) -> int:
               f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB, accuracy {m['final_accuracy']:.4f}", flush=True)
 
     py = sys.executable
-    run("semifl_inprocess", [py, "-c", OURS, "semifl", str(a.rounds), str(tmp / "s.json"), "{}"], tmp / "s.json")
+    one = dict(os.environ, OPENBLAS_NUM_THREADS="1")   # the same arithmetic on the same threads, side by side
+    run("semifl_inprocess", [py, "-c", OURS, "semifl", str(a.rounds), str(tmp / "s.json"), "{}"], tmp / "s.json", one)
     run("bare_numpy_loop", [py, str(HERE / "bare_semifl_loop.py"), "--rounds", str(a.rounds), "--out", str(tmp / "b.json")],
-        tmp / "b.json")
+        tmp / "b.json", one)
     # the FL baseline as Flower's script runs it: FedAvg of all 6, lr 0.1, no pruning
     fl = {"prune": 0.0, "lr": 0.1}
-    run("fl_inprocess", [py, "-c", OURS, "fl", str(a.rounds), str(tmp / "f.json"), json.dumps(fl)], tmp / "f.json")
+    run("fl_inprocess", [py, "-c", OURS, "fl", str(a.rounds), str(tmp / "f.json"), json.dumps(fl)], tmp / "f.json", one)
     ratios = {"semifl_vs_bare_loop_time": res["semifl_inprocess"]["loop_s"] / res["bare_numpy_loop"]["loop_s"],
               "semifl_vs_bare_wall": res["semifl_inprocess"]["wall_s"] / res["bare_numpy_loop"]["wall_s"]}
     if not a.skip_flower:
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
         ratios["fl_inprocess_vs_flower_rss"] = res["fl_inprocess"]["peak_rss_bytes"] / res["flower_fl"]["peak_rss_bytes"]
     doc = {"benchmark": "semifl_repro", "rounds": a.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "target": "in-process <= 1.2x the bare loop's time", "ratios": ratios, "results": res}
+           "target": "in-process <= 1.2x the bare loop's time", "blas_threads": 1, "ratios": ratios, "results": res}
     Path(a.out).write_text(json.dumps(doc, indent=1))
     for k, v in ratios.items():
         print(f"[bench] {k}: {v:.2f}x")

@@ -42,7 +42,7 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
     strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, fed.prune, cfg.seed)
     kind = BufferedRound if fed.mode == "async" else FederatedRound
     return kind(session, strategy, fed, init or mlp.init_params(seed=cfg.seed), make_evaluator(data), seed=cfg.seed,
-                lr=cfg.lr, epochs=cfg.epochs, rounds=cfg.rounds, carries_late=spec.carries_late,
+                lr=cfg.lr, epochs=cfg.epochs, carries_late=spec.carries_late,
                 n_classes=data.n_classes, calib_x=data.x_train[::60][:1000])   # int8 ranges until CL uploads arrive
 
 

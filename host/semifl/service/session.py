@@ -281,6 +281,18 @@ class Session:
         return meta, tensors
 
     # --- rounds -----------------------------------------------------------------------------------
+    def resume(self, name: str) -> tuple[list | None, tuple[dict, dict] | None]:
+        """What a restarted host goes on from: (the model of the last completed round, the round
+        object's state kept with it as (meta, arrays)), both None on a fresh store. A store of a run
+        of another strategy is refused."""
+        last = self.store.last_completed_round()
+        if not last:
+            return None, None
+        kept = self.store.strategy_state()
+        if kept is not None and kept[0].get("strategy") != name:
+            raise ValueError(f"{self.store.path} holds a run of strategy {kept[0].get('strategy')!r}, not {name!r}")
+        return self.store.checkpoint(last), (kept[0]["state"], kept[1]) if kept is not None else None
+
     def begin(self, rnd: int) -> RoundRecord:
         """Open round `rnd`: a fresh record, the byte counters as they stand."""
         self.round = rnd

@@ -11,6 +11,8 @@ from collections import Counter, deque
 
 from semifl.protocol import wire
 
+from . import Link
+
 
 def matches(flt: str, topic: str) -> bool:
     """MQTT topic-filter matching (`+` one level, `#` the rest)."""
@@ -60,7 +62,7 @@ class MemoryBroker:
         return n
 
 
-class MemoryLink:
+class MemoryLink(Link):
     """The host's side of a `MemoryBroker`: the interface of `transport.mqtt.HostLink`."""
 
     def __init__(self, broker: MemoryBroker):
@@ -80,13 +82,6 @@ class MemoryLink:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
         self.bytes_to[topic] += len(payload)
         self.broker.publish(topic, payload, retain)
-
-    def publish_blob(self, topic: str, kind: int, blob_id: int, blob: bytes, chunk_size: int) -> int:
-        sent = 0
-        for chunk in wire.iter_chunks(kind, blob_id, blob, chunk_size):
-            self.publish(topic, chunk)
-            sent += len(chunk)
-        return sent
 
     def get(self, timeout: float):
         if not self.inbox:

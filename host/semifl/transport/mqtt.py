@@ -14,6 +14,8 @@ import paho.mqtt.client as mqtt
 
 from semifl.protocol import wire
 
+from . import Link
+
 log = logging.getLogger("semifl.transport")
 
 
@@ -37,7 +39,7 @@ def no_delay(client, userdata, sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class HostLink:
+class HostLink(Link):
     """Host side of the broker connection: publish with byte accounting, receive into `inbox`."""
 
     def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
@@ -94,14 +96,6 @@ class HostLink:
     def publish_json(self, topic: str, obj: dict, retain: bool = False):
         obj = dict(obj, v=wire.VERSION)
         return self.publish(topic, wire.encode_json(obj), retain=retain)
-
-    def publish_blob(self, topic: str, kind: int, blob_id: int, blob: bytes, chunk_size: int) -> int:
-        """Publish a blob as chunks; returns the bytes sent."""
-        sent = 0
-        for chunk in wire.iter_chunks(kind, blob_id, blob, chunk_size):
-            self.publish(topic, chunk)
-            sent += len(chunk)
-        return sent
 
     def get(self, timeout: float):
         try:

@@ -64,9 +64,7 @@ class BufferedRound(FederatedRound):
 
     def on_blob(self, dev: str, kind: int, blob: bytes):
         s = self.session
-        what = {wire.KIND_UPDATE: "update", wire.KIND_SAMPLES: "samples"}.get(kind)
-        if what is None:
-            raise Rejected("malformed", f"devices do not send blob kind {kind} in federated rounds")
+        what = self.blob_kind(kind)
         u = wire.decode_blob(blob)[0].get("round")
         ctx = self.contexts.get(u) if isinstance(u, int) else None
         if ctx is None:

@@ -53,8 +53,8 @@ class Context:
 
 class FederatedRound:
     def __init__(self, session: Session, strategy: Strategy, cfg: Federated, init_params, evaluate, *, seed: int = 0,
-                 lr: float = 0.1, epochs: int = 1, rounds: int = 0, carries_late: bool = False, n_classes: int = 10,
-                 calib_x=None, net: nn.Net | None = None):
+                 lr: float = 0.1, epochs: int = 1, carries_late: bool = False, n_classes: int = 10, calib_x=None,
+                 net: nn.Net | None = None):
         """evaluate(params) -> (accuracy, loss); calib_x: uint8 inputs that calibrate the int8 model
         until CL uploads have brought enough; net: the model as layers (default: the MLP the params
         describe), for what training it costs a device."""
@@ -64,15 +64,10 @@ class FederatedRound:
         self.name = strategy.name
         self.planner = PlannerConfig(cl_uploaders=cfg.cl_uploaders, fl_uploaders=cfg.fl_uploaders,
                                      fl_min_battery=cfg.fl_min_battery)
-        store = session.store
-        last = store.last_completed_round()
-        self.params = store.checkpoint(last) if last else [np.asarray(p, np.float32) for p in init_params]
-        kept = store.strategy_state() if last else None
+        params, kept = session.resume(strategy.name)
+        self.params = params or [np.asarray(p, np.float32) for p in init_params]
         if kept is not None:
-            meta, arrays = kept
-            if meta.get("strategy") != strategy.name:
-                raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {strategy.name!r}")
-            strategy.load_state(meta["state"], arrays)
+            strategy.load_state(*kept)
         self.shapes = [p.shape for p in self.params]
         self.net = net or nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
         self.plan: RoundPlan | None = None
@@ -129,11 +124,17 @@ class FederatedRound:
             return None   # a late upload of the round before: taken whole, then carried or counted
         return f"chunk of round {blob_id} during round {self.session.round}"
 
-    def on_blob(self, dev: str, kind: int, blob: bytes):
-        s = self.session
+    @staticmethod
+    def blob_kind(kind: int) -> str:
+        """What a device's blob of chunk kind `kind` is in a federated round: an update or samples."""
         what = {wire.KIND_UPDATE: "update", wire.KIND_SAMPLES: "samples"}.get(kind)
         if what is None:
             raise Rejected("malformed", f"devices do not send blob kind {kind} in federated rounds")
+        return what
+
+    def on_blob(self, dev: str, kind: int, blob: bytes):
+        s = self.session
+        what = self.blob_kind(kind)
         meta, tensors = wire.decode_blob(blob)
         if self.prev is not None and meta.get("round") == self.prev.round and (dev, what) in self.missing:
             return self._late(dev, what, blob)

@@ -40,13 +40,9 @@ class PersonalRound:
         self.models, self.nets, self.views, self.evaluate = models, nets, views, evaluate
         self.n_classes, self.n_features, self.rounds = n_classes, n_features, rounds
         self.seed, self.k, self.every = seed, per_round, personal_every
-        store = session.store
-        kept = store.strategy_state() if store.last_completed_round() else None
+        _, kept = session.resume(method.name)   # the method's state holds its global model
         if kept is not None:
-            meta, arrays = kept
-            if meta.get("strategy") != method.name:
-                raise ValueError(f"{store.path} holds a run of strategy {meta.get('strategy')!r}, not {method.name!r}")
-            method.load_state(meta["state"], arrays)
+            method.load_state(*kept)
         self.plan: RoundPlan | None = None
         self.picked: list[str] = []
         self.uploads: dict[str, perfit.Upload] = {}

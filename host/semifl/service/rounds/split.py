@@ -53,15 +53,11 @@ class SplitRound:
         self.net, self.cut, self.model, self.evaluate = net, cut, model, evaluate
         self.seed, self.lr, self.batch, self.smashed_dtype, self.n_classes = seed, lr, batch, smashed, n_classes
         self.stage = generators or GeneratorStage()
-        store = session.store
-        last = store.last_completed_round()
-        params = store.checkpoint(last) if last else [np.asarray(p, np.float32) for p in init_params]
+        params, kept = session.resume(self.name)
+        params = params or [np.asarray(p, np.float32) for p in init_params]
         self.prepared, self.fills = False, {}   # IoTSL: generator stage done; device -> [[class, generator, quantity]]
-        kept = store.strategy_state() if last else None
         if kept is not None:
-            if kept[0].get("strategy") != self.name:
-                raise ValueError(f"{store.path} holds a run of strategy {kept[0].get('strategy')!r}, not {self.name!r}")
-            self.prepared, self.fills = bool(kept[0]["state"].get("prepared")), dict(kept[0]["state"].get("fills", {}))
+            self.prepared, self.fills = bool(kept[0].get("prepared")), dict(kept[0].get("fills", {}))
         self.f_a, self.f_b = net.split(cut)
         na = len(self.f_a.shapes())
         self.server = SplitServer(self.f_b, params[na:], params[:na], lr=lr)

@@ -20,10 +20,10 @@ from conftest import accepted_in_open_round
 ROUNDS, SEED = 6, 3
 
 
-def serve(url, state, log, strategy):
+def serve(url, state, log, strategy, *extra):
     cmd = [sys.executable, "-m", "semifl.cli", "serve", "--broker", url, "--rounds", str(ROUNDS), "--seed", str(SEED),
            "--strategy", strategy,
-           "--state", str(state), "--wait-devices", "10", "--wait-s", "60"]
+           "--state", str(state), "--wait-devices", "10", "--wait-s", "60", *extra]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -62,3 +62,35 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
     final = store.checkpoint(ROUNDS)
     for a, b in zip(final, expected):
         assert np.array_equal(a, b)
+
+
+def test_a_restarted_host_merges_the_buffer_it_had_accepted(tmp_path, fashion, mosquitto):
+    """Buffered rounds (--mode async): the updates accepted into the open version's buffer before a
+    SIGKILL are merged into that version after the restart, none received twice."""
+    state = tmp_path / "state.db"
+    specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
+    async_flags = ["--mode", "async", "--buffer", "4"]
+    log = open(tmp_path / "host.log", "wb")
+    with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
+        host = serve(mosquitto, state, log, "fedavg", *async_flags)
+        end = time.monotonic() + 120
+        before = []
+        while not before and time.monotonic() < end and host.poll() is None:
+            before = accepted_in_open_round(state) if state.exists() else []
+            time.sleep(0.002)
+        assert before, (tmp_path / "host.log").read_text()[-2000:]
+        host.send_signal(signal.SIGKILL)
+        host.wait(10)
+        host = serve(mosquitto, state, log, "fedavg", *async_flags)
+        assert host.wait(180) == 0, (tmp_path / "host.log").read_text()[-3000:]
+    store = Store(str(state))
+    metrics = {m["round"]: m for m in store.round_metrics()}
+    store.close()
+    assert sorted(metrics) == list(range(1, ROUNDS + 1))
+    killed = before[0][0]
+    rows = sqlite3.connect(str(state)).execute("SELECT device, kind, accepted FROM contributions WHERE round=?",
+                                               (killed,)).fetchall()
+    accepted_at = {(d, k): t for d, k, t in rows}
+    for _, dev, kind, t in before:   # kept as accepted before the crash, and merged into that version
+        assert accepted_at[(dev, kind)] == t and dev in metrics[killed]["participants"]["fl"]
+    assert all(len(m["participants"]["fl"]) >= 4 for m in metrics.values())

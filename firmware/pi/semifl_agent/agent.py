@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from semifl.device import Device, DeviceError, FLClient, PersonalClient, PersonalRole, Role, SplitClientRole
+from semifl.device import Device, FLClient, PersonalClient, PersonalRole, Role, SplitClientRole
 from semifl.protocol import wire
 
 from . import hardware
@@ -106,8 +106,8 @@ class PiAgent:
                     dev.handle(topic, payload)
                 except wire.WireError as e:
                     log.warning("%s: rejected message on %s: %s", self.id, topic, e)
-                except DeviceError as e:   # refused (nothing changed); the host stops waiting for us this round
-                    log.warning("%s: %s", self.id, e)
+                except Exception as e:   # refused (nothing changed); the host stops waiting for us this round
+                    log.warning("%s: %s on %s: %s", self.id, type(e).__name__, topic, e)
                     dev.status("error", error=type(e).__name__, detail=str(e)[:120])
         finally:
             self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)

@@ -186,12 +186,16 @@ class Device:
         if self.cfg.get("silent"):   # a simulated fault: it answers announcements, never does its tasks
             self.pending = []
             return
-        still = []
-        for task in self.pending:
+        tasks, self.pending = self.pending, []
+        for i, task in enumerate(tasks):
             role = self._by_task.get(task.get("role"))
             if role is None:
                 log.warning("%s: role %r is not one this device plays", self.id, task.get("role"))
                 continue
-            if not role.run(task):
-                still.append(task)
-        self.pending = still
+            try:
+                done = role.run(task)
+            except Exception:
+                self.pending += tasks[i + 1:]   # a task that fails is dropped (and reported); the rest wait on
+                raise
+            if not done:
+                self.pending.append(task)

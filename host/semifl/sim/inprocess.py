@@ -14,7 +14,7 @@ import logging
 
 from threadpoolctl import ThreadpoolController
 
-from semifl.device import CLUploader, Device, DeviceError, FLClient, PersonalClient, PersonalRole, SplitClientRole
+from semifl.device import CLUploader, Device, FLClient, PersonalClient, PersonalRole, SplitClientRole
 from semifl.device.link import SimBattery, SimRadio
 from semifl.protocol import wire
 from semifl.transport.memory import MemoryBroker
@@ -72,6 +72,6 @@ class InProcessFleet:
             dev.handle(topic, payload)
         except wire.WireError as e:
             log.warning("%s: rejected message on %s: %s", dev.id, topic, e)
-        except DeviceError as e:
-            log.warning("%s: %s", dev.id, e)
+        except Exception as e:   # a task it cannot do: reported, and the device goes on
+            log.warning("%s: %s on %s: %s", dev.id, type(e).__name__, topic, e)
             dev.status("error", error=type(e).__name__, detail=str(e)[:120])

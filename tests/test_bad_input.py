@@ -137,3 +137,27 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     assert reasons == {"malformed", "truncated", "crc", "version", "shape", "nonfinite", "mask", "stale_round", "replay",
                        "unknown_device", "schema", "oversized", "unexpected"}
     assert sum(engine.session.rec.rejected.values()) == len(store.rejections())
+
+
+@pytest.mark.parametrize("carries", [False, True])
+def test_a_late_upload_is_counted_and_merged_only_by_a_strategy_that_carries_it(rig, carries):
+    """pi-x was asked for its round-5 update and the round closed without it: in round 6 it comes whole.
+    Not a rejection: counted as late; semifl+ (carries_late) merges it with staleness 1, FedAvg drops it."""
+    engine, send, store = rig
+    engine.carries_late = carries
+    engine.prev, engine.missing = engine.ctx, {("pi-x", "update")}
+    engine.session.begin(RND + 1)
+    engine.ctx = Context(RND + 1, engine.params, {}, {})
+    chunks = update_chunks(engine)                       # its round-5 update, the task it was given then
+    stray = update_chunks(engine, device="mcu-y")        # mcu-y was not missing anything: its round-5 chunks are stale
+    for p in chunks:
+        send("pi-x", wire.T_UP, p)
+    for p in stray[:1]:
+        send("mcu-y", wire.T_UP, p)
+    session = engine.session
+    assert session.pump(lambda: session.rec.late["update"] == 1 and session.rec.rejected["stale_round"] == 1, 10), \
+        (dict(session.rec.late), dict(session.rec.rejected))
+    kept = {(d, k) for d, k, _ in store.contribution_keys(RND + 1)}
+    assert kept == ({("pi-x", "late_update")} if carries else set())
+    fl, _ = engine._contributions(RND + 1)
+    assert [(u.device, u.staleness) for u in fl] == ([("pi-x", 1)] if carries else [])

@@ -1,4 +1,4 @@
-"""The bench the HIL tests drive: a broker, the host (RoundEngine), a Pi-class FL client so rounds
+"""The bench the HIL tests drive: a broker, the host (Session and FederatedRound), a Pi-class FL client so rounds
 have both roles, the device under test (a board on a serial port, or the real MicroPython node as a
 process at the board's heap), a watcher on the DUT's status topic and the host's int8 model topic,
 and the DUT's power meter. run() plays N rounds and returns what a test asserts on."""

@@ -34,9 +34,9 @@ ABLATION_ROWS = [   # run name -> what it changes against the shipped semifl+
     ("plus-no-prune", "host step not prune-consistent (CL gradient on the full model)"),
 ]
 
-READING = """**Reading it.** Same code path as the service (`semifl.sim.inprocess` runs the planner, the Pi
-agent's `local_update`, the MCU node's sample selection and the strategies; `tests/test_baselines.py`
-checks each baseline gives the same model over MQTT). The seed's step is lr 0.1 on MATLAB's
+READING = """**Reading it.** Same code path as the service (`semifl.app.inprocess` runs the round object of an MQTT
+run over the in-memory broker, with the Pi's device code and the MCU node's `cl` role in-process;
+`tests/test_baselines.py` checks each baseline gives the same model over MQTT). The seed's step is lr 0.1 on MATLAB's
 `crossentropy`, which averages over samples *and* the 10 outputs (`perf = sum(ce(:))/numel(ce)`), so
 it is lr 0.01 on our per-sample mean: that is our main column. Run at the nominal 0.1 instead, CL and
 SemiFL-ideal land within 3 points of the seed (FL 4 above). The seed's initial weights
@@ -388,7 +388,7 @@ def perfit_mqtt_section(d: dict) -> dict:
                      f"{st['subjects']} virtual Pi agents (real processes on the embedded broker), K = {st['k']}, "
                      f"{st['rounds']} rounds, the case study's settings (above). Each device runs the method's device step "
                      "on its own windows, keeps its personal state in its flash and reports its personal model's accuracy "
-                     "on its own test windows; the in-process run is `semifl.experiments.perfit` on the same data and seeds.",
+                     "on its own test windows; the in-process run is `semifl.experiments.perfit` (the same round object, in-memory broker) on the same data and seeds.",
             "tables": [(["method", "mean (devices' reports)", "worst decile", "in-process mean", "same on every device",
                          "values up / participant / round", "bytes up / down per participant and round", "wall: MQTT / in-process",
                          "rejected"], rows)],

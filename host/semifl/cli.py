@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.set_defaults(fn=cmd_broker)
-    p = sub.add_parser("serve", help="the host service (round engine) against --broker")
+    p = sub.add_parser("serve", help="the host service (its session and round object) against --broker")
     _run_flags(p)
     p.add_argument("--state", default="semifl-state.db", help="SQLite state; a restart resumes from it")
     p.add_argument("--wait-devices", type=int, default=1, help="devices to wait for before round 1")

@@ -2,8 +2,8 @@
 with the gradient at the cut, and relays f_a from one device to the next (sequential SL) or averages
 the devices' f_a at the end of the round (the parallel, SplitFed-style variant).
 
-Transport-free: the MQTT engine (`service/split_engine.py`) and the in-process runner drive the same
-`SplitServer`; values are counted as the seed counts them (Table I).
+Transport-free: the split-learning round (`service/rounds/split.py`), over MQTT or in-process, drives
+the same `SplitServer`; values are counted as the seed counts them (Table I).
 """
 from __future__ import annotations
 

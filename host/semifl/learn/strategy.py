@@ -1,7 +1,7 @@
 """Strategies: small classes that turn accepted contributions into the next global model.
 
 Transport-free (numpy in, numpy out) and shared by the in-process simulator and the MQTT service.
-The round engine calls `aggregate` once per round; nothing else changes the global model.
+A round object calls `aggregate` once per round (or merge); nothing else changes the global model.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The host's MQTT link (paho-mqtt 2.x). Callbacks only put messages into a bounded inbox; the round
-engine's thread drains it. This is where every device message enters the host."""
+"""The host's MQTT link (paho-mqtt 2.x). Callbacks only put messages into a bounded inbox; the session's
+thread drains it (service/session.py: Session.dispatch takes each message from here)."""
 from __future__ import annotations
 
 import logging

@@ -28,7 +28,7 @@ _UNHASHED = ("sha256", "v", "tensors")   # v and tensors are added by the blob c
 
 class ArtifactRejected(Exception):
     """A generator artifact the host or a device must not use. `reason`: a short stable key
-    (malformed, format, hash, privacy, device) like the engine's rejections; `detail` says why."""
+    (malformed, format, hash, privacy, device) like the session's rejections; `detail` says why."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")

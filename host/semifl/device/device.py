@@ -171,12 +171,12 @@ class Device:
         if not asm.add(kind, blob_id, seq, count, blob_len, bcrc, data):
             return
         del self._down[kind]
-        meta, arrays = decode_arrays(bytes(asm.buf))
+        meta, arrays = decode_arrays(asm.buf)   # views of the assembled buffer, which is this blob's alone
         meta["_download_s"] = time.perf_counter() - t0
         role = self._by_blob.get(meta.get("kind"))
         if role is None:
             raise DeviceError(f"a {meta.get('kind')!r} blob, which no role of this device takes")
-        role.on_blob(meta, [a.copy() for a in arrays])
+        role.on_blob(meta, arrays)
 
     def arriving(self, kind: int) -> bool:
         """Whether a blob of chunk kind `kind` is arriving on the down topic now."""

@@ -102,8 +102,7 @@ class FLClient(Role):
         times = {"t_local_s": round(t_local, 5), "t_download_s": round(self.download_s.pop(rnd, 0.0), 5)}
         dev.phase("idle")
         if task.get("upload"):   # buffered rounds: no norm report, the update goes at once
-            meta = {"kind": "update", "round": rnd, "task": task["task"], "device": dev.id, "n": n, **times}
-            dev.send_blob(wire.KIND_UPDATE, rnd, wire.encode_blob(meta, tensors))
+            self._send_update(rnd, task["task"], tensors, n, **times)
             return True
         self.results = {rnd: (tensors, n, norm)}
         dev.status("trained", rnd, task=task["task"], n=n, norm=norm, **times)
@@ -114,7 +113,9 @@ class FLClient(Role):
         if rnd not in self.results:
             raise DeviceError(f"upload asked for round {rnd}, which this device did not train")
         tensors, n, _ = self.results[rnd]
-        blob = wire.encode_blob({"kind": "update", "round": rnd, "task": task["task"], "device": self.dev.id, "n": n},
-                                tensors)
-        self.dev.send_blob(wire.KIND_UPDATE, rnd, blob)
+        self._send_update(rnd, task["task"], tensors, n)
         return True
+
+    def _send_update(self, rnd: int, task: int, tensors: list, n: int, **extra):
+        meta = {"kind": "update", "round": rnd, "task": task, "device": self.dev.id, "n": n, **extra}
+        self.dev.send_blob(wire.KIND_UPDATE, rnd, wire.encode_blob(meta, tensors))

@@ -109,10 +109,7 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
         else:
             cl_candidates.append(dev_id)
     if fl_budget is not None and len(plan.fl) > fl_budget:
-        # a seeded draw per round, so over the rounds every capable device gets its turn (a cryptographic
-        # hash: CRC-32 is linear, and its orders repeat from round to round)
-        drawn = sorted(plan.fl, key=lambda d: hashlib.blake2b(f"{seed}/{rnd}/{d}".encode(), digest_size=8).digest())
-        drawn = drawn[:fl_budget]
+        drawn = drawn_order(plan.fl, seed, rnd)[:fl_budget]
         for d in plan.fl:
             if d not in drawn:
                 plan.idle[d] = "not drawn to train this round"
@@ -123,6 +120,12 @@ def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: b
     for d in ranked[cfg.cl_uploaders:]:
         plan.idle[d] = "weaker channel"
     return plan
+
+
+def drawn_order(ids, seed: int, rnd: int) -> list[str]:
+    """`ids` in a seeded order of their own for round (or version) `rnd`, so that over the rounds every
+    device gets its turn (a cryptographic hash: CRC-32 is linear, and its orders repeat round to round)."""
+    return sorted(ids, key=lambda d: hashlib.blake2b(f"{seed}/{rnd}/{d}".encode(), digest_size=8).digest())
 
 
 def select_fl_uploaders(norms: dict[str, float], k: int) -> list[str]:

@@ -37,6 +37,30 @@ def expect_tensors(tensors, want: list[tuple[str, tuple]], what: str) -> None:
                                 f"{'...' if len(want) > 3 else ''}")
 
 
+class Round:
+    """What the session asks of a kind of round (service/rounds/), with the defaults most kinds keep:
+    no status kinds of their own, no late messages, chunks of the open round only."""
+    name = ""
+
+    def on_status(self, dev: str, msg: dict) -> bool:
+        """Take a status kind of this round's own; False: not one of them."""
+        return False
+
+    def on_blob(self, dev: str, kind: int, blob) -> None:
+        raise NotImplementedError
+
+    def expects_late(self, dev: str, rnd: int) -> bool:
+        """Whether a `ready` of an earlier round from `dev` is expected rather than stale."""
+        return False
+
+    def refuse_chunk(self, dev: str, kind: int, blob_id: int, seq: int):
+        """None to take a chunk, "drop" to drop it quietly (counted by the round), else why it is stale."""
+        return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
+
+    def run(self, rnd: int) -> dict:
+        raise NotImplementedError
+
+
 @dataclass
 class Limits:
     """Every wait and every bound of the session, as settings (`[host]` in the run configuration)."""
@@ -265,9 +289,14 @@ class Session:
         self._asm.clear()
 
     def open_blob(self, dev: str, blob: bytes, rnd: int | None = None) -> tuple[dict, list]:
-        """Decode a device's blob and check what every kind must hold: round `rnd` (default: the
-        session's), this device, its task for that round, a positive sample count n. -> (meta, tensors)."""
+        """Decode a device's blob and check it (`check_blob`). -> (meta, tensors)."""
         meta, tensors = wire.decode_blob(blob)
+        self.check_blob(dev, meta, rnd)
+        return meta, tensors
+
+    def check_blob(self, dev: str, meta: dict, rnd: int | None = None) -> None:
+        """What every kind of blob must hold: round `rnd` (default: the session's), this device, its
+        task for that round, a positive sample count n."""
         want = self.round if rnd is None else rnd
         if meta.get("round") != want:
             raise Rejected("stale_round", f"blob for round {meta.get('round')} during round {want}")
@@ -278,7 +307,10 @@ class Session:
         n = meta.get("n")
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise Rejected("schema", "blob needs a positive integer n")
-        return meta, tensors
+
+    def gone(self, dev: str) -> bool:
+        """A device nobody waits for any more this round: it reported an error, or it went offline."""
+        return dev in self.rec.failed or dev not in self.registry.online
 
     # --- rounds -----------------------------------------------------------------------------------
     def resume(self, name: str) -> tuple[list | None, tuple[dict, dict] | None]:

@@ -10,16 +10,13 @@ samples each version, and whatever samples arrived go into the next merge (docs/
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 
-import numpy as np
-
-from semifl.fleet.planner import cannot_run, is_capable, task_seed
-from semifl.learn.strategy import CLBatch, FLUpdate
+from semifl.fleet.planner import cannot_run, drawn_order, is_capable, task_seed
+from semifl.learn.strategy import FLUpdate
 from semifl.protocol import wire
-from semifl.protocol.tensors import encode_arrays, from_wire
+from semifl.protocol.tensors import encode_arrays
 
 from ..session import Rejected
 from .federated import Context, FederatedRound
@@ -45,7 +42,7 @@ class BufferedRound(FederatedRound):
 
     # --- inbound ----------------------------------------------------------------------------------
     def on_status(self, dev, msg):
-        return False   # buffered rounds have no status of their own: updates come at once
+        return False   # no status of its own (no "trained"): updates come at once
 
     def expects_late(self, dev, rnd):
         return True   # versions move on without waiting: an earlier version's ready is no error
@@ -65,11 +62,12 @@ class BufferedRound(FederatedRound):
     def on_blob(self, dev: str, kind: int, blob: bytes):
         s = self.session
         what = self.blob_kind(kind)
-        u = wire.decode_blob(blob)[0].get("round")
+        meta, tensors = wire.decode_blob(blob)
+        u = meta.get("round")
         ctx = self.contexts.get(u) if isinstance(u, int) else None
         if ctx is None:
             raise Rejected("stale_round", f"{what} for version {u}, which the host no longer holds")
-        meta, tensors = s.open_blob(dev, blob, rnd=u)
+        s.check_blob(dev, meta, rnd=u)
         if meta.get("kind") != what:
             raise Rejected("schema", f"{what} chunk carrying a {meta.get('kind')!r} blob")
         if (dev, u) in self.done_for or (dev, f"{what}/{u}") in self.accepted:
@@ -118,9 +116,7 @@ class BufferedRound(FederatedRound):
         same groups), up to `concurrency` busy at once."""
         s, cfg = self.session, self.cfg
         room = (cfg.concurrency or 1 << 30) - len(self.busy)
-        order = sorted(self.eligible(), key=lambda d: hashlib.blake2b(f"{self.seed}/{v}/{d}".encode(),
-                                                                        digest_size=8).digest())
-        for d in order:
+        for d in drawn_order(self.eligible(), self.seed, v):
             if room <= 0:
                 break
             if d in self.busy or (d, v) in self.done_for:
@@ -191,28 +187,13 @@ class BufferedRound(FederatedRound):
         rec.mark("train")
 
         fl, cl = [], []
-        for dev, kind, n in s.store.contribution_keys(v):   # the durable record; payloads from memory where held
-            b = self.blobs.pop((dev, kind), None) or s.store.contribution(v, dev, kind)
-            what, u = kind.split("/")
-            meta, ts = wire.decode_blob(b)
-            if what == "update":
-                ctx = self.contexts.get(int(u), Context(int(u), self.params, {}, {}))
-                tau = v - int(u)
-                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, staleness=tau, weight=staleness_weight(tau)))
+        for dev, kind, n, meta, ts in self.payloads(v):
+            if kind.startswith("update/"):
+                u = meta["round"]
+                ctx = self.contexts.get(u, Context(u, self.params, {}, {}))
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, staleness=v - u,
+                                   weight=staleness_weight(v - u)))
             else:
-                arrays = [from_wire(t) for t in ts]
-                cl.append(CLBatch(dev, arrays[0], arrays[1]))
-                if sum(len(c) for c in self.calib) < 1000:
-                    self.calib.append(np.array(arrays[0][:1000]))
-        self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
-        self.params = self.strategy.aggregate(self.params, fl, cl)
-        rec.mark("aggregate")
-        acc, loss = self.evaluate(self.params)
-        rec.mark("evaluate")
-        if cfg.int8_every and v % cfg.int8_every == 0:
-            self.push_int8(v)
-        meta, arrays = self.strategy.state()
-        return s.finish(self.params, acc, loss, ({"strategy": self.strategy.name, "state": meta}, arrays),
-                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
-                        trained=sorted(u.device for u in fl), staleness={u.device: u.staleness for u in fl},
-                        busy=sorted(self.busy), idle={})
+                cl.append(self.cl_batch(dev, ts))
+        return self.merge(v, fl, cl, trained=sorted(u.device for u in fl), staleness={u.device: u.staleness for u in fl},
+                          busy=sorted(self.busy), idle={})

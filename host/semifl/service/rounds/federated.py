@@ -25,7 +25,7 @@ from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
 from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
 
-from ..session import Rejected, Session, expect_tensors
+from ..session import Rejected, Round, Session, expect_tensors
 
 log = logging.getLogger("semifl.federated")
 ROW = 784
@@ -51,7 +51,7 @@ class Context:
         return self.masks[rate]
 
 
-class FederatedRound:
+class FederatedRound(Round):
     def __init__(self, session: Session, strategy: Strategy, cfg: Federated, init_params, evaluate, *, seed: int = 0,
                  lr: float = 0.1, epochs: int = 1, carries_late: bool = False, n_classes: int = 10, calib_x=None,
                  net: nn.Net | None = None):
@@ -118,11 +118,9 @@ class FederatedRound:
         return self.first_task.get(dev, rnd + 1) <= rnd
 
     def refuse_chunk(self, dev: str, kind: int, blob_id: int, seq: int):
-        if blob_id == self.session.round:
-            return None
         if self.prev is not None and blob_id == self.prev.round and any(d == dev for d, _ in self.missing):
             return None   # a late upload of the round before: taken whole, then carried or counted
-        return f"chunk of round {blob_id} during round {self.session.round}"
+        return super().refuse_chunk(dev, kind, blob_id, seq)
 
     @staticmethod
     def blob_kind(kind: int) -> str:
@@ -137,8 +135,8 @@ class FederatedRound:
         what = self.blob_kind(kind)
         meta, tensors = wire.decode_blob(blob)
         if self.prev is not None and meta.get("round") == self.prev.round and (dev, what) in self.missing:
-            return self._late(dev, what, blob)
-        meta, tensors = s.open_blob(dev, blob)
+            return self._late(dev, what, meta, tensors, blob)
+        s.check_blob(dev, meta)
         if meta.get("kind") != what:
             raise Rejected("schema", f"{what} chunk carrying a {meta.get('kind')!r} blob")
         if what == "update":
@@ -157,11 +155,11 @@ class FederatedRound:
         if dev in self.asked:   # T_upload as the host sees it: from asking for the blob to holding all of it
             s.rec.took(dev, upload=s.clock() - self.asked[dev])
 
-    def _late(self, dev: str, what: str, blob: bytes):
+    def _late(self, dev: str, what: str, meta: dict, tensors, blob: bytes):
         """An upload of the round before that came after it closed: carried into this round, or counted and dropped."""
         s = self.session
         self.missing.discard((dev, what))
-        meta, tensors = s.open_blob(dev, blob, rnd=self.prev.round)
+        s.check_blob(dev, meta, rnd=self.prev.round)
         if what == "update":
             self._check_update(dev, meta, tensors, self.prev)
         else:
@@ -227,9 +225,6 @@ class FederatedRound:
         self.session.rec.refused[dev] = why
         log.warning("refused %s the model: %s", dev, why)
 
-    def gone(self, dev: str) -> bool:
-        return dev in self.session.rec.failed or dev not in self.session.registry.online
-
     # --- the round --------------------------------------------------------------------------------
     def run(self, rnd: int) -> dict:
         s, cfg = self.session, self.cfg
@@ -240,7 +235,7 @@ class FederatedRound:
         # stage 1: announce; devices answer with their link (not waited for: those still training); plan
         now = s.clock()
         for d, (_, t) in list(self.busy.items()):   # a task not reported on within the hard limit is given up
-            if self.gone(d) or now - t > s.limits.collect_timeout_s:
+            if self.session.gone(d) or now - t > s.limits.collect_timeout_s:
                 del self.busy[d]
         s.announce(rnd, busy=self.busy)
         if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
@@ -293,32 +288,37 @@ class FederatedRound:
                 s.send_task(d, {"round": rnd, "role": "upload", "task": s.task_id(rnd, d)})
         want = [(d, "samples") for d in plan.cl] + [(d, "update") for d in self.uploaders]
         # a wait of its own: a silent client that held the training wait to its limit costs no uploads
-        s.wait(lambda: all(w in self.accepted or self.gone(w[0]) for w in want), s.limits.collect_timeout_s, "uploads")
+        s.wait(lambda: all(w in self.accepted or self.session.gone(w[0]) for w in want), s.limits.collect_timeout_s, "uploads")
         s.drop_partial()   # whatever did not complete by now is dropped; a late one may come whole later
         rec.mark("upload")
 
-        # stage 3: aggregate what was accepted (read back from the store: the durable copy)
+        # stage 3: aggregate what was accepted (the durable record in the store)
         fl, cl = self._contributions(rnd)
+        # from now on, what this round asked for and did not get is late
+        self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not s.gone(w[0])}
+        return self.merge(rnd, fl, cl, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+
+    def merge(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch], **fields) -> dict:
+        """The strategy's step on what came in, the new model evaluated, the int8 model pushed when it is
+        due (inside the round, so its bytes count towards it), the round finished with `fields`."""
+        s, rec = self.session, self.session.rec
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
         self.params = self.strategy.aggregate(self.params, fl, cl)
-        # from now on, what this round asked for and did not get is late
-        self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not self.gone(w[0])}
         rec.mark("aggregate")
         acc, loss = self.evaluate(self.params)
         rec.mark("evaluate")
-        if cfg.int8_every and rnd % cfg.int8_every == 0:
-            self.push_int8(rnd)   # inside the round, so its bytes count towards it
+        if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
+            self.push_int8(rnd)
         meta, arrays = self.strategy.state()
         return s.finish(self.params, acc, loss, ({"strategy": self.strategy.name, "state": meta}, arrays),
-                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
-                        trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)}, **fields)
 
     def _collect_trained(self, tasked: list[str], hard: float):
         """Wait for the tasked clients' `trained` reports: all of them, or, once `deadline_s` has passed,
         the quorum; never past the hard limit."""
         s, cfg = self.session, self.cfg
         need = cfg.quorum if 0 < cfg.quorum < len(tasked) else len(tasked)
-        everyone = lambda: all(d in self.norms or self.gone(d) for d in tasked)
+        everyone = lambda: all(d in self.norms or self.session.gone(d) for d in tasked)
         if not s.pump(everyone, min(cfg.deadline_s, hard - s.clock())):
             if not s.wait(lambda: everyone() or len(self.norms) >= need, hard - s.clock(), "FL clients' training"):
                 return
@@ -326,13 +326,26 @@ class FederatedRound:
                 log.info("round %d: quorum %d of %d tasked FL clients in; %s go on without the rest", s.round,
                          len(self.norms), len(tasked), "the deadline passed, rounds" if cfg.deadline_s else "rounds")
 
+    def payloads(self, rnd: int):
+        """(device, kind, n, meta, tensors) of what round `rnd` accepted: the durable record in the store,
+        the payloads from memory where this process holds them."""
+        store = self.session.store
+        for dev, kind, n in store.contribution_keys(rnd):
+            blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
+            yield (dev, kind, n) + wire.decode_blob(blob)
+
+    def cl_batch(self, dev: str, tensors) -> CLBatch:
+        """A CL upload's raw uint8 samples and labels; the first CALIBRATION samples the host holds also
+        set the int8 model's activation ranges."""
+        x, y = (from_wire(t) for t in tensors)
+        if sum(len(c) for c in self.calib) < CALIBRATION:
+            self.calib.append(np.array(x[:CALIBRATION]))
+        return CLBatch(dev, x, y)
+
     def _contributions(self, rnd: int) -> tuple[list[FLUpdate], list[CLBatch]]:
         fl, cl = [], []
         contexts = {c.round: c for c in (self.prev, self.ctx) if c is not None}
-        store = self.session.store
-        for dev, kind, n in store.contribution_keys(rnd):   # the durable record; payloads from memory where held
-            blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
-            meta, ts = wire.decode_blob(blob)
+        for dev, kind, n, meta, ts in self.payloads(rnd):
             ctx = contexts.get(meta["round"])
             if kind.endswith("update"):
                 if ctx is None:
@@ -342,10 +355,7 @@ class FederatedRound:
                 mask = ctx.mask(rate) if ctx.assigned.get(dev) is not None and rate > 0 else None
                 fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, mask, staleness=rnd - meta["round"]))
             else:
-                arrays = [from_wire(t) for t in ts]     # raw uint8 samples and labels
-                cl.append(CLBatch(dev, arrays[0], arrays[1]))
-                if sum(len(c) for c in self.calib) < CALIBRATION:
-                    self.calib.append(np.array(arrays[0][:CALIBRATION]))
+                cl.append(self.cl_batch(dev, ts))
         return fl, cl
 
     def push_int8(self, rnd: int) -> int:

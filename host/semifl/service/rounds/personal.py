@@ -23,13 +23,13 @@ from semifl.learn import perfit
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays, from_wire
 
-from ..session import Rejected, Session, expect_tensors
+from ..session import Rejected, Round, Session, expect_tensors
 
 log = logging.getLogger("semifl.perfit")
 UPLOAD_KINDS = ("weights", "base", "logits")
 
 
-class PersonalRound:
+class PersonalRound(Round):
     def __init__(self, session: Session, method: perfit.Method, models: dict[str, str], nets: dict, views: dict,
                  evaluate, n_classes: int, n_features: int, rounds: int, *, seed: int = 0, per_round: int = 5,
                  personal_every: int = 0):
@@ -83,12 +83,6 @@ class PersonalRound:
             self.values.setdefault(dev, {"up": 0, "down": 0})["down"] += msg.values
 
     # --- inbound ----------------------------------------------------------------------------------
-    def expects_late(self, dev, rnd):
-        return False
-
-    def refuse_chunk(self, dev, kind, blob_id, seq):
-        return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
-
     def on_blob(self, dev: str, kind: int, blob: bytes):
         s = self.session
         meta, tensors = s.open_blob(dev, blob)
@@ -201,8 +195,6 @@ class PersonalRound:
         """A device's versioned artifact in the store (its windows, its personal model), by SHA-256."""
         self.session.store.keep_artifact(dev, kind, rnd, hashlib.sha256(blob).hexdigest(), None, None, blob)
 
-    def gone(self, dev: str) -> bool:
-        return dev in self.session.rec.failed or dev not in self.session.registry.online
 
     # --- the round --------------------------------------------------------------------------------
     def run(self, rnd: int) -> dict:
@@ -228,8 +220,8 @@ class PersonalRound:
         for d in clients:
             self._message(d, self.task(rnd, d, "perfit", s.task_id(rnd, d), task_seed(self.seed, rnd, d)),
                           self.method.send(d))
-        s.wait(lambda: all(d in self.uploads or self.gone(d) for d in clients)
-               and all(self._proxy(d) is not None or self.gone(d) for d in offload if d in ready),
+        s.wait(lambda: all(d in self.uploads or self.session.gone(d) for d in clients)
+               and all(self._proxy(d) is not None or self.session.gone(d) for d in offload if d in ready),
                s.limits.collect_timeout_s, "uploads")
         for d in self.picked:   # the host trains for offloaded devices: the method's own device step
             proxy = self._proxy(d) if d in offload else None
@@ -276,5 +268,5 @@ class PersonalRound:
                 self.serve_personal(d, d, rnd)
             else:
                 self._message(d, self.task(rnd, d, "personalize", nonce, seed), self.method.send(d))
-        s.wait(lambda: all(d in self.personal or self.gone(d) for d in self.asked_personal),
+        s.wait(lambda: all(d in self.personal or self.session.gone(d) for d in self.asked_personal),
                s.limits.collect_timeout_s, "personal models")

@@ -21,7 +21,7 @@ from semifl.learn.split import SplitServer
 from semifl.protocol import wire
 from semifl.protocol.tensors import arrays_crc, encode_arrays, from_wire
 
-from ..session import Rejected, Session, expect_tensors
+from ..session import Rejected, Round, Session, expect_tensors
 
 log = logging.getLogger("semifl.split")
 SMASHED_DTYPES = ("float32", "float16", "int8")
@@ -43,7 +43,7 @@ class GeneratorStage:
         return cls(cfg.gen_steps, cfg.gen_sigma, cfg.gen_batch, cfg.gen_dim, cfg.pretrain_epochs, cfg.max_epsilon)
 
 
-class SplitRound:
+class SplitRound(Round):
     def __init__(self, session: Session, spec: StrategySpec, net: nn.Net, cut: int, model: str, init_params, evaluate,
                  *, seed: int = 0, lr: float = 0.01, batch: int = 32, smashed: str = "float32", n_classes: int = 10,
                  generators: GeneratorStage | None = None):
@@ -84,12 +84,6 @@ class SplitRound:
             self.send_impute(dev)   # e.g. a device that restarted and lost its generated set
             return True
         return False
-
-    def expects_late(self, dev, rnd):
-        return False
-
-    def refuse_chunk(self, dev, kind, blob_id, seq):
-        return None if blob_id == self.session.round else f"chunk of round {blob_id} during round {self.session.round}"
 
     def on_blob(self, dev: str, kind: int, blob: bytes):
         meta, tensors = self.session.open_blob(dev, blob)
@@ -182,7 +176,7 @@ class SplitRound:
             s.send_task(d, {"round": rnd, "role": "generator", "task": s.task_id(rnd, d),
                             "seed": task_seed(self.seed, rnd, d), "steps": st.steps, "sigma": st.sigma,
                             "batch": st.batch, "dim": st.dim})
-        s.wait(lambda: all(d in self.generators or d in self.gen_refused or self.gone(d) for d in clients),
+        s.wait(lambda: all(d in self.generators or d in self.gen_refused or self.session.gone(d) for d in clients),
                s.limits.collect_timeout_s, "generators")
         gens = {d: self.generators[d] for d in clients if d in self.generators}
         if not gens:
@@ -225,14 +219,12 @@ class SplitRound:
         self.active[dev] = {"next": 0}
         s.send_task(dev, task)
 
-    def gone(self, dev: str) -> bool:
-        return dev in self.session.rec.failed or dev not in self.session.registry.online
 
     def work(self, devs: list[str]):
         """Wait until each of devs has handed back its f_a, failed or left, or no batch has come from
         any of them for collect_timeout_s (an epoch may take long; a silent client is a dropout)."""
         s = self.session
-        finished = lambda: all(d in self.done or self.gone(d) for d in devs)
+        finished = lambda: all(d in self.done or self.session.gone(d) for d in devs)
         self.progress = s.clock()
         while not finished() and s.clock() - self.progress < s.limits.collect_timeout_s:
             s.pump(finished, min(1.0, s.limits.collect_timeout_s))
@@ -258,7 +250,7 @@ class SplitRound:
             rec.mark("generators")
         if self.spec.sequential:
             for d in clients:   # the seed's sequential SL: each client starts from the last one's f_a
-                if not self.gone(d):
+                if not self.session.gone(d):
                     self.start(d)
                     self.work([d])
         else:

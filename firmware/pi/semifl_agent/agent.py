@@ -25,7 +25,6 @@ from semifl.protocol import wire
 
 from . import hardware
 
-log = logging.getLogger("semifl.agent")
 FIRMWARE = "semifl-pi/0.1"
 
 
@@ -102,13 +101,7 @@ class PiAgent:
                     topic, payload = self.inbox.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                try:
-                    dev.handle(topic, payload)
-                except wire.WireError as e:
-                    log.warning("%s: rejected message on %s: %s", self.id, topic, e)
-                except Exception as e:   # refused (nothing changed); the host stops waiting for us this round
-                    log.warning("%s: %s on %s: %s", self.id, type(e).__name__, topic, e)
-                    dev.status("error", error=type(e).__name__, detail=str(e)[:120])
+                dev.serve(topic, payload)   # an error status tells the host to stop waiting for us this round
         finally:
             self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)
             self.client.disconnect()

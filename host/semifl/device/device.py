@@ -127,9 +127,19 @@ class Device:
             sys.implementation.name, cfg.get("board", "rpi4" if self.device_class == "pi" else "esp32"), **extra)
 
     # --- inbound ---------------------------------------------------------------------------------
+    def serve(self, topic: str, payload: bytes):
+        """`handle` a message so that nothing the host sends stops the device: a broken message is
+        logged, a task it cannot do is logged and reported as an error status, and it goes on."""
+        try:
+            self.handle(topic, payload)
+        except wire.WireError as e:
+            log.warning("%s: rejected message on %s: %s", self.id, topic, e)
+        except Exception as e:
+            log.warning("%s: %s on %s: %s", self.id, type(e).__name__, topic, e)
+            self.status("error", error=type(e).__name__, detail=str(e)[:120])
+
     def handle(self, topic: str, payload: bytes):
-        """Every message from the host. A broken one raises (wire.WireError, DeviceError); the caller
-        logs it and goes on, so nothing the host sends can stop the device."""
+        """Every message from the host. A broken one raises (wire.WireError, DeviceError, ...)."""
         if topic == "_connected":
             self.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"online", retain=True)
             self.publish(wire.dev_topic(self.id, wire.T_CAPS), wire.encode_json(self.capabilities()), retain=True)

@@ -189,12 +189,7 @@ class Session:
         dev = None
         try:
             dev, leaf = self._topics.get(topic) or self._parse(topic)
-            if leaf == wire.T_UP:
-                self.bytes_up[dev] += len(payload)
-                if not self.registry.known(dev):
-                    raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
-                return self._on_chunk(dev, payload)
-            if leaf == wire.T_STATUS:
+            if leaf in (wire.T_STATUS, wire.T_UP):
                 self.bytes_up[dev] += len(payload)
             if leaf == wire.T_CAPS:
                 if payload:  # an empty retained payload clears a device's report
@@ -203,6 +198,8 @@ class Session:
                 self.registry.on_presence(dev, bytes(payload))
             elif not self.registry.known(dev):
                 raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
+            elif leaf == wire.T_UP:
+                return self._on_chunk(dev, payload)
             elif leaf == wire.T_STATUS:
                 self._on_status(dev, wire.decode_json(payload))
             elif leaf not in (wire.T_TASK, wire.T_DOWN):  # what we send a device echoes back through a wildcard

@@ -10,8 +10,6 @@ MQTT with the same seed.
 """
 from __future__ import annotations
 
-import logging
-
 from threadpoolctl import ThreadpoolController
 
 from semifl.device import CLUploader, Device, FLClient, PersonalClient, PersonalRole, SplitClientRole
@@ -21,7 +19,6 @@ from semifl.transport.memory import MemoryBroker
 
 from .fleet import DeviceSpec, shard
 
-log = logging.getLogger("semifl.inprocess")
 TIMED = ("latency_s", "bandwidth_bps", "slowdown", "train_s")   # what only a real-time fleet simulates
 
 
@@ -61,17 +58,6 @@ class InProcessFleet:
 
     def _handle(self, dev: Device, topic: str, payload: bytes):
         if self._blas is None:
-            return self._run(dev, topic, payload)
+            return dev.serve(topic, payload)
         with self._blas.limit(limits=1):
-            return self._run(dev, topic, payload)
-
-    @staticmethod
-    def _run(dev: Device, topic: str, payload: bytes):
-        """As the Pi agent's loop: a message the device refuses is logged and reported, never fatal."""
-        try:
-            dev.handle(topic, payload)
-        except wire.WireError as e:
-            log.warning("%s: rejected message on %s: %s", dev.id, topic, e)
-        except Exception as e:   # a task it cannot do: reported, and the device goes on
-            log.warning("%s: %s on %s: %s", dev.id, type(e).__name__, topic, e)
-            dev.status("error", error=type(e).__name__, detail=str(e)[:120])
+            return dev.serve(topic, payload)

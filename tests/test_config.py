@@ -42,7 +42,7 @@ def errors(**flat) -> str:
 
 def test_defaults_are_the_documented_ones():
     c = RunConfig()
-    assert (c.name, c.strategy, c.rounds, c.seed, c.lr, c.epochs) == ("semifl", "semifl", 20, 0, 0.1, 1)
+    assert (c.name, c.strategy, c.rounds, c.seed, c.lr, c.epochs) == (None, "semifl", 20, 0, 0.1, 1)
     assert (c.data, c.broker, c.out, c.plot) == (None, None, None, True)
     f = c.federated
     assert (f.fl_uploaders, f.cl_uploaders, f.prune, f.fl_fraction, f.cl_fraction) == (3, 2, 0.3, 0.3, 0.3)

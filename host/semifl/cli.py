@@ -6,18 +6,38 @@ import logging
 import sys
 import time
 
+from semifl.config import ConfigError
+
 
 def _common(p: argparse.ArgumentParser):
-    p.add_argument("--broker", help="mqtt://[user:password@]host:port of an external broker (Mosquitto); default: embedded")
+    p.add_argument("--broker", help="mqtt://[user:password@]host:port of an external broker (Mosquitto); "
+                                    "default: an embedded one")
     p.add_argument("--seed", type=int, help="seed of everything random in the run (default 0)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    _verbosity(p)
+
+
+def _verbosity(p: argparse.ArgumentParser):
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the host and the rounds do (INFO)")
+    p.add_argument("--debug", action="store_true", help="log everything (DEBUG) and show the traceback of an error")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def _run_flags(p: argparse.ArgumentParser):
     from semifl.config import add_flags
 
     add_flags(p, skip={"broker", "seed"})
-    p.add_argument("--devices", type=int, help="total virtual devices, split 60/40 into FL (Pi) and CL (MCU) like the seed")
+    p.add_argument("--devices", type=_positive, metavar="N",
+                   help="total virtual devices, split 60/40 into FL (Pi) and CL (MCU) like the seed (default 10)")
     _common(p)
 
 
@@ -25,36 +45,94 @@ def _load_config(args):
     from semifl.config import RunConfig, flag_overrides
 
     over = flag_overrides(args)
-    if getattr(args, "devices", None):
-        over["fl_devices"] = over.get("fl_devices") or round(args.devices * 0.6)
-        over.setdefault("cl_devices", args.devices - over["fl_devices"])
+    if getattr(args, "devices", None) is not None:
+        over["fl_devices"] = over.get("fl_devices", round(args.devices * 0.6))
+        over.setdefault("cl_devices", max(0, args.devices - over["fl_devices"]))
     return RunConfig.load(args.config, over)
 
 
-def _progress(total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Display:
+    """The live line of a run: rounds done, the last accuracy, and what the open round is doing now."""
 
-    prog = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
-                    TimeElapsedColumn())
-    task = prog.add_task("", total=total)
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def on_round(m):
-        acc = "-" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}%"
+        self.prog = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.description}"), transient=True)
+        self.task = self.prog.add_task("starting the fleet", total=total)
+        self.acc = "-"
+        self.last = 0
+
+    def start(self, completed: int):
+        self.prog.update(self.task, completed=completed)
+        return self.prog
+
+    def on_round(self, m):
+        if m["accuracy"] is not None:
+            self.acc = f"{100 * m['accuracy']:.2f}%"
         loss = "" if m.get("loss") is None else f"  loss {m['loss']:.3f}"
-        prog.update(task, completed=m["round"], description=f"acc {acc}{loss}")
-    return prog, on_round
+        self.last = m["round"]
+        self.prog.update(self.task, completed=m["round"], description=f"acc {self.acc}{loss}")
+
+    def on_progress(self, rnd, text):
+        self.prog.update(self.task, description=f"acc {self.acc} | round {rnd}: {text}")
+
+
+def _rounds(n: int) -> str:
+    return f"{n} round" + ("" if n == 1 else "s")
+
+
+def _took_part(rounds: list) -> bool:
+    """Whether any device's work (an update, samples) was merged in any round."""
+    return any(m["participants"]["fl"] or m["participants"]["cl"] for m in rounds)
 
 
 def cmd_run(args):
-    from semifl.app.run import run_experiment
+    from pathlib import Path
 
-    cfg = _load_config(args)
-    prog, on_round = _progress(cfg.rounds)
-    with prog:
-        summary = run_experiment(cfg, on_round=on_round)
-    out = cfg.out or f"runs/{cfg.name}"
-    print(f"final accuracy {100 * summary['final_accuracy']:.2f}% after {cfg.rounds} rounds; "
-          f"rejected: {summary['rejected'] or 'none'}; refused: {summary['refused'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
+    from semifl.app.run import resume_config, run_experiment
+
+    if args.resume:
+        given = {k for k, v in vars(args).items() if v not in (None, False) and k not in
+                 ("resume", "rounds", "fn", "cmd", "verbose", "debug")}
+        if given:
+            raise ConfigError(f"--resume takes the run's own config.json; only --rounds may change "
+                              f"(also given: {', '.join('--' + g.replace('_', '-') for g in sorted(given))})")
+        cfg = resume_config(args.resume, args.rounds)
+    else:
+        cfg = _load_config(args)
+    done = 0
+    if args.resume:
+        from semifl.service.store import Store
+
+        st = Store(str(Path(args.resume) / "state.db"))
+        done = st.last_completed_round()
+        st.close()
+    show = _Display(cfg.rounds)
+    where = {}
+
+    def started(out):
+        where["out"] = out
+        print(f"{'resuming' if args.resume else 'writing'} {out}/ (strategy {cfg.strategy}, {_rounds(cfg.rounds)}"
+              f"{f', from round {done + 1}' if args.resume else ''})", flush=True)
+    try:
+        with show.start(done):
+            summary = run_experiment(cfg, on_round=show.on_round, overwrite=args.overwrite, resume=bool(args.resume),
+                                     on_start=started, on_progress=show.on_progress)
+    except KeyboardInterrupt:
+        if "out" in where:
+            print(f"\nstopped after {_rounds(show.last)}; go on with: semifl run --resume {where['out']}", file=sys.stderr)
+        else:
+            print("\nstopped before the run began", file=sys.stderr)
+        return 130
+    out = where["out"]
+    if not _took_part(summary["rounds"]):
+        print(f"semifl run: no device took part in any round (no update or samples were merged); see {out}/fleet/*/device.log",
+              file=sys.stderr)
+        return 1
+    acc = "-" if summary["final_accuracy"] is None else f"{100 * summary['final_accuracy']:.2f}%"
+    print(f"final accuracy {acc} after {_rounds(len(summary['rounds']))}; rejected: {summary['rejected'] or 'none'}; "
+          f"refused: {summary['refused'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
     return 0
 
 
@@ -75,7 +153,7 @@ def _external(args, command: str):
     """The config of a command that joins a broker someone else runs."""
     cfg = _load_config(args)
     if not cfg.broker:
-        raise SystemExit(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
+        raise ConfigError(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
     return cfg
 
 
@@ -84,8 +162,28 @@ def cmd_serve(args):
     from semifl.app.run import serve
 
     cfg = _external(args, "serve")
-    return serve(cfg, args.state, args.wait_devices, args.wait_s, on_round=lambda m: print(
-        f"round {m['round']}: acc {m['accuracy']} fl {m['participants']['fl']} cl {m['participants']['cl']}", flush=True))
+    show = _Display(cfg.rounds)
+    where = {}
+
+    def started(out):
+        where["out"] = out
+        print(f"serving {cfg.strategy} on {cfg.broker}; state and results in {out}/ (a restart resumes from "
+              f"{out}/state.db)", flush=True)
+    try:
+        with show.start(0):
+            summary = serve(cfg, args.wait_devices, args.wait_s, on_round=show.on_round,
+                            on_progress=show.on_progress, on_start=started)
+    except KeyboardInterrupt:
+        print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
+        return 130
+    out = where["out"]
+    if not _took_part(summary["rounds"]):
+        print("semifl serve: no device took part in any round (no update or samples were merged)", file=sys.stderr)
+        return 1
+    acc = "-" if summary["final_accuracy"] is None else f"{100 * summary['final_accuracy']:.2f}%"
+    print(f"final accuracy {acc} after {_rounds(len(summary['rounds']))}; rejected: {summary['rejected'] or 'none'}; "
+          f"wrote {out}/summary.json and {out}/rounds.png")
+    return 0
 
 
 def cmd_fleet(args):
@@ -95,11 +193,13 @@ def cmd_fleet(args):
 
     cfg = _external(args, "fleet")
     fleet = start_fleet(cfg, Path(args.root))
-    print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log", flush=True)
+    print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log "
+          f"(Ctrl-C stops them)", flush=True)
     try:
         fleet.stop(timeout=10 ** 9)   # devices exit when the host ends the run
     except KeyboardInterrupt:
         fleet.stop(timeout=0)
+        return 130
     return 0
 
 
@@ -186,14 +286,40 @@ def cmd_models(args):
         for m in MODELS.values():
             print(m.describe())
         return 0
-    import json
+    import contextlib
 
-    from semifl.models.export import export
+    from semifl.models.export import NEEDS, export, missing_modules, native_output_captured, quiet_tensorflow
 
-    repo_cards = Path(__file__).resolve().parents[2] / "models" / "cards"
-    card = export(args.name, Path(args.out or f"models/{args.name}"), args.params, args.data,
-                  cards=repo_cards if repo_cards.parent.exists() else None)
-    print(json.dumps(card, indent=1))
+    if args.name not in MODELS:
+        print(f"semifl models export: unknown model {args.name!r}; known: {', '.join(sorted(MODELS))}", file=sys.stderr)
+        return 2
+    missing = missing_modules()   # before training: a minute of work for nothing otherwise
+    if missing:
+        extras = ",".join(sorted({NEEDS[m] for m in missing}))
+        print(f"semifl models export needs {', '.join(missing)}, not installed: pip install -e .[{extras}]",
+              file=sys.stderr)
+        return 2
+    if not args.out:
+        print("semifl models export: give --out DIR, a new or empty folder for the .tflite, .h, card and golden "
+              "outputs", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"semifl models export: --out {out} is a file, not a folder", file=sys.stderr)
+        return 2
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        print(f"semifl models export: --out {out} is not empty; give --overwrite to replace its files, or a new "
+              "folder", file=sys.stderr)
+        return 2
+    print(f"exporting {args.name} to {out}" + ("" if args.params else " (trains the float model first, about a minute)"),
+          flush=True)
+    quiet_tensorflow()
+    with contextlib.nullcontext() if args.verbose else native_output_captured():
+        card = export(args.name, out, args.params, args.data)
+    files = sorted(p.name for p in out.iterdir() if p.name.startswith(args.name + "."))
+    print(f"int8 accuracy {100 * card['int8_accuracy']:.2f} % (float {100 * card['fp32_accuracy']:.2f} %), "
+          f"{card['size_bytes']} bytes, arena {card['arena_bytes']} bytes")
+    print(f"wrote {', '.join(str(out / f) for f in files)}")
     return 0
 
 
@@ -202,20 +328,27 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="broker + host + virtual fleet: one SemiFL experiment end to end")
     _run_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="--out may hold a previous run: its outputs are "
+                                                            "replaced (other files are kept)")
+    p.add_argument("--resume", metavar="DIR", help="go on with the interrupted run in DIR from its last completed "
+                                                   "round (its own config; --rounds may extend it)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("broker", help="start the embedded MQTT broker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_positive, default=1883, help="port (default 1883)")
+    _verbosity(p)
     p.set_defaults(fn=cmd_broker)
     p = sub.add_parser("serve", help="the host service (its session and round object) against --broker")
     _run_flags(p)
-    p.add_argument("--state", default="semifl-state.db", help="SQLite state; a restart resumes from it")
-    p.add_argument("--wait-devices", type=int, default=1, help="devices to wait for before round 1")
-    p.add_argument("--wait-s", type=float, default=300)
+    p.add_argument("--wait-devices", type=_positive, metavar="N",
+                   help="devices to wait for before round 1 (default: the fleet the settings describe, "
+                        "e.g. 10 for the defaults)")
+    p.add_argument("--wait-s", type=float, default=300, help="how long to wait for them, seconds (default 300)")
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("fleet", help="start virtual devices (real device code) against --broker")
     _run_flags(p)
-    p.add_argument("--root", default="fleet", help="where each device's flash (data, config) goes")
+    p.add_argument("--root", default="fleet", help="where each device's flash (data, config) and log go "
+                                                   "(default ./fleet)")
     p.set_defaults(fn=cmd_fleet)
     p = sub.add_parser("reproduce", help="reproduce a seed paper's experiment in-process (semifl: CL, FL, SemiFL)")
     p.add_argument("paper", choices=["semifl"])
@@ -234,9 +367,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("models", help="model definitions; `export NAME`: int8 .tflite, C array, card (needs [export])")
     p.add_argument("action", choices=["list", "export"])
     p.add_argument("name", nargs="?", default="mlp-fmnist")
-    p.add_argument("--out", help="output folder (default models/NAME)")
+    p.add_argument("--out", help="export: output folder, new or empty (required; nothing is written elsewhere)")
+    p.add_argument("--overwrite", action="store_true", help="export into a non-empty --out, replacing its files")
     p.add_argument("--params", help=".npz of float parameters (arr_0..) instead of training, e.g. a run's final_model.npz")
     p.add_argument("--data", help="IDX folder (default Debian's Fashion-MNIST)")
+    p.add_argument("-v", "--verbose", action="store_true", help="export: show TensorFlow's and LiteRT's own logs")
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("flash", help="build the MCU node (.mpy), copy it and a config.json to a board, verify")
     p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
@@ -260,16 +395,29 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int)
     p.set_defaults(fn=cmd_sweep)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from semifl.config import ConfigError
+    debug = getattr(args, "debug", False)
+    level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("amqtt", "transitions", "matplotlib", "PIL"):   # third parties' INFO is not ours to show
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     from semifl.learn.data import DataNotFound
+    from semifl.transport.mqtt import BrokerError
 
     try:
         return args.fn(args)
-    except (DataNotFound, ConfigError) as e:
-        print(f"semifl: {e}", file=sys.stderr)
+    except KeyboardInterrupt:   # before a command had its own say
+        print("\nstopped", file=sys.stderr)
+        return 130
+    except (DataNotFound, ConfigError, BrokerError) as e:
+        if debug:
+            raise
+        print(f"semifl {args.cmd}: {e}", file=sys.stderr)
         return 2
+    except TimeoutError as e:
+        if debug:
+            raise
+        print(f"semifl {args.cmd}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

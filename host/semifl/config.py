@@ -8,6 +8,7 @@ import difflib
 import operator
 import tomllib
 import types
+import urllib.parse
 from dataclasses import dataclass
 from typing import get_args, get_origin
 
@@ -140,7 +141,7 @@ _STRATEGY_HELP = "the algorithm; " + "; ".join(f"{fam}: {', '.join(names(fam))}"
 
 @dataclass
 class RunConfig:
-    name: str = setting("semifl", "the run's name")
+    name: str | None = setting(None, "the run's name (default: the strategy); names its folder under runs/")
     strategy: str = setting("semifl", _STRATEGY_HELP, choices=names())
     rounds: int = setting(20, "rounds to run", ge=1)
     seed: int = setting(0, "seed of data partition, initialization and sampling", ge=0)
@@ -150,7 +151,8 @@ class RunConfig:
     epochs: int = setting(1, "local epochs per round", ge=1)
     data: str | None = setting(None, "IDX/HAR folder (default: Debian's Fashion-MNIST)")
     broker: str | None = setting(None, "mqtt://[user:password@]host:port of an external broker (default: embedded)")
-    out: str | None = setting(None, "output folder (default runs/<name>)")
+    out: str | None = setting(None, "output folder (default: a new runs/<name>-<date>-<time>); one that "
+                              "is not empty is refused unless --overwrite")
     plot: bool = setting(True, "write the accuracy plot")
     federated: Federated = section(Federated, "federated")
     split: Split = section(Split, "split learning")
@@ -201,6 +203,17 @@ class RunConfig:
         for n, (s, f) in FIELDS.items():
             owner = self._owner(s)
             setattr(owner, n, _check(f"{s}.{n}" if s else n, f, getattr(owner, n)))
+        if self.broker is not None:
+            u = urllib.parse.urlparse(self.broker)
+            try:
+                u.port
+            except ValueError:
+                u = None
+            if u is None or u.scheme not in ("mqtt", "tcp") or not u.hostname:
+                raise ConfigError(f"broker: must look like mqtt://[user:password@]host:port, got {self.broker!r}")
+        if self.family != "personal" and self.sim.fl_devices + self.sim.cl_devices == 0:
+            raise ConfigError("sim.fl_devices + sim.cl_devices: a run needs at least one device, got 0 "
+                              "(--fl-devices, --cl-devices or --devices)")
         if len(self.personal.arch) > 1 and self.strategy != "fd":
             raise ConfigError(f"personal.arch: more than one architecture only with strategy fd (its devices "
                               f"exchange logits, not weights), got {self.personal.arch} with {self.strategy!r}")

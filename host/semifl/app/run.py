@@ -3,14 +3,17 @@ the pieces `semifl serve` and `semifl fleet` take from it."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import logging
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from semifl.config import RunConfig
+from semifl.config import ConfigError, RunConfig
 from semifl.energy import fleet_energy
 from semifl.learn.data import Dataset, load_idx_dataset
 from semifl.learn.har import HARData, load_har
@@ -20,7 +23,7 @@ from semifl.service.session import Session
 from semifl.service.store import Store
 from semifl.sim.fleet import VirtualFleet, device_indices, fleet_for, har_fleet
 from semifl.transport.broker import EmbeddedBroker
-from semifl.transport.mqtt import HostLink
+from semifl.transport.mqtt import BrokerError, HostLink
 
 from .build import limits, make_round, public_set
 
@@ -68,7 +71,7 @@ def fleet_specs(cfg: RunConfig, data) -> list:
     return specs
 
 
-def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None):
+def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None):
     """One run: the broker (embedded unless cfg.broker), the host's store, link and session, the round
     object of the strategy, and the virtual fleet; stop(metrics) may end it before cfg.rounds.
     -> (session, round object, the rounds' metrics)."""
@@ -79,6 +82,7 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=No
         link = HostLink(url).connect()
         stack.callback(link.close)
         session = Session(link, store, limits(cfg))
+        session.on_progress = on_progress
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
         fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, url))
         if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
@@ -98,32 +102,92 @@ def add_energy(summary: dict) -> None:
         d.update(energy.get(d["id"], {}))
 
 
-def fresh_out(cfg: RunConfig) -> Path:
-    """The run's folder, emptied: `run` is a fresh experiment; `serve` is the one that resumes."""
-    out = Path(cfg.out or f"runs/{cfg.name}")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+# what a run writes into its folder; `--overwrite` replaces these and nothing else
+OUTPUTS = ("summary.json", "rounds.png", "final_model.npz", "config.json", "state.db", "state.db-wal",
+           "state.db-shm", "fleet")
+
+
+def run_folder(cfg: RunConfig, overwrite: bool = False) -> Path:
+    """A new run's folder: `cfg.out`, which must be absent or empty (or, with `overwrite`, hold only a
+    previous run's outputs, which are removed; anything else in it is left alone), or else a new
+    runs/<name>-<date>-<time>. Never deletes what a run did not write."""
+    if cfg.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = base = Path("runs") / f"{cfg.name or cfg.strategy}-{stamp}"
+        for i in itertools.count(2):   # two runs started in the same second
+            if not out.exists():
+                break
+            out = base.with_name(f"{base.name}-{i}")
+        out.mkdir(parents=True)
+        return out
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file, not a folder; give --out a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"out: {out} is not empty; give another --out, or --overwrite to replace a "
+                              f"previous run's outputs there ({', '.join(OUTPUTS[:3])}, ...; other files are kept)")
+        discard(out, new=False)
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None) -> dict:
+def discard(out: Path, new: bool) -> None:
+    """Remove a run's outputs from `out` (and `out` itself if the run made it and nothing else is there)."""
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    if new and not any(out.iterdir()):
+        out.rmdir()
+
+
+def resume_config(folder: str, rounds: int | None = None) -> RunConfig:
+    """The config of the interrupted run in `folder` (its config.json), to go on from its last
+    completed round; `rounds` may extend it."""
+    path = Path(folder) / "config.json"
+    if not (Path(folder) / "state.db").exists() or not path.exists():
+        raise ConfigError(f"resume: {folder} holds no interrupted run (no config.json and state.db there)")
+    cfg = RunConfig.from_dict(json.loads(path.read_text()))
+    return cfg.replace(out=str(folder), **({"rounds": rounds} if rounds is not None else {}))
+
+
+def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None, *,
+                   overwrite: bool = False, resume: bool = False, on_start=None, on_progress=None) -> dict:
     """`semifl run`: the run `cfg` describes, its summary.json, plot and final model. stop(metrics):
-    end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy)."""
+    end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy).
+    resume: go on in cfg.out from its last completed round (`resume_config`). on_start(folder): told
+    the run's folder before the fleet starts; on_progress(round, text): what the open round is doing."""
     data = ds if ds is not None and cfg.family != "personal" else load_data(cfg)   # before the output folder
-    out = fresh_out(cfg)
+    out = Path(cfg.out) if resume else run_folder(cfg, overwrite)
+    if not resume:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if on_start:
+        on_start(out)
     specs = fleet_specs(cfg, data)
-    session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop)
+    try:
+        session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop, on_progress)
+    except BrokerError:
+        if not resume:   # the run never began: take back what it wrote
+            discard(out, new=cfg.out is None)
+        raise
     summary = personal_summary(cfg, specs, session, rounds_obj, rounds) if cfg.family == "personal" else \
         federated_summary(cfg, data, specs, session, rounds)
+    write_outputs(cfg, out, summary, rounds, rounds_obj, len(specs))
+    return summary
+
+
+def write_outputs(cfg: RunConfig, out: Path, summary: dict, rounds: list[dict], rounds_obj, n_devices: int) -> None:
+    """summary.json (with each device's energy), rounds.png and final_model.npz, for `run` and `serve`."""
     add_energy(summary)
     write_summary(out, summary)
     shown = [m for m in rounds if m["accuracy"] is not None]
     if cfg.plot and shown:
-        plot_rounds(out, shown, f"{cfg.strategy} on {summary['dataset']}, {len(specs)} devices")
+        plot_rounds(out, shown, f"{cfg.strategy} on {summary['dataset']}, {n_devices} devices")
     if rounds_obj.params:   # the global model (FedPer: the shared base; FD has none)
         np.savez(out / "final_model.npz", *rounds_obj.params)
-    return summary
 
 
 def common_summary(cfg: RunConfig, session: Session, rounds: list[dict]) -> dict:
@@ -141,7 +205,9 @@ def device_entry(session: Session, spec, role: str, **extra) -> dict:
             "bytes_down": int(session.bytes_down[spec.id])}
 
 
-def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, rounds: list[dict]) -> dict:
+def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, rounds: list[dict],
+                      partition: bool = True) -> dict:
+    """partition: the run made the fleet (specs are DeviceSpecs), so its data split is known."""
     pi_role = cfg.strategy if cfg.family == "split" else "fl"
     evals = {}   # each device's latest on-device evaluation of the int8 model
     for m in rounds:
@@ -150,7 +216,8 @@ def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, roun
         **common_summary(cfg, session, rounds), "dataset": ds.name, "mode": cfg.federated.mode,
         "partition": {"kind": cfg.sim.partition, "seed": cfg.seed,
                       "devices": dict(zip((s.id for s in specs), describe(
-                          [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))},
+                          [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))}
+        if partition else None,
         "devices": [device_entry(session, s, pi_role if s.device_class == "pi" else "cl",
                                  **{"class": s.classes[0] if len(s.classes) == 1 else s.classes,
                                     "int8_eval": evals.get(s.id)}) for s in specs],
@@ -179,24 +246,64 @@ def personal_summary(cfg: RunConfig, specs, session: Session, rounds_obj, rounds
     }
 
 
-def serve(cfg: RunConfig, state: str, wait_devices: int, wait_s: float, on_round=None) -> int:
-    """The host service alone against cfg.broker: resumes from its state database at the last completed round."""
+def serve_folder(cfg: RunConfig) -> Path:
+    """`semifl serve`'s folder (default runs/serve-<name>): new, empty, or one it served before (its
+    state.db), which it resumes; a folder holding anything else is refused."""
+    out = Path(cfg.out or f"runs/serve-{cfg.name or cfg.strategy}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file, not a folder; give --out a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "state.db").exists():
+        raise ConfigError(f"out: {out} is not empty and holds no state.db of an earlier `semifl serve`; "
+                          f"give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def expected_devices(cfg: RunConfig) -> int:
+    """How many devices the fleet `cfg` describes (what `semifl fleet` with the same settings starts)."""
+    return cfg.personal.subjects if cfg.family == "personal" else cfg.sim.fl_devices + cfg.sim.cl_devices
+
+
+def reported_specs(session: Session) -> list:
+    """The devices as they described themselves (capability reports): what `serve` knows of a fleet
+    it did not start."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(id=d, device_class=c.get("class"), classes=[k for k, n in enumerate(c.get("hist") or []) if n])
+            for d, c in sorted(session.registry.devices.items())]
+
+
+def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
+          on_progress=None, on_start=None) -> dict:
+    """The host service alone against cfg.broker, in `serve_folder(cfg)`: resumes from its state.db at
+    the last completed round; at the end the same summary.json, plot and final model as `run`.
+    Waits for `wait_devices` (default: the fleet cfg describes) before round 1."""
     data = load_data(cfg)
-    store = Store(state)
-    link = HostLink(cfg.broker).connect()
-    try:
+    out = serve_folder(cfg)
+    if on_start:
+        on_start(out)
+    want = wait_devices or expected_devices(cfg)
+    with contextlib.ExitStack() as stack:
+        store = Store(str(out / "state.db"))
+        stack.callback(store.close)
+        link = HostLink(cfg.broker).connect()
+        stack.callback(link.close)
         session = Session(link, store, limits(cfg))
-        ids = [s.id for s in har_fleet(cfg, data)] if cfg.family == "personal" else None
-        rounds_obj = make_round(cfg, session, data, ids)
-        if not session.wait_for_devices(wait_devices, timeout=wait_s):
-            log.error("%d of %d devices online after %.0f s", len(session.registry.online), wait_devices, wait_s)
-            return 1
+        session.on_progress = on_progress
+        specs = har_fleet(cfg, data) if cfg.family == "personal" else None
+        rounds_obj = make_round(cfg, session, data, [s.id for s in specs] if specs else None)
+        if not session.wait_for_devices(want, timeout=wait_s):
+            raise TimeoutError(f"{len(session.registry.online)} of {want} devices online after {wait_s:.0f} s "
+                               f"(start them with `semifl fleet --broker {cfg.broker}` or give --wait-devices)")
         session.run(rounds_obj, cfg.rounds, on_round=on_round)
         session.stop_fleet()
-        return 0
-    finally:
-        link.close()
-        store.close()
+        rounds = store.round_metrics()
+        if cfg.family == "personal":
+            summary = personal_summary(cfg, specs, session, rounds_obj, rounds)
+        else:
+            summary = federated_summary(cfg, data, reported_specs(session), session, rounds, partition=False)
+    write_outputs(cfg, out, summary, rounds, rounds_obj, len(summary["devices"]))
+    return summary
 
 
 def start_fleet(cfg: RunConfig, root: Path) -> VirtualFleet:

@@ -112,6 +112,12 @@ class Session:
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
         self._topics: dict[str, tuple[str, str]] = {}    # topic -> (device, leaf), parsed once
+        self.on_progress = None             # on_progress(round, text): what a round is doing now, for a display
+
+    def progress(self, text: str) -> None:
+        """Say what the open round is doing (a device done, a batch through), for a live display."""
+        if self.on_progress:
+            self.on_progress(self.round, text)
 
     # --- outbound ---------------------------------------------------------------------------------
     def task_id(self, rnd: int, dev: str) -> int:
@@ -338,6 +344,7 @@ class Session:
             log.info("round %d: %d of %d online devices answered within %.1f s", rnd, len(answered()),
                      len(self.registry.online), self.limits.ready_timeout_s)
         self.rec.mark("ready")
+        self.progress(f"{len(answered())} of {len(online)} devices ready")
         return sorted(answered())
 
     def finish(self, params: list, acc, loss, state: tuple[dict, dict] | None, **fields) -> dict:

@@ -19,6 +19,10 @@ from . import Link
 log = logging.getLogger("semifl.transport")
 
 
+class BrokerError(ConnectionError):
+    """The broker cannot be reached, or it refused us; the message says which and what to check."""
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     u = urlparse(url)
     if u.scheme not in ("mqtt", "tcp") or not u.hostname:
@@ -51,6 +55,7 @@ class HostLink(Link):
         self.dropped = Counter()          # reason -> messages dropped before the codec saw them
         self.bytes_to = Counter()         # topic -> bytes published
         self._connected = threading.Event()
+        self._refused: str | None = None     # the broker's reason when its CONNACK says no
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self.client.max_inflight_messages_set(256)
         self.client.max_queued_messages_set(0)
@@ -63,6 +68,10 @@ class HostLink(Link):
         self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            self._connected.set()
+            return
         # what devices send, and only that: tasks and per-device blobs the host publishes do not echo back
         client.subscribe([(wire.ROOT + "/dev/+/" + leaf, 1) for leaf in (wire.T_CAPS, wire.T_PRESENCE, wire.T_STATUS, wire.T_UP)])
         client.publish(wire.host_topic("presence"), b"online", qos=1, retain=True)
@@ -83,10 +92,19 @@ class HostLink(Link):
             self.dropped["inbox_full"] += 1
 
     def connect(self, timeout: float = 30.0) -> "HostLink":
-        self.client.connect(self.host, self.port, keepalive=30)
+        where = f"the broker at {self.host}:{self.port}"
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:   # refused, unknown host, unreachable network
+            raise BrokerError(f"cannot reach {where}: {e.strerror or e} (is it running? check --broker; "
+                              f"`semifl broker` starts one)") from None
         self.client.loop_start()
         if not self._connected.wait(timeout):
-            raise ConnectionError(f"no CONNACK from {self.url} within {timeout}s")
+            self.close()
+            raise BrokerError(f"{where} accepted the connection but did not answer within {timeout:.0f} s")
+        if self._refused:
+            self.close()
+            raise BrokerError(f"{where} refused the host: {self._refused} (check the user and password in --broker)")
         return self
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):

@@ -184,6 +184,7 @@ class BufferedRound(FederatedRound):
             before = len(self.accepted)
             if s.pump(lambda: len(self.accepted) > before, 0.5):
                 last = s.clock()
+                s.progress(f"{fl_in()}/{cfg.buffer} updates buffered")
         rec.mark("train")
 
         fl, cl = [], []

@@ -109,6 +109,7 @@ class FederatedRound(Round):
             raise Rejected("schema", "trained status needs a finite norm and a positive n")
         self.norms[dev] = float(norm)
         self.busy.pop(dev, None)
+        s.progress(f"{dev} trained ({len(self.norms)}/{len(self.plan.fl)} FL clients)")
         s.rec.took(dev, **{k: msg[f"t_{k}_s"] for k in ("download", "local") if isinstance(msg.get(f"t_{k}_s"), (int, float))})
         return True
 
@@ -152,6 +153,7 @@ class FederatedRound(Round):
         s.store.accept(s.round, dev, what, meta["n"], blob)   # durable before it counts
         self.accepted.add((dev, what))
         self.blobs[(dev, what)] = blob
+        s.progress(f"{dev}'s {what} in ({len(self.accepted)} uploads)")
         if dev in self.asked:   # T_upload as the host sees it: from asking for the blob to holding all of it
             s.rec.took(dev, upload=s.clock() - self.asked[dev])
 
@@ -305,6 +307,7 @@ class FederatedRound(Round):
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
         self.params = self.strategy.aggregate(self.params, fl, cl)
         rec.mark("aggregate")
+        s.progress(f"merged {len(fl)} updates and {len(cl)} sample batches; evaluating")
         acc, loss = self.evaluate(self.params)
         rec.mark("evaluate")
         if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:

@@ -113,6 +113,7 @@ class PersonalRound(Round):
 
     def _took(self, dev, meta, up):
         self.uploads[dev] = up
+        self.session.progress(f"{dev}'s update in ({len(self.uploads)}/{len(self.plan.fl)})")
         if meta.get("proxy"):   # trained by the host for an offloaded device: nothing went over the air
             return
         self.values.setdefault(dev, {"up": 0, "down": 0})["up"] += up.values

@@ -6,10 +6,18 @@ TFLite-Micro firmware), NAME.json (the card's numbers), NAME.md (the card), and 
 inputs with LiteRT's and TFLite-Micro's int8 outputs, which tests hold every runtime to), and with no
 --params the float model it trained, NAME.fp32.npz. The output is the logits: softmax is monotonic, a
 device needs only the argmax, and leaving it out keeps the graph to FULLY_CONNECTED and TANH.
+
+It writes nothing outside DIR. The repository's committed exports are models/NAME/ and their cards
+models/cards/NAME.md, a copy of NAME.md (tests/test_models.py holds them equal): to refresh one, export
+with `--out models/NAME --overwrite` and copy the card.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +87,65 @@ def keras_model(spec):
     return tf.keras.Sequential(layers)
 
 
+NEEDS = {"tensorflow": "export", "ai_edge_litert": "dev", "tflite_micro": "dev"}   # module -> extra
+
+
+def missing_modules() -> list[str]:
+    """What export needs and cannot import, checked before anything trains."""
+    import importlib.util
+
+    return [m for m in NEEDS if importlib.util.find_spec(m) is None]
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ (TF, absl, glog) and Python logs off the terminal; set before it loads."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def native_output_captured():
+    """Redirect the process's stdout and stderr file descriptors (what C++ code writes: the converter's
+    MLIR passes, absl's pre-init notice, LiteRT's delegate INFO lines) to a temporary file; replayed to
+    stderr only when the block fails, so a failure still shows its cause."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            log.seek(0)
+            sys.stderr.write(log.read()[-8000:].decode(errors="replace"))
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def convert(spec, params, calib_x: np.ndarray, check_x: np.ndarray) -> tuple[bytes, float]:
     """-> (full-integer .tflite, max |Keras logits - nn logits| on check_x: one definition, two engines)."""
+    quiet_tensorflow()
     try:
         import tensorflow as tf
     except ImportError as e:
         raise SystemExit("semifl models export needs TensorFlow: pip install -e .[export]") from e
+    tf.get_logger().setLevel("ERROR")
+    with contextlib.suppress(ImportError):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
     model = keras_model(spec)
     model.set_weights(params)
     drift = float(np.abs(model(check_x).numpy() - spec.network().forward(params, check_x)).max())
@@ -198,7 +259,8 @@ def card_md(card: dict) -> str:
                 "with LiteRT)" if card.get("host_double_rounding_equals_tflm") is not None else "") + ".\n")
 
 
-def export(name: str, out: Path, params_path: str | None = None, data: str | None = None, cards: Path | None = None) -> dict:
+def export(name: str, out: Path, params_path: str | None = None, data: str | None = None) -> dict:
+    """Writes the export into `out` (and nowhere else); -> the card."""
     spec = get(name)
     net = spec.network()
     out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +315,4 @@ def export(name: str, out: Path, params_path: str | None = None, data: str | Non
              litert_builtin=builtin, tflm=micro, **raw)
     (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / f"{name}.md").write_text(card_md(card))
-    if cards is not None:
-        cards.mkdir(parents=True, exist_ok=True)
-        (cards / f"{name}.md").write_text(card_md(card))
     return card

@@ -1,0 +1,56 @@
+"""A stranger's first commands fail early, in one line, and write nothing they did not ask for."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from semifl.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tracked_cards():
+    return {p.name: p.read_bytes() for p in (REPO / "models" / "cards").glob("*.md")}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
+def test_export_without_tensorflow_says_so_at_once_and_writes_nothing(tmp_path, capsys):
+    cards = tracked_cards()
+    out = tmp_path / "export"
+    assert cli(["models", "export", "mlp-fmnist", "--out", str(out)]) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert cap.out == "" and len(lines) == 1 and "tensorflow" in lines[0] and "pip install -e .[export" in lines[0]
+    assert "Traceback" not in cap.err
+    assert not out.exists() and list(tmp_path.iterdir()) == [] and tracked_cards() == cards
+
+
+@pytest.fixture
+def export_modules_present(monkeypatch):
+    """What export checks before it trains, with TensorFlow and the runtimes taken as installed."""
+    import semifl.models.export as export
+
+    monkeypatch.setattr(export, "missing_modules", lambda: [])
+    calls = []
+    monkeypatch.setattr(export, "export", lambda *a, **kw: calls.append(a) or pytest.fail("export ran"))
+    return calls
+
+
+def test_export_requires_out(capsys, export_modules_present):
+    assert cli(["models", "export", "mlp-fmnist"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and export_modules_present == []
+
+
+def test_export_refuses_a_non_empty_out_without_overwrite(tmp_path, capsys, export_modules_present):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert cli(["models", "export", "mlp-fmnist", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "--overwrite" in err[0]
+    assert (tmp_path / "mine.txt").read_text() == "keep me" and export_modules_present == []
+
+
+def test_export_of_an_unknown_model_is_one_line(tmp_path, capsys):
+    assert cli(["models", "export", "nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'nope'" in err[0] and not (tmp_path / "x").exists()

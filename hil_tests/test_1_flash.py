@@ -14,7 +14,7 @@ def test_flash_the_dut(hil, tmp_path, capsys):
     args = ["flash", "--port", hil.hil_port or "/dev/ttyUSB0", "--board", hil.hil_board, "--device-id", "mcu-01",
             "--phases", "--build", str(tmp_path / "build")]
     if hil.hil_port is None:
-        args.append("--dry-run")
+        args += ["--dry-run", "--broker-url", "mqtt://192.0.2.1:1883", "--wifi-ssid", "bench"]
     elif hil.hil_broker_url:
         args += ["--broker-url", hil.hil_broker_url, "--wifi-ssid", os.environ.get("SEMIFL_WIFI_SSID", "")]
     else:

@@ -72,6 +72,7 @@ def test_dry_run_prints_one_command_per_line(tmp_path, capsys):
     fw = tmp_path / "ESP32_GENERIC.bin"
     fw.write_bytes(b"\xe9" + bytes(100))
     rc = cli(["flash", "--dry-run", "--port", "/dev/ttyUSB0", "--board", "esp32", "--device-id", "mcu-01",
+              "--broker-url", "mqtt://10.0.0.2:1883", "--wifi-ssid", "bench",
               "--firmware", str(fw), "--build", str(tmp_path / "b")])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -90,7 +91,26 @@ def test_dry_run_prints_one_command_per_line(tmp_path, capsys):
     assert copied[":wire.mpy"].read_bytes()[:2] == b"M\x06"
     cfg = json.loads(copied[":config.json"].read_text())
     assert cfg["id"] == "mcu-01" and cfg["board"] == "esp32" and cfg["wifi_password"] == ""
+    assert cfg["broker"] == "mqtt://10.0.0.2:1883" and cfg["wifi_ssid"] == "bench"
     assert cmds[-2][3] == "exec" and cmds[-1][3:] == ["reset"]
+
+
+@pytest.mark.parametrize("give, says", [
+    ([], "--broker-url, --wifi-ssid"),
+    (["--wifi-ssid", "bench"], "--broker-url"),
+    (["--broker-url", "mqtt://10.0.0.2:1883"], "--wifi-ssid"),
+    (["--broker-url", "http://10.0.0.2", "--wifi-ssid", "bench"], "mqtt://"),
+    (["--broker-url", "mqtt://10.0.0.2:1883", "--wifi-ssid", ""], "--wifi-ssid: must not be empty"),
+])
+def test_no_broker_or_wifi_no_flash(tmp_path, capsys, give, says):
+    """No made-up broker address or empty network in a board's config: the flag is asked for, nothing built."""
+    with pytest.raises(SystemExit) as e:
+        cli(["flash", "--dry-run", "--port", "/dev/ttyUSB0", "--device-id", "mcu-01", "--build", str(tmp_path / "b")]
+            + give)
+    assert e.value.code == 2
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.strip().splitlines()[-1].startswith("semifl flash: error: ")
+    assert says in err.err and not (tmp_path / "b").exists()
 
 
 def test_flash_copies_verifies_and_resets(tmp_path, port):

@@ -243,6 +243,23 @@ def cmd_sweep(args):
     return 0
 
 
+def _broker_url(text: str) -> str:
+    """An argparse type: mqtt://[user:password@]host[:port], as the board reaches the host's broker."""
+    from semifl.transport.mqtt import parse_broker_url
+
+    try:
+        parse_broker_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def cmd_flash(args):
     import os
     from pathlib import Path
@@ -252,7 +269,7 @@ def cmd_flash(args):
 
     job = FlashJob(port=args.port, board=args.board, device_id=args.device_id,
                    build=Path(args.build or f"build/flash-{args.device_id}"), broker=args.broker_url,
-                   wifi_ssid=args.wifi_ssid or "", wifi_password=os.environ.get("SEMIFL_WIFI_PASSWORD", ""),
+                   wifi_ssid=args.wifi_ssid, wifi_password=os.environ.get("SEMIFL_WIFI_PASSWORD", ""),
                    firmware=Path(args.firmware) if args.firmware else None,
                    samples=Path(args.samples) if args.samples else None,
                    labels=Path(args.labels) if args.labels else None, phases=args.phases)
@@ -377,8 +394,10 @@ def main(argv=None) -> int:
     p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     p.add_argument("--board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"])
     p.add_argument("--device-id", required=True)
-    p.add_argument("--broker-url", default="mqtt://192.168.1.10:1883", help="the host's broker as the board sees it")
-    p.add_argument("--wifi-ssid", help="Wi-Fi network (password from $SEMIFL_WIFI_PASSWORD, never argv)")
+    p.add_argument("--broker-url", required=True, type=_broker_url, metavar="mqtt://HOST:PORT",
+                   help="the host's broker as the board reaches it, e.g. mqtt://192.168.1.10:1883")
+    p.add_argument("--wifi-ssid", required=True, type=_nonempty, metavar="SSID",
+                   help="Wi-Fi network the board joins (password from $SEMIFL_WIFI_PASSWORD, never argv)")
     p.add_argument("--firmware", help="MicroPython image to write first with esptool (erases the flash)")
     p.add_argument("--samples", help="the sensor's samples file to store (n x 784 uint8)")
     p.add_argument("--labels", help="its labels file (n uint8)")

@@ -1,6 +1,7 @@
 """Kill the host (SIGKILL) mid-round and start it again: it resumes at the interrupted round, keeps
 every update it had accepted, and ends with the very model an uninterrupted run computes, for a
 stateless strategy (SemiFL) and for one with state (semifl+: server Adam, sample and update memories)."""
+import json
 import signal
 import sqlite3
 import subprocess
@@ -50,6 +51,12 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
     store = Store(str(state))
     metrics = {m["round"]: m for m in store.round_metrics()}
     assert sorted(metrics) == list(range(1, ROUNDS + 1))
+    # the restarted service ends like `semifl run`: the summary of every round, the plot, the model
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [m["round"] for m in summary["rounds"]] == list(range(1, ROUNDS + 1))
+    assert summary["final_accuracy"] == metrics[ROUNDS]["accuracy"] and len(summary["devices"]) == 10
+    assert {d["role"] for d in summary["devices"]} == {"fl", "cl"} and all(d["energy_j"] > 0 for d in summary["devices"])
+    assert (tmp_path / "rounds.png").stat().st_size > 0 and (tmp_path / "final_model.npz").exists()
     rows = sqlite3.connect(str(state)).execute("SELECT device, kind, accepted FROM contributions WHERE round=?",
                                                (killed_round,)).fetchall()
     accepted_at = {(d, k): t for d, k, t in rows}

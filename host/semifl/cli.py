@@ -167,12 +167,12 @@ def cmd_serve(args):
 
     def started(out):
         where["out"] = out
-        print(f"serving {cfg.strategy} on {cfg.broker}; state and results in {out}/ (a restart resumes from "
-              f"{out}/state.db)", flush=True)
+        print(f"serving {cfg.strategy} on {cfg.broker}; results in {out}/ (a restart resumes from its state)",
+              flush=True)
     try:
         with show.start(0):
             summary = serve(cfg, args.wait_devices, args.wait_s, on_round=show.on_round,
-                            on_progress=show.on_progress, on_start=started)
+                            on_progress=show.on_progress, on_start=started, state=args.state)
     except KeyboardInterrupt:
         print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
         return 130
@@ -361,6 +361,8 @@ def main(argv=None) -> int:
                    help="devices to wait for before round 1 (default: the fleet the settings describe, "
                         "e.g. 10 for the defaults)")
     p.add_argument("--wait-s", type=float, default=300, help="how long to wait for them, seconds (default 300)")
+    p.add_argument("--state", metavar="PATH", help="the SQLite state a restart resumes from (default: state.db "
+                                                   "in the output folder, runs/serve-<name>)")
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("fleet", help="start virtual devices (real device code) against --broker")
     _run_flags(p)

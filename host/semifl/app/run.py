@@ -246,17 +246,19 @@ def personal_summary(cfg: RunConfig, specs, session: Session, rounds_obj, rounds
     }
 
 
-def serve_folder(cfg: RunConfig) -> Path:
-    """`semifl serve`'s folder (default runs/serve-<name>): new, empty, or one it served before (its
-    state.db), which it resumes; a folder holding anything else is refused."""
-    out = Path(cfg.out or f"runs/serve-{cfg.name or cfg.strategy}")
+def serve_folder(cfg: RunConfig, state: str | None = None) -> tuple[Path, Path]:
+    """`semifl serve`'s folder and state database: --out, else the folder of --state, else
+    runs/serve-<name>; the state is --state, else state.db there. A restart resumes from that state.
+    Outputs (summary.json, ...) already there that no earlier serve of this state wrote are refused."""
+    out = Path(cfg.out) if cfg.out else Path(state).parent if state else Path(f"runs/serve-{cfg.name or cfg.strategy}")
+    db = Path(state) if state else out / "state.db"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a folder; give --out a folder")
-    if out.exists() and any(out.iterdir()) and not (out / "state.db").exists():
-        raise ConfigError(f"out: {out} is not empty and holds no state.db of an earlier `semifl serve`; "
-                          f"give another --out")
+    theirs = [n for n in OUTPUTS[:3] if (out / n).exists()]
+    if theirs and not db.exists():
+        raise ConfigError(f"out: {out} holds {', '.join(theirs)} of another run; give another --out")
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out, db
 
 
 def expected_devices(cfg: RunConfig) -> int:
@@ -274,17 +276,17 @@ def reported_specs(session: Session) -> list:
 
 
 def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
-          on_progress=None, on_start=None) -> dict:
-    """The host service alone against cfg.broker, in `serve_folder(cfg)`: resumes from its state.db at
+          on_progress=None, on_start=None, state: str | None = None) -> dict:
+    """The host service alone against cfg.broker, in `serve_folder(cfg, state)`: resumes from its state at
     the last completed round; at the end the same summary.json, plot and final model as `run`.
     Waits for `wait_devices` (default: the fleet cfg describes) before round 1."""
     data = load_data(cfg)
-    out = serve_folder(cfg)
+    out, db = serve_folder(cfg, state)
     if on_start:
         on_start(out)
     want = wait_devices or expected_devices(cfg)
     with contextlib.ExitStack() as stack:
-        store = Store(str(out / "state.db"))
+        store = Store(str(db))
         stack.callback(store.close)
         link = HostLink(cfg.broker).connect()
         stack.callback(link.close)

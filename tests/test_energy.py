@@ -45,9 +45,11 @@ def test_report_energy_vs_accuracy(tmp_path, capsys):
         (tmp_path / name / "summary.json").write_text(json.dumps(
             {"strategy": strategy, "rounds": [{}] * 5, "final_accuracy": acc, "devices": devices}))
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "e.png")]) == 0
-    out = capsys.readouterr().out
-    assert "semifl, 5 rounds, accuracy 40.00 %, devices 4.5 J (mcu 1.5 J, pi 3.0 J; meter virtual)" in out
-    assert "semifl+, 5 rounds, accuracy 80.00 %, devices 4.0 J" in out
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["run", "strategy", "rounds", "final", "accuracy", "%", "energy", "J", "J", "per",
+                              "class", "meter"]
+    assert out[2].split() == [str(tmp_path / "a"), "semifl", "5", "40.00", "4.5", "mcu", "1.5,", "pi", "3.0", "virtual"]
+    assert out[3].split()[1:5] == ["semifl+", "5", "80.00", "4.0"]
     assert (tmp_path / "e.png").stat().st_size > 5_000
 
 

@@ -54,3 +54,41 @@ def test_export_of_an_unknown_model_is_one_line(tmp_path, capsys):
     assert cli(["models", "export", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'nope'" in err[0] and not (tmp_path / "x").exists()
+
+
+def finished_run(folder: Path, strategy: str, accuracy: float, joules: tuple[float, float]) -> Path:
+    import json
+
+    folder.mkdir(parents=True)
+    devices = [{"id": "pi-0", "device_class": "pi", "energy_j": joules[0], "meter": "virtual"},
+               {"id": "mcu-1", "device_class": "mcu", "energy_j": joules[1], "meter": "virtual"}]
+    (folder / "summary.json").write_text(json.dumps(
+        {"strategy": strategy, "rounds": [{}] * 12, "final_accuracy": accuracy, "devices": devices}))
+    return folder
+
+
+def test_report_prints_an_aligned_table(tmp_path, capsys):
+    a = finished_run(tmp_path / "a", "semifl", 0.4, (3.0, 1.5))
+    b = finished_run(tmp_path / "a-much-longer-name", "fedavg", 0.8125, (20.25, 2.0))
+    assert cli(["report", str(a), str(b), "--out", str(tmp_path / "e.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rule, row_a, row_b, wrote = lines
+    cols = ["run", "strategy", "rounds", "final accuracy %", "energy J", "J per class", "meter"]
+    starts = [header.index(c) for c in cols]
+    assert starts == sorted(starts) and set(rule) == {"-", " "}
+    for row in (row_a, row_b):   # every cell sits in its column: left-aligned text, right-aligned numbers
+        assert row[starts[1]:].split()[0] in ("semifl", "fedavg")
+        ends = [header.index(c) + len(c) for c in ("rounds", "final accuracy %", "energy J")]
+        assert all(row[e - 1] != " " and row[e] == " " for e in ends), (row, ends)
+    assert row_a.split() == [str(a), "semifl", "12", "40.00", "4.5", "mcu", "1.5,", "pi", "3.0", "virtual"]
+    assert row_b.split()[1:5] == ["fedavg", "12", "81.25", "22.2"]
+    assert wrote == f"wrote {tmp_path / 'e.png'}" and (tmp_path / "e.png").exists()
+
+
+def test_report_of_an_unfinished_run_is_one_line(tmp_path, capsys):
+    a = finished_run(tmp_path / "a", "semifl", 0.4, (3.0, 1.5))
+    (tmp_path / "b").mkdir()
+    assert cli(["report", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "e.png")]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == f"semifl report: {tmp_path / 'b'} has no summary.json (the run did not finish?)\n"
+    assert not (tmp_path / "e.png").exists()

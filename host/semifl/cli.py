@@ -283,13 +283,14 @@ def cmd_flash(args):
 def cmd_report(args):
     from pathlib import Path
 
-    from semifl.service.report import energy_table, plot_energy_vs_accuracy
+    from semifl.service.report import NotARun, energy_table, format_table, plot_energy_vs_accuracy
 
-    rows = energy_table([Path(r) for r in args.runs])
-    for r in rows:
-        per = ", ".join(f"{k} {v:.1f} J" for k, v in r["energy_j_by_class"].items())
-        print(f"{r['run']}: {r['strategy']}, {r['rounds']} rounds, accuracy {100 * r['final_accuracy']:.2f} %, "
-              f"devices {r['energy_j']:.1f} J ({per}; meter {'/'.join(r['meter']) or 'none'})")
+    try:
+        rows = energy_table([Path(r) for r in args.runs])
+    except NotARun as e:
+        print(f"semifl report: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
     print(f"wrote {plot_energy_vs_accuracy(rows, Path(args.out))}")
     return 0
 

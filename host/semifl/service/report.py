@@ -36,11 +36,29 @@ def plot_rounds(out: Path, rounds: list[dict], title: str) -> Path:
     return path
 
 
+class NotARun(ValueError):
+    """A RUN given to `semifl report` that has no finished summary; the message is the one line to show."""
+
+
+def read_summary(run: Path) -> dict:
+    run = Path(run)
+    if not run.is_dir():
+        raise NotARun(f"{run} is not a folder (give the run's output folder, e.g. runs/<name>)")
+    path = run / "summary.json"
+    if not path.is_file():
+        raise NotARun(f"{run} has no summary.json (the run did not finish?)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotARun(f"{path} cannot be read ({e})") from None
+
+
 def energy_table(runs: list[Path]) -> list[dict]:
-    """One row per run directory: its strategy, final accuracy and device energy, total and per class."""
+    """One row per run directory: its strategy, final accuracy and device energy, total and per class.
+    Every run is read before any row is returned: one unfinished run raises NotARun."""
     rows = []
     for run in runs:
-        s = json.loads((Path(run) / "summary.json").read_text())
+        s = read_summary(run)
         by_class: dict[str, float] = {}
         for d in s["devices"]:
             by_class[d["device_class"]] = by_class.get(d["device_class"], 0.0) + d.get("energy_j", 0.0)
@@ -51,6 +69,24 @@ def energy_table(runs: list[Path]) -> list[dict]:
     return rows
 
 
+TABLE = (("run", "<"), ("strategy", "<"), ("rounds", ">"), ("final accuracy %", ">"), ("energy J", ">"),
+         ("J per class", "<"), ("meter", "<"))
+
+
+def format_table(rows: list[dict]) -> str:
+    """energy_table's rows as an aligned text table, one line per run under a header."""
+    cells = [[r["run"], r["strategy"], str(r["rounds"]),
+              "-" if r["final_accuracy"] is None else f"{100 * r['final_accuracy']:.2f}", f"{r['energy_j']:.1f}",
+              ", ".join(f"{k} {v:.1f}" for k, v in r["energy_j_by_class"].items()) or "-",
+              "/".join(r["meter"]) or "none"] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(TABLE)]
+
+    def line(values):
+        return "  ".join(f"{v:{align}{w}}" for v, (_, align), w in zip(values, TABLE, widths)).rstrip()
+
+    return "\n".join([line([h for h, _ in TABLE]), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
 def plot_energy_vs_accuracy(rows: list[dict], path: Path) -> Path:
     """Device joules spent against final accuracy, one point per run, labelled by strategy."""
     import matplotlib
@@ -59,7 +95,7 @@ def plot_energy_vs_accuracy(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in rows:
+    for r in (r for r in rows if r["final_accuracy"] is not None):
         ax.scatter(r["energy_j"], 100 * r["final_accuracy"])
         ax.annotate(f"{r['strategy']} ({Path(r['run']).name})", (r["energy_j"], 100 * r["final_accuracy"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)

@@ -92,3 +92,25 @@ def test_report_of_an_unfinished_run_is_one_line(tmp_path, capsys):
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err == f"semifl report: {tmp_path / 'b'} has no summary.json (the run did not finish?)\n"
     assert not (tmp_path / "e.png").exists()
+
+
+def test_round_axes_have_whole_round_ticks(tmp_path, monkeypatch):
+    """Three rounds used to be ticked 1.0, 1.25, 1.5, ...: a plot over rounds ticks whole rounds only."""
+    import matplotlib.figure
+
+    from semifl.experiments.reproduce import plot
+    from semifl.service.report import plot_rounds
+
+    ticks = []
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **kw):
+        fig.canvas.draw()
+        ticks.append([ax.get_xticks() for ax in fig.axes])
+        return save(fig, *a, **kw)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    plot_rounds(tmp_path, [{"round": i, "accuracy": 0.1 * i, "bytes_up": 1e6, "bytes_down": 2e6} for i in (1, 2, 3)], "t")
+    plot({"baselines": {"semifl": {"accuracy": [0.1, 0.2, 0.3], "bytes_up": [1, 2, 3]}}}, tmp_path)
+    (a1, a2), (b1, _) = ticks   # rounds.png's two panels share the round axis; accuracy.png's left one
+    for t in (a1, a2, b1):
+        assert len(t) >= 2 and all(float(v).is_integer() for v in t), t

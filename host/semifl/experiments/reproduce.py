@@ -88,6 +88,7 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, c in results["baselines"].items():
@@ -97,6 +98,7 @@ def plot(results: dict, out: Path) -> None:
             a1.axhline(SEED_FINALS[name], color=line.get_color(), ls=":", lw=0.8)
         a2.plot(np.cumsum(c["bytes_up"]) / 1e6, acc, label=name, lw=1)
     a1.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy vs rounds (dotted: seed's finals)")
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))   # rounds are whole: no tick at round 1.5
     a2.set(xlabel="cumulative uplink (MB)", ylabel="test accuracy (%)", xscale="log", title="accuracy vs uplink bytes")
     for a in (a1, a2):
         a.grid(alpha=0.3)

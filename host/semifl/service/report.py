@@ -16,6 +16,7 @@ def plot_rounds(out: Path, rounds: list[dict], title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     r = [m["round"] for m in rounds]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
@@ -28,6 +29,7 @@ def plot_rounds(out: Path, rounds: list[dict], title: str) -> Path:
            label="down", color="tab:orange")
     a2.set_ylabel("MB per round")
     a2.set_xlabel("round")
+    a2.xaxis.set_major_locator(MaxNLocator(integer=True))   # rounds are whole: no tick at round 1.5
     a2.legend(loc="lower right", framealpha=0.9)
     fig.tight_layout()
     path = Path(out) / "rounds.png"

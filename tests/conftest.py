@@ -21,6 +21,18 @@ HAR_ACTS = [chr(ord("A") + i) for i in range(18)]   # the model definitions' 18 
 HAR_NF = 91                                          # and WISDM-2019's 91 features
 
 
+@pytest.fixture(autouse=True)
+def own_logging():
+    """semifl.cli.main() configures the root logger for a command line; put the test process's back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def fashion():
     """Debian's Fashion-MNIST (`apt-get install dataset-fashion-mnist`); .ci/run installs it."""

@@ -144,3 +144,15 @@ def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path, fashion, mosquitto)
     summary = json.loads((out / "summary.json").read_text())
     assert [m["round"] for m in summary["rounds"]] == [1, 2, 3, 4]
     assert summary["config"]["sim"]["fl_devices"] == 2   # the interrupted run's own settings
+
+
+def test_verbose_says_who_joined_and_what_each_round_did(capsys, tmp_path, fashion, embedded):
+    argv = ["run", "--rounds", "2", "--broker", embedded, "--out", str(tmp_path / "r"), *SMALL]
+    assert main(argv) == 0
+    quiet = capsys.readouterr().err
+    assert main([*argv[:-len(SMALL)], *SMALL, "--overwrite", "-v"]) == 0
+    loud = capsys.readouterr().err
+    assert "joined" not in quiet and "round 1: accuracy" not in quiet
+    for dev in ("pi-00", "pi-01", "mcu-02"):
+        assert f"{dev} joined" in loud
+    assert "round 1: accuracy" in loud and "round 2: accuracy" in loud and "merged 1 FL, 1 CL" in loud

@@ -36,8 +36,10 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 extra=""
 if [ $dev = 1 ]; then
   extra="[dev,iotsl]"   # the tests cover the IoTSL generators (torch) too
-  # torch's CPU build (PyPI's default build for Linux is the CUDA one, several GB)
-  "${pip[@]}" "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+  # torch's CPU build from PyTorch's index (PyPI's default build for Linux is the CUDA one, several GB);
+  # its dependencies come from PyPI below. Without that index (offline mirrors), pip takes torch as usual.
+  "${pip[@]}" --no-deps --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" 2>/dev/null ||
+    echo "PyTorch's CPU index is not reachable: torch comes from the package index pip is set up with"
 fi
 "${pip[@]}" -e ".$extra"
 .venv/bin/python tools/fetch_mplib.py >/dev/null   # umqtt.simple for the MicroPython node (pinned, hash-checked)

@@ -2,9 +2,12 @@
 history in the store), and what each said about its link this round."""
 from __future__ import annotations
 
+import logging
 import time
 
 from semifl.protocol import wire
+
+log = logging.getLogger("semifl.registry")
 
 REQUIRED_CAPS = {"id": str, "class": str, "ram": int, "flash": int, "cpu_score": (int, float),
                  "battery": (int, float), "n_samples": int, "hist": list, "raw_ok": bool, "max_chunk": int}
@@ -36,6 +39,10 @@ class Registry:
 
     def on_caps(self, dev_id: str, caps: dict) -> None:
         validate_caps(dev_id, caps)
+        if dev_id not in self.devices:
+            ram = caps["ram"]
+            log.info("%s joined: %s, %s on %s, %d samples, %s RAM", dev_id, caps["class"], caps.get("runtime"),
+                     caps.get("board"), caps["n_samples"], f"{ram / 1e6:.0f} MB" if ram >= 1e6 else f"{ram / 1e3:.0f} kB")
         self.devices[dev_id] = caps
         self.last_seen[dev_id] = time.time()
         self.store.upsert_device(dev_id, caps)
@@ -45,6 +52,8 @@ class Registry:
             raise wire.WireError("malformed", "presence must be online|offline")
         up = payload == b"online"
         # presence alone says who is connected (a retained caps report may outlive its device)
+        if up != (dev_id in self.present) and dev_id in self.devices:
+            log.info("%s is %s", dev_id, "online" if up else "offline")
         (self.present.add if up else self.present.discard)(dev_id)
         if dev_id in self.devices:
             self.store.set_online(dev_id, up)

@@ -361,6 +361,11 @@ class Session:
                    "device_bytes": {d: [up[d], down[d]] for d in sorted(set(up) | set(down))},
                    "phases_s": {k: round(v, 4) for k, v in rec.phases.items()}}
         self.store.finish_round(rnd, params, metrics, state)
+        part = fields.get("participants", {})
+        log.info("round %d: accuracy %s; merged %d FL, %d CL; %d B up, %d B down; %.1f s (%s); rejected %s", rnd,
+                 "-" if acc is None else f"{100 * acc:.2f}%", len(part.get("fl", [])), len(part.get("cl", [])),
+                 metrics["bytes_up"], metrics["bytes_down"], metrics["wall_s"],
+                 ", ".join(f"{k} {v:.2f}" for k, v in metrics["phases_s"].items()), dict(rec.rejected) or "none")
         return metrics
 
     def run(self, rounds_obj, rounds: int, on_round=None, stop=None) -> list:

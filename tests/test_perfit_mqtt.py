@@ -104,7 +104,7 @@ def test_fedper_never_sends_the_head_and_fd_sends_only_logits(tmp_path, har_dir,
     for w in heads:   # not one row of any head ever went up, in any chunk
         assert all(row.tobytes() not in wire_bytes for row in w[:5])
     tap.got.clear()
-    experiment.run_experiment(cfg(tmp_path, har_dir, embedded, strategy="fd", rounds=2))
+    experiment.run_experiment(cfg(tmp_path, har_dir, embedded, strategy="fd", rounds=2, out=str(tmp_path / "fd")))
     ups = tap.blobs()
     tap.close()
     assert ups and all(m["kind"] == "logits" and [(a.dtype.name, a.shape) for a in arrays] == [("float32", (40, 18))]

@@ -266,13 +266,14 @@ def expected_devices(cfg: RunConfig) -> int:
     return cfg.personal.subjects if cfg.family == "personal" else cfg.sim.fl_devices + cfg.sim.cl_devices
 
 
-def reported_specs(session: Session) -> list:
-    """The devices as they described themselves (capability reports): what `serve` knows of a fleet
-    it did not start."""
+def reported_specs(session: Session, rounds: list[dict]) -> list:
+    """The devices that answered a round, as they described themselves (capability reports): what
+    `serve` knows of a fleet it did not start (the registry also remembers devices of earlier runs)."""
     from types import SimpleNamespace
 
+    answered = {d for m in rounds for d in m.get("device_battery", {})}
     return [SimpleNamespace(id=d, device_class=c.get("class"), classes=[k for k, n in enumerate(c.get("hist") or []) if n])
-            for d, c in sorted(session.registry.devices.items())]
+            for d, c in sorted(session.registry.devices.items()) if d in answered]
 
 
 def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
@@ -303,7 +304,7 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
         if cfg.family == "personal":
             summary = personal_summary(cfg, specs, session, rounds_obj, rounds)
         else:
-            summary = federated_summary(cfg, data, reported_specs(session), session, rounds, partition=False)
+            summary = federated_summary(cfg, data, reported_specs(session, rounds), session, rounds, partition=False)
     write_outputs(cfg, out, summary, rounds, rounds_obj, len(summary["devices"]))
     return summary
 

@@ -130,6 +130,7 @@ def test_node_reconnects_after_the_broker_restarts(tmp_path, fashion):
         node.kill()
         out = node.communicate()[0].decode()
         broker.kill()
+        broker.wait(5)
     assert "link lost" in out, out
 
 

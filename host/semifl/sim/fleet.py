@@ -229,10 +229,10 @@ class VirtualFleet:
             build_app(app, "unix", sim=True)
         for spec in self.specs:
             cfg = write_device(self.root, spec, self.ds, self.broker)
-            log = open(self.root / spec.id / "device.log", "wb")
             mp = spec.device_class == "mcu" and self.mcu_runtime == "micropython"
-            self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg, self.mcu_runtime, app), stdout=log,
-                                                   stderr=subprocess.STDOUT, env=micropython_env(env, app) if mp else env)
+            with open(self.root / spec.id / "device.log", "wb") as log:   # the child holds its own copy
+                self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg, self.mcu_runtime, app), stdout=log,
+                                                       stderr=subprocess.STDOUT, env=micropython_env(env, app) if mp else env)
         return self
 
     def kill(self, dev_id: str) -> None:
@@ -250,6 +250,7 @@ class VirtualFleet:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()   # reaped: no zombie, no "subprocess is still running"
 
     def __enter__(self):
         return self.start()

@@ -47,6 +47,22 @@ def _own_retained_only(broker) -> None:
     broker._publish_retained_messages_for_subscription = publish_retained
 
 
+def _close_connections(broker) -> None:
+    """amqtt 0.12.1 closes a client's StreamWriter only after draining it; when the client has already
+    gone (a killed device, a client that drops the socket without DISCONNECT) drain raises and the
+    writer, its transport and socket are left open until garbage collection warns (ResourceWarning).
+    Close each connection's writer when amqtt is done with it."""
+    original = broker.stream_connected
+
+    async def stream_connected(reader, writer, listener_name):
+        try:
+            await original(reader, writer, listener_name)
+        finally:
+            writer.close()
+
+    broker.stream_connected = stream_connected
+
+
 class EmbeddedBroker:
     """amqtt broker on its own event loop thread. `url` is what clients connect to."""
 
@@ -75,6 +91,7 @@ class EmbeddedBroker:
             self._broker = Broker(config)
             self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
             _own_retained_only(self._broker)
+            _close_connections(self._broker)
             await self._broker.start()
 
         asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=30)
@@ -82,10 +99,23 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self._broker is not None:
-            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=30)
+            async def _shutdown(broker):
+                await broker.shutdown()
+                # connection handlers amqtt leaves waiting: cancelled, so that each closes its socket
+                rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in rest:
+                    t.cancel()
+                if rest:
+                    await asyncio.wait(rest, timeout=5)
+                await asyncio.sleep(0)   # the transports' connection_lost callbacks run
+
+            asyncio.run_coroutine_threadsafe(_shutdown(self._broker), self._loop).result(timeout=40)
             self._broker = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
     def __enter__(self):
         return self.start()

@@ -334,7 +334,8 @@ def cmd_models(args):
     quiet_tensorflow()
     with contextlib.nullcontext() if args.verbose else native_output_captured():
         card = export(args.name, out, args.params, args.data)
-    files = sorted(p.name for p in out.iterdir() if p.name.startswith(args.name + "."))
+    files = [f"{args.name}{ext}" for ext in (".tflite", ".h", ".json", ".md", ".golden.npz")
+             + (() if args.params else (".fp32.npz",))]
     print(f"int8 accuracy {100 * card['int8_accuracy']:.2f} % (float {100 * card['fp32_accuracy']:.2f} %), "
           f"{card['size_bytes']} bytes, arena {card['arena_bytes']} bytes")
     print(f"wrote {', '.join(str(out / f) for f in files)}")

@@ -87,7 +87,7 @@ def keras_model(spec):
     return tf.keras.Sequential(layers)
 
 
-NEEDS = {"tensorflow": "export", "ai_edge_litert": "dev", "tflite_micro": "dev"}   # module -> extra
+NEEDS = {"tensorflow": "export", "ai_edge_litert": "export", "tflite_micro": "export"}   # module -> extra
 
 
 def missing_modules() -> list[str]:

@@ -203,8 +203,30 @@ def cmd_fleet(args):
     return 0
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
+def _fractions(upper_open: bool):
+    """An argparse type: comma-separated numbers in [0, 1] ([0, 1) with upper_open)."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        bad = [v for v in vals if not (0 <= v < 1 if upper_open else 0 <= v <= 1)]
+        if not vals or bad:
+            raise argparse.ArgumentTypeError(f"each value must be in [0, {'1)' if upper_open else '1]'}, got {text!r}")
+        return vals
+    return parse
+
+
+def _own_folder(out, marker: str, command: str) -> None:
+    """`out` may be new, empty, or hold this command's own earlier results (its `marker` file)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+        raise ConfigError(f"--out {out} is not empty and holds no {marker} of an earlier `semifl {command}`; "
+                          f"give a new folder")
 
 
 def cmd_reproduce(args):
@@ -215,6 +237,7 @@ def cmd_reproduce(args):
     from semifl.experiments.reproduce import reproduce
     from semifl.learn.data import load_idx_dataset
 
+    _own_folder(args.out, "results.json", "reproduce")
     ds = load_idx_dataset(args.data)
     names = args.baselines.split(",") if args.baselines else None
     with Progress() as prog:
@@ -236,8 +259,9 @@ def cmd_sweep(args):
     from semifl.experiments.sweep import sweep
     from semifl.learn.data import load_idx_dataset
 
+    _own_folder(args.out, "sweep.json", "sweep")
     ds = load_idx_dataset(args.data)
-    sweep(ds, args.rounds, Path(args.out), _floats(args.s), _floats(args.p), args.seed or 0,
+    sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0,
           on_cell=lambda s, p, acc, up: print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, uplink {up / 1e9:.2f} GB", flush=True))
     print(f"wrote {args.out}/sweep.json and sweep.png")
     return 0
@@ -291,6 +315,9 @@ def cmd_report(args):
         print(f"semifl report: {e}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"semifl report: {args.out} exists; give --overwrite to replace it, or another --out", file=sys.stderr)
+        return 2
     print(f"wrote {plot_energy_vs_accuracy(rows, Path(args.out))}")
     return 0
 
@@ -375,16 +402,18 @@ def main(argv=None) -> int:
     p.add_argument("paper", choices=["semifl"])
     p.add_argument("--rounds", type=_positive, default=1000, metavar="N",
                    help="rounds per baseline, >= 1 (default 1000, the round the seed's published accuracies are at)")
-    p.add_argument("--out", default="runs/reproduce-semifl")
+    p.add_argument("--out", default="runs/reproduce-semifl", help="output folder: new, empty, or an earlier "
+                   "reproduction's, whose baselines it adds to (default runs/reproduce-semifl)")
     p.add_argument("--baselines", help="comma-separated subset, e.g. cl,semifl (default: all)")
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of data, initialization and sampling (default 0)")
     p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
                                             "MATLAB's sample-and-class mean, i.e. 0.01)")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("report", help="energy vs accuracy of finished runs (their summary.json)")
     p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl runs/fedavg")
-    p.add_argument("--out", default="energy_vs_accuracy.png")
+    p.add_argument("--out", default="energy_vs_accuracy.png", help="the plot (default energy_vs_accuracy.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("models", help="model definitions; `export NAME`: int8 .tflite, C array, card (needs [export])")
     p.add_argument("action", choices=["list", "export"])
@@ -397,8 +426,8 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("flash", help="build the MCU node (.mpy), copy it and a config.json to a board, verify")
     p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
-    p.add_argument("--board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"])
-    p.add_argument("--device-id", required=True)
+    p.add_argument("--board", default="esp32", choices=["esp32", "esp32s3", "rp2040w"], help="the board (default esp32)")
+    p.add_argument("--device-id", required=True, help="the device's id on the broker, e.g. mcu-01")
     p.add_argument("--broker-url", required=True, type=_broker_url, metavar="mqtt://HOST:PORT",
                    help="the host's broker as the board reaches it, e.g. mqtt://192.168.1.10:1883")
     p.add_argument("--wifi-ssid", required=True, type=_nonempty, metavar="SSID",
@@ -412,11 +441,14 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_flash)
     p = sub.add_parser("sweep", help="SemiFL over sample selection S x pruning P, with heatmaps")
     p.add_argument("--rounds", type=_positive, default=1000, metavar="N", help="rounds per cell, >= 1 (default 1000)")
-    p.add_argument("--out", default="runs/sweep-semifl")
-    p.add_argument("--s", default="0,0.05,0.1,0.3,0.5,1", help="S values, comma-separated")
-    p.add_argument("--p", default="0,0.3,0.6,0.8", help="P values, comma-separated")
-    p.add_argument("--data")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--out", default="runs/sweep-semifl", help="output folder: new, empty or an earlier sweep's "
+                                                              "(default runs/sweep-semifl)")
+    p.add_argument("--s", default="0,0.05,0.1,0.3,0.5,1", type=_fractions(False),
+                   help="S values in [0, 1], comma-separated (default 0,0.05,0.1,0.3,0.5,1)")
+    p.add_argument("--p", default="0,0.3,0.6,0.8", type=_fractions(True),
+                   help="P values in [0, 1), comma-separated (default 0,0.3,0.6,0.8)")
+    p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
+    p.add_argument("--seed", type=int, help="seed of data, initialization and sampling (default 0)")
     p.set_defaults(fn=cmd_sweep)
     args = ap.parse_args(argv)
     debug = getattr(args, "debug", False)

@@ -42,8 +42,8 @@ class FlashJob:
     board: str
     device_id: str
     build: Path                   # where the app is built and config.json written
-    broker: str = "mqtt://192.168.1.10:1883"
-    wifi_ssid: str = ""
+    broker: str                   # the host's broker as the board reaches it; no default to guess
+    wifi_ssid: str
     wifi_password: str = ""
     firmware: Path | None = None  # a MicroPython image to write first (erases the flash)
     samples: Path | None = None   # the sensor's data files to put in flash (n x 784 uint8, n uint8)

@@ -156,3 +156,22 @@ def test_verbose_says_who_joined_and_what_each_round_did(capsys, tmp_path, fashi
     for dev in ("pi-00", "pi-01", "mcu-02"):
         assert f"{dev} joined" in loud
     assert "round 1: accuracy" in loud and "round 2: accuracy" in loud and "merged 1 FL, 1 CL" in loud
+
+
+def test_reproduce_sweep_and_report_never_replace_a_users_files(capsys, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "accuracy.png").write_bytes(b"my picture")
+    for argv, says in ((["reproduce", "semifl", "--rounds", "2", "--out", str(mine)], "holds no results.json"),
+                       (["sweep", "--rounds", "2", "--out", str(mine)], "holds no sweep.json")):
+        assert says in one_line_error(capsys, argv)
+    assert (mine / "accuracy.png").read_bytes() == b"my picture" and len(os.listdir(mine)) == 1
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"strategy": "semifl", "rounds": [{"round": 1}], "final_accuracy": 0.5,
+                                                  "devices": []}))
+    assert "exists; give --overwrite" in one_line_error(capsys, ["report", str(run), "--out", str(mine / "accuracy.png")])
+    assert (mine / "accuracy.png").read_bytes() == b"my picture"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--s", "0.3,2"])
+    assert e.value.code == 2 and "each value must be in [0, 1]" in capsys.readouterr().err

@@ -220,7 +220,9 @@ class VirtualFleet:
     def start(self) -> "VirtualFleet":
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "host"), str(REPO / "firmware" / "pi"), env.get("PYTHONPATH", "")])
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per device, as on a board
+        # one core per device, as on a board, whatever the machine sets: a device's arithmetic (and a
+        # comparison of it with the in-process run, whose devices the session pins) does not depend on it
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         app = None
         if self.mcu_runtime == "micropython" and any(s.device_class == "mcu" for s in self.specs):
             from semifl.flash.build import build_app

@@ -60,8 +60,8 @@ def split_round(cfg: RunConfig, session: Session, ds: Dataset, spec, init=None) 
         return float((logits.argmax(1) == y).mean()), nn.softmax_xent(logits, y)[0]
 
     return SplitRound(session, spec, net, model.cut, model.name, init or net.init(cfg.seed), evaluate, seed=cfg.seed,
-                      lr=cfg.lr, batch=sp.sl_batch, smashed=sp.smashed, n_classes=ds.n_classes,
-                      generators=GeneratorStage.of(sp))
+                      lr=sp.sl_lr or cfg.lr, batch=sp.sl_batch, smashed=sp.smashed, n_classes=ds.n_classes,
+                      generators=GeneratorStage.of(sp), batches=sp.sl_batches)
 
 
 def public_set(har: HARData, n: int) -> np.ndarray:

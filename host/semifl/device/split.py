@@ -8,6 +8,7 @@ it (docs/protocol.md §5a).
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from semifl.protocol.tensors import to_wire
 
 from .device import DeviceError, Role
 
+log = logging.getLogger("semifl.device")
 
 class SplitError(DeviceError):
     """A message the split client cannot use (wrong batch, wrong shape): refused, nothing changes."""
@@ -36,13 +38,16 @@ class SplitClient:
         self.compute_s = 0.0          # CPU time of this epoch's forward and backward passes (the energy meter's)
 
     def begin(self, task: dict, params: list[np.ndarray]):
-        """Start an epoch of task {"batch", "lr", "seed", "smashed": dtype} from the f_a it was handed."""
+        """Start an epoch of task {"batch", "lr", "seed", "smashed": dtype, "batches"} from the f_a it was
+        handed; "batches" (absent or 0: all) bounds how many of the epoch's shuffled batches it sends."""
         if [tuple(p.shape) for p in params] != [tuple(s) for s in self.net.shapes()]:
             raise SplitError(f"f_a shapes {[p.shape for p in params]} are not {self.net.shapes()}")
         self.task, self.params = task, [np.array(p, np.float32) for p in params]
         order = np.random.default_rng(task["seed"]).permutation(len(self.y))
         b = int(task["batch"])
         self.batches = [order[i:i + b] for i in range(0, len(order), b)]
+        if int(task.get("batches") or 0) > 0:
+            self.batches = self.batches[:int(task["batches"])]
         self.next, self.in_flight, self.compute_s = 0, None, 0.0
 
     @property
@@ -109,6 +114,11 @@ class SplitClientRole(Role):
             self._train_generator(task)
             return True
         rnd, want = task["round"], task.get("imputed", 0)
+        if isinstance(self.dev.round, int) and rnd < self.dev.round:
+            # its f_a (or paired generators) never came and the host has moved on: nobody waits for it
+            log.warning("%s: dropped the split task of round %d (round %d is open)", self.dev.id, rnd, self.dev.round)
+            self.fa.pop(rnd, None)
+            return True
         have = 0 if self.generated is None else len(self.generated[1])
         if have < want and not self.dev.arriving(wire.KIND_GENERATOR) and not self.asked:
             # IoTSL after a restart: the paired generators are gone and none are on the way: ask
@@ -159,7 +169,7 @@ class SplitClientRole(Role):
         dev.phase("train")
         tg = train_generator(dev.x.reshape(-1, 28, 28), dev.y, steps=task["steps"], batch=task["batch"],
                              sigma=task["sigma"], dim=task["dim"], n_critic=2, lr=2e-4, seed=task["seed"],
-                             n_classes=dev.n_classes)
+                             n_classes=dev.n_classes, deadline_s=task.get("deadline_s"))
         took = dev.computed(tg.seconds)
         art = artifact.to_bytes(tg, dev.id)
         blob = wire.encode_blob({"kind": "generator", "round": task["round"], "task": task["task"], "device": dev.id,

@@ -48,9 +48,10 @@ def gradient_penalty(disc: Discriminator, real, fake, y, lam: float = GP_LAMBDA,
 def train_generator(x, y, steps: int, batch: int = 64, n_critic: int = 5, sigma: float = 1.0,
                     clip: float = dp.CLIP, delta: float = dp.DELTA, lam: float = GP_LAMBDA,
                     lr: float = 1e-4, n_classes: int = 10, seed: int = 0, dim: int = 64,
-                    log_every: int = 0) -> TrainedGenerator:
+                    log_every: int = 0, deadline_s: float | None = None) -> TrainedGenerator:
     """`steps` generator steps, each after `n_critic` discriminator steps on a uniformly drawn real batch.
-    sigma = 0 trains without noise (clipping kept; epsilon is then infinite)."""
+    sigma = 0 trains without noise (clipping kept; epsilon is then infinite). deadline_s: stop after the
+    step that ends past this many seconds (at least one step); `steps` and epsilon count the steps taken."""
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     real_x = images(x)
@@ -63,7 +64,11 @@ def train_generator(x, y, steps: int, batch: int = 64, n_critic: int = 5, sigma:
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
     history, t0 = [], time.perf_counter()
+    taken = 0
     for step in range(steps):
+        if deadline_s is not None and step and time.perf_counter() - t0 >= deadline_s:
+            break
+        taken = step + 1
         # discriminator: the plain WGAN-GP update on real data (it never leaves the device)
         disc.requires_grad_(True)
         for _ in range(n_critic):
@@ -89,5 +94,5 @@ def train_generator(x, y, steps: int, batch: int = 64, n_critic: int = 5, sigma:
             history.append({"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item() / batch,
                             "seconds": round(time.perf_counter() - t0, 2)})
     q = batch / n
-    return TrainedGenerator(gen.eval(), [int(c) for c in hist], dp.epsilon(sigma, steps, q, delta), delta,
-                            sigma, steps, q, time.perf_counter() - t0, history)
+    return TrainedGenerator(gen.eval(), [int(c) for c in hist], dp.epsilon(sigma, taken, q, delta), delta,
+                            sigma, taken, q, time.perf_counter() - t0, history)

@@ -37,21 +37,25 @@ class GeneratorStage:
     dim: int = 32
     pretrain_epochs: int = 2
     max_epsilon: float = 10.0    # the policy a device that reports none is held to
+    pretrain_n: int = 0          # generated samples the host pre-trains on (0: every device's whole histogram)
+    timeout_s: float = 0.0       # how long the host waits for the generators (0: the host's collect_timeout_s)
 
     @classmethod
     def of(cls, cfg: Split) -> "GeneratorStage":
-        return cls(cfg.gen_steps, cfg.gen_sigma, cfg.gen_batch, cfg.gen_dim, cfg.pretrain_epochs, cfg.max_epsilon)
+        return cls(cfg.gen_steps, cfg.gen_sigma, cfg.gen_batch, cfg.gen_dim, cfg.pretrain_epochs, cfg.max_epsilon,
+                   cfg.pretrain_n, cfg.gen_timeout_s)
 
 
 class SplitRound(Round):
     def __init__(self, session: Session, spec: StrategySpec, net: nn.Net, cut: int, model: str, init_params, evaluate,
                  *, seed: int = 0, lr: float = 0.01, batch: int = 32, smashed: str = "float32", n_classes: int = 10,
-                 generators: GeneratorStage | None = None):
+                 generators: GeneratorStage | None = None, batches: int = 0):
         if smashed not in SMASHED_DTYPES:
             raise ValueError(f"smashed dtype {smashed!r}: one of {SMASHED_DTYPES}")
         self.session, self.spec, self.name = session, spec, spec.name
         self.net, self.cut, self.model, self.evaluate = net, cut, model, evaluate
         self.seed, self.lr, self.batch, self.smashed_dtype, self.n_classes = seed, lr, batch, smashed, n_classes
+        self.batches = batches              # smashed batches per client per round (0: its whole local set)
         self.stage = generators or GeneratorStage()
         params, kept = session.resume(self.name)
         params = params or [np.asarray(p, np.float32) for p in init_params]
@@ -62,13 +66,15 @@ class SplitRound(Round):
         na = len(self.f_a.shapes())
         self.server = SplitServer(self.f_b, params[na:], params[:na], lr=lr)
         self.plan: RoundPlan | None = None
-        self.active: dict[str, dict] = {}   # SL client -> {"next": the batch it must send next}
-        self.progress = 0.0                 # when the last smashed batch was served (a dropout is silence)
+        self.active: dict[str, dict] = {}   # SL client -> {"next": the batch it must send next, "of": batches}
+        self.last_heard = 0.0               # when the last smashed batch was served (a dropout is silence)
         self.done: dict[str, tuple] = {}    # client -> (its f_a, samples) once its epoch is over
         self.chain: dict[str, dict] = {}    # client -> CRC-32 of the f_a it started from and of the one it handed back
         self.generators: dict[str, tuple] = {}   # device -> (generator, info, artifact bytes, version) this round
         self.gen_wanted: set[str] = set()
         self.gen_refused: set[str] = set()       # devices whose generator came and was refused
+        self.gen_late: set[str] = set()          # devices asked whose generator had not come when the stage closed
+        self.gen_record: dict = {}               # what the generator stage did, for this round's metrics
         self.imputed: dict[str, int] = {}        # device -> generated samples it adds to its SL epochs
 
     @property
@@ -115,7 +121,8 @@ class SplitRound(Round):
             raise Rejected("nonfinite", "smashed data contains NaN or Inf")
         grad, _ = self.server.step(dev, smashed, labels)
         st["next"] += 1
-        self.progress = s.clock()
+        self.last_heard = s.clock()
+        s.progress(f"{dev}: f_a step {st['next']}/{st.get('of', '?')}")
         blob = encode_arrays({"kind": "grad", "round": s.round, "task": meta["task"], "batch": meta["batch"]}, [grad])
         s.send_down(dev, wire.KIND_GRAD, s.round, blob)
 
@@ -128,6 +135,7 @@ class SplitRound(Round):
             raise Rejected("nonfinite", "f_a contains NaN or Inf")
         self.done[dev] = (params, meta["n"])
         self._took(dev, meta)
+        self.session.progress(f"{dev}: f_a back ({len(self.done)} devices done)")
         self.chain.setdefault(dev, {})["end"] = arrays_crc(params)
         if self.spec.sequential:   # the next client starts from it
             self.server.hand_over(dev, params)
@@ -146,6 +154,11 @@ class SplitRound(Round):
         from semifl.learn.iotsl import artifact
 
         s = self.session
+        if dev in self.gen_late:   # the stage closed without it: counted, not used (nobody waits for it now)
+            self.gen_late.discard(dev)
+            s.rec.late["generator"] += 1
+            log.info("round %d: %s's generator came after the generator stage closed; not used", s.round, dev)
+            return
         if dev not in self.gen_wanted:
             raise Rejected("unexpected", f"{dev} was not asked for a generator")
         if dev in self.generators:
@@ -159,37 +172,69 @@ class SplitRound(Round):
             gen, info = artifact.load(blob, policy, device=dev)
         except artifact.ArtifactRejected as e:
             self.gen_refused.add(dev)   # its answer came and was refused: nobody waits for another
+            self._gens_in()
             raise Rejected(e.reason, e.detail) from None
         self._took(dev, meta)
         version = s.store.keep_artifact(dev, "generator", s.round, info.sha256, info.epsilon, info.delta, blob)
         self.generators[dev] = (gen, info, blob, version)
+        self._gens_in()
+
+    def _gens_in(self):
+        n = len(self.gen_wanted & (set(self.generators) | self.gen_refused))
+        self.session.progress(f"generators {n}/{len(self.gen_wanted)} in"
+                              + (f" ({len(self.gen_refused)} refused)" if self.gen_refused else ""))
 
     # --- IoTSL's generator stage ------------------------------------------------------------------
     def prepare(self, clients: list[str]):
-        """Generators in, pre-training (theta_pre), paired generators out."""
+        """Generators in (until each device answered or the stage's deadline), pre-training (theta_pre),
+        paired generators out. A device whose generator has not come by the deadline is skipped for the
+        rest of the round (`device_errors`: "timeout"); with no generator at all IoTSL goes on as plain SL.
+        What happened is this round's `generator_stage` metric."""
         from semifl.learn.iotsl.impute import impute
         from semifl.learn.iotsl.pretrain import generated_dataset, pretrain
 
         s, st, rnd = self.session, self.stage, self.session.round
-        self.gen_wanted = set(clients)
+        timeout = st.timeout_s or s.limits.collect_timeout_s
+        self.gen_wanted, self.gen_refused, self.gen_late = set(clients), set(), set()
         for d in clients:
+            # deadline_s: the device stops training at this budget and sends what it has, so it is in time
             s.send_task(d, {"round": rnd, "role": "generator", "task": s.task_id(rnd, d),
                             "seed": task_seed(self.seed, rnd, d), "steps": st.steps, "sigma": st.sigma,
-                            "batch": st.batch, "dim": st.dim})
-        s.wait(lambda: all(d in self.generators or d in self.gen_refused or self.session.gone(d) for d in clients),
-               s.limits.collect_timeout_s, "generators")
+                            "batch": st.batch, "dim": st.dim, "deadline_s": round(0.8 * timeout, 3)})
+        s.progress(f"generators 0/{len(clients)} in ({st.steps} steps each)")
+        answered = lambda d: d in self.generators or d in self.gen_refused or s.gone(d)
+        s.wait(lambda: all(answered(d) for d in clients), timeout, "generators")
+        missing = sorted(d for d in clients if d not in self.generators and d not in self.gen_refused)
+        for d in missing:
+            if not s.gone(d):   # silent (or far too slow): not waited for again this round
+                s.rec.failed[d] = "timeout"
+                self.gen_late.add(d)
+            log.warning("round %d: %s sent no generator within %.0f s (%s); skipped this round", rnd, d, timeout,
+                        s.rec.failed.get(d, "offline"))
+        self.gen_wanted = set()
         gens = {d: self.generators[d] for d in clients if d in self.generators}
+        self.gen_record = {"asked": sorted(clients), "arrived": sorted(gens), "refused": sorted(self.gen_refused),
+                           "missing": missing, "timeout_s": timeout, "pretrained_on": 0,
+                           "outcome": "pretrained" if gens else "plain_sl"}
         if not gens:
             log.warning("round %d: no generator arrived; IoTSL goes on as plain SL", rnd)
+            s.progress("no generator arrived: plain SL")
             return
-        x, y, _ = generated_dataset([(g, list(info.histogram)) for g, info, _, _ in gens.values()], seed=self.seed)
+        hists = {d: list(info.histogram) for d, (_, info, _, _) in gens.items()}
+        total = sum(sum(h) for h in hists.values())
+        share = min(1.0, st.pretrain_n / total) if st.pretrain_n else 1.0   # the same share of every class
+        x, y, _ = generated_dataset([(g, [int(round(c * share)) for c in hists[d]]) for d, (g, _, _, _) in gens.items()],
+                                    seed=self.seed)
+        s.progress(f"pre-training on {len(y)} generated samples ({st.pretrain_epochs} epochs)")
         theta, _ = pretrain(x, y, self.net, cut=self.cut, epochs=st.pretrain_epochs, lr=self.lr, seed=self.seed)
         na = len(self.f_a.shapes())
         self.server.params_a, self.server.params_b = theta[:na], theta[na:]
-        fills = impute({d: list(info.histogram) for d, (_, info, _, _) in gens.items()})
+        self.gen_record["pretrained_on"] = len(y)
+        fills = impute(hists)
         self.fills = {d: [[f.label, f.generator, f.quantity] for f in fs] for d, fs in fills.items() if fs}
         for d in self.fills:
             self.send_impute(d)
+        s.progress(f"pre-trained; paired generators sent to {len(self.fills)} devices")
         log.info("round %d: pre-trained on %d generated samples; imputation for %d devices", rnd, len(y), len(self.imputed))
 
     def send_impute(self, dev: str):
@@ -210,35 +255,41 @@ class SplitRound(Round):
         """Hand `dev` the f_a to start from and its task."""
         s, rnd = self.session, self.session.round
         task = {"round": rnd, "role": "sl", "task": s.task_id(rnd, dev), "seed": task_seed(self.seed, rnd, dev),
-                "model": self.model, "cut": self.cut, "batch": self.batch, "lr": self.lr, "smashed": self.smashed_dtype,
+                "model": self.model, "cut": self.cut, "batch": self.batch, "batches": self.batches, "lr": self.lr,
+                "smashed": self.smashed_dtype,
                 "imputed": sum(q for _, _, q in self.fills.get(dev, []))}
         s.send_down(dev, wire.KIND_MODEL, rnd, encode_arrays({"kind": "fa", "round": rnd, "task": task["task"]},
                                                              self.server.params_a))
         self.server.handed(dev)
+        s.progress(f"{dev}: f_a sent")
         self.chain[dev] = {"start": arrays_crc(self.server.params_a)}
-        self.active[dev] = {"next": 0}
+        held = int(s.registry.devices[dev].get("n_samples") or 0) + task["imputed"]
+        n = -(-held // self.batch)
+        self.active[dev] = {"next": 0, "of": min(n, self.batches) if self.batches else n}
         s.send_task(dev, task)
-
 
     def work(self, devs: list[str]):
         """Wait until each of devs has handed back its f_a, failed or left, or no batch has come from
         any of them for collect_timeout_s (an epoch may take long; a silent client is a dropout)."""
         s = self.session
         finished = lambda: all(d in self.done or self.session.gone(d) for d in devs)
-        self.progress = s.clock()
-        while not finished() and s.clock() - self.progress < s.limits.collect_timeout_s:
+        self.last_heard = s.clock()
+        while not finished() and s.clock() - self.last_heard < s.limits.collect_timeout_s:
             s.pump(finished, min(1.0, s.limits.collect_timeout_s))
         for d in devs:
-            self.active.pop(d, None)
+            st = self.active.pop(d, None)
             if d not in self.done:   # dropped out mid-epoch: whatever f_a the host holds goes on
                 why = s.rec.failed.get(d) or ("offline" if d not in s.registry.online else "timeout")
                 s.rec.failed.setdefault(d, why)
-                log.warning("round %d: %s did not finish its epoch (%s); the next client continues", s.round, d, why)
+                log.warning("round %d: %s did not finish its epoch (%s, after %d batches); the next client continues",
+                            s.round, d, why, st["next"] if st else 0)
+                s.progress(f"{d}: skipped ({why})")
 
     def run(self, rnd: int) -> dict:
         s = self.session
         rec = s.begin(rnd)
         self.done, self.chain, self.generators = {}, {}, {}   # generators: reported in the round they arrive
+        self.gen_record = {}
         v0 = {d: dict(v) for d, v in self.server.values.items()}
         ready = s.announce(rnd)
         clients = [d for d in ready if "sl" in s.registry.devices[d].get("roles", ())]
@@ -250,9 +301,13 @@ class SplitRound(Round):
             rec.mark("generators")
         if self.spec.sequential:
             for d in clients:   # the seed's sequential SL: each client starts from the last one's f_a
-                if not self.session.gone(d):
-                    self.start(d)
-                    self.work([d])
+                if self.session.gone(d):
+                    why = s.rec.failed.get(d, "offline")
+                    log.warning("round %d: %s is skipped (%s)", rnd, d, why)
+                    s.progress(f"{d}: skipped ({why})")
+                    continue
+                self.start(d)
+                self.work([d])
         else:
             for d in clients:
                 self.start(d)
@@ -260,6 +315,7 @@ class SplitRound(Round):
             if self.done:
                 self.server.average_a([self.done[d] for d in sorted(self.done)])
         rec.mark("train")
+        s.progress("evaluating")
         acc, loss = self.evaluate(self.params)
         rec.mark("evaluate")
         values = {d: {k: v[k] - v0.get(d, {}).get(k, 0) for k in ("up", "down")} for d, v in self.server.values.items()}
@@ -269,4 +325,4 @@ class SplitRound(Round):
             device_values={d: v for d, v in values.items() if v["up"] or v["down"]}, sl_chain=dict(self.chain),
             generators={d: {"epsilon": info.epsilon, "delta": info.delta, "sha256": info.sha256, "bytes": len(b),
                             "version": v} for d, (_, info, b, v) in self.generators.items()},
-            imputed=dict(self.imputed))
+            imputed=dict(self.imputed), **({"generator_stage": self.gen_record} if self.gen_record else {}))

@@ -42,7 +42,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("sl", "iotsl"):
             cfg = RunConfig.make(strategy=strategy, rounds=a.rounds, fl_devices=5, cl_devices=0, partition="k-classes",
-                            k_classes=2, lr=0.05, sl_batch=32, gen_steps=a.gen_steps, max_epsilon=50.0, out=f"{tmp}/{strategy}",
+                            k_classes=2, lr=0.05, sl_lr=0.05, sl_batch=32, sl_batches=0, eval_n=0, pretrain_n=0,
+                            gen_timeout_s=0, gen_steps=a.gen_steps, max_epsilon=50.0, out=f"{tmp}/{strategy}",
                             plot=False, int8_every=0)
             s = run_experiment(cfg, ds=ds)
             boards = {d["id"]: d["board"] for d in s["devices"]}

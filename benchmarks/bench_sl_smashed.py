@@ -44,7 +44,7 @@ def main(argv=None):
     runs = {}
     for dtype in ("float32", "float16", "int8"):
         cfg = RunConfig.make(strategy="sl", rounds=a.epochs, fl_devices=a.devices, cl_devices=0, partition="iid", lr=0.05,
-                        sl_batch=32, smashed=dtype)
+                        sl_lr=0.05, sl_batch=32, sl_batches=0, eval_n=0, smashed=dtype)
         acc, t0 = [], time.perf_counter()
         run_inprocess(cfg, ds, on_round=lambda m: acc.append(m["accuracy"]))   # on all of ds.x_test (eval_n 0)
         runs[dtype] = {"accuracy": acc, "final": acc[-1], "best": max(acc), "seconds": round(time.perf_counter() - t0, 1),

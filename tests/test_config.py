@@ -50,9 +50,10 @@ def test_defaults_are_the_documented_ones():
     assert (f.over_select, f.mode, f.quorum, f.deadline_s, f.buffer, f.max_staleness, f.concurrency) == \
         (1.0, "sync", 0, 0.0, 3, 4, 0)
     s = c.split
-    assert (s.model, s.sl_batch, s.smashed, s.eval_n) == ("splitcnn-mnist", 32, "float32", 0)
+    assert (s.model, s.sl_batch, s.sl_batches, s.sl_lr, s.smashed, s.eval_n) == ("splitcnn-mnist", 32, 5, 0.02, "float32", 1000)
     assert (s.gen_steps, s.gen_sigma, s.gen_batch, s.gen_dim, s.pretrain_epochs, s.max_epsilon) == \
-        (150, 1.5, 16, 32, 2, 10.0)
+        (50, 1.5, 16, 32, 2, 10.0)
+    assert (s.pretrain_n, s.gen_timeout_s) == (2000, 0.0)
     p = c.personal
     assert (p.subjects, p.per_round, p.arch, p.batch, p.momentum, p.personal_every) == (30, 5, ["3nn"], 32, 0.0, 0)
     assert (p.head_arrays, p.ft_epochs, p.lam, p.inner_lr, p.adapt_steps, p.public_n, p.raw_ok) == \

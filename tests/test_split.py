@@ -34,7 +34,7 @@ def small(ds, n):
 
 
 def cfg(tmp_path, embedded, **kw):
-    base = dict(strategy="sl", rounds=2, fl_devices=3, cl_devices=0, partition="iid", lr=0.05, sl_batch=32,
+    base = dict(strategy="sl", rounds=2, fl_devices=3, cl_devices=0, partition="iid", sl_lr=0.05, sl_batch=32, sl_batches=0,
                 out=str(tmp_path / "run"), broker=embedded, plot=False, int8_every=0)
     return RunConfig.make(**{**base, **kw})
 

@@ -67,19 +67,19 @@ class Split:
     model: str = setting("splitcnn-mnist", "split learning: a model definition with a device part "
                          "(semifl.models) and its cut")
     sl_batch: int = setting(32, "split learning: samples per smashed-data batch", ge=1)
-    sl_batches: int = setting(0, "split learning: smashed-data batches each device trains per round, drawn "
+    sl_batches: int = setting(5, "split learning: smashed-data batches each device trains per round, drawn "
                               "from its shuffled local set (0: all of them, an epoch, as the seed)", ge=0)
-    sl_lr: float = setting(0.0, "split learning: the SGD step of f_a, f_b and iotsl's pre-training, in place of "
+    sl_lr: float = setting(0.02, "split learning: the SGD step of f_a, f_b and iotsl's pre-training, in place of "
                            "--lr (0: --lr); the split CNN's ReLUs die at the federated default 0.1", ge=0)
     smashed: str = setting("float32", "split learning: smashed data dtype on the wire",
                            choices=("float32", "float16", "int8"))
-    eval_n: int = setting(0, "test samples the host evaluates on each round (0: all)", ge=0)
-    gen_steps: int = setting(150, "iotsl: generator steps per device (Algorithm 1)", ge=1)
+    eval_n: int = setting(1000, "test samples the host evaluates on each round (0: all)", ge=0)
+    gen_steps: int = setting(50, "iotsl: generator steps per device (Algorithm 1)", ge=1)
     gen_sigma: float = setting(1.5, "iotsl: DP noise multiplier on the generator's gradient (clip C = 1)", gt=0)
     gen_batch: int = setting(16, "iotsl: generator batch (sampling rate q = batch / samples)", ge=1)
     gen_dim: int = setting(32, "iotsl: generator/discriminator width (the seed: 64)", ge=1)
     pretrain_epochs: int = setting(2, "iotsl: the host's pre-training epochs on the generated set", ge=0)
-    pretrain_n: int = setting(0, "iotsl: generated samples the host pre-trains on, the same share of every "
+    pretrain_n: int = setting(2000, "iotsl: generated samples the host pre-trains on, the same share of every "
                               "device's classes (0: every device's whole histogram, as the seed)", ge=0)
     gen_timeout_s: float = setting(0.0, "iotsl: how long the host waits for the devices' generators; a device "
                                    "stops training at 0.8 of it and sends what it has (0: --collect-timeout-s)", ge=0)

@@ -43,7 +43,8 @@ def split_training(model: str, data: dict, params, epochs: int, test, lr: float 
     x_test, y_test = test
     ds = Dataset("split-test", np.zeros((0, 784), np.uint8), np.zeros(0, np.int64), x_test.reshape(len(x_test), -1),
                  np.asarray(y_test), [str(c) for c in range(10)])
-    cfg = RunConfig.make(strategy="sl", rounds=epochs, seed=seed, lr=lr, sl_batch=batch, eval_n=len(y_test), model=model)
+    cfg = RunConfig.make(strategy="sl", rounds=epochs, seed=seed, lr=lr, sl_lr=lr, sl_batch=batch, sl_batches=0,
+                         eval_n=len(y_test), model=model)   # the seed's SL: whole epochs at this step
     specs = [DeviceSpec(d, "pi", sorted(set(np.asarray(y).tolist())), raw_ok=False, data={"x": x, "y": np.asarray(y)})
              for d, (x, y) in sorted(data.items())]
     spec = get(model)

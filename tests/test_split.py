@@ -94,6 +94,7 @@ def test_same_model_in_process_and_over_mqtt_and_every_value_counted(tmp_path, f
         assert set(r["device_times_s"]) == {"pi-00", "pi-01", "pi-02"} and all(t["local"] > 0 for t in r["device_times_s"].values())
         chain = r["sl_chain"]   # sequential SL: each client starts from the f_a the previous one handed back
         assert chain["pi-01"]["start"] == chain["pi-00"]["end"] and chain["pi-02"]["start"] == chain["pi-01"]["end"]
+        assert all(v["end"] != v["start"] for v in chain.values())   # and each one trained it
         for dev, v in r["device_values"].items():
             # the seed's N(2F + 1) + w, plus the host relay's second hop of f_a (host -> next device)
             assert v["up"] + v["down"] == comm_params(80, F, W) + W, dev
@@ -277,3 +278,20 @@ def test_a_device_that_lost_its_generated_set_gets_its_paired_generators_again(t
     dev.disconnect()
     link.close()
     store.close()
+
+
+def test_the_default_split_settings_learn_on_two_classes_per_device(fashion):
+    """`semifl run --strategy sl --cl-devices 0 --partition k-classes` as the README runs it, in-process:
+    at the federated default step (--lr 0.1) the split CNN's ReLUs died within two rounds (the cut's
+    gradient exactly 0, later devices handing back the f_a they started from, 10.00 %); the split
+    section's own step keeps every device training and the model above chance."""
+    ds = Dataset(fashion.name, fashion.x_train, fashion.y_train, fashion.x_test[:500], fashion.y_test[:500], fashion.classes)
+    c = RunConfig.make(strategy="sl", cl_devices=0, partition="k-classes", rounds=3, plot=False, int8_every=0)
+    assert c.lr == 0.1 and c.split.sl_lr < c.lr
+    got = []
+    run_inprocess(c, ds, got.append)
+    for r in got:
+        assert r["trained"] == [f"pi-{i:02d}" for i in range(6)]
+        assert all(v["end"] != v["start"] for v in r["sl_chain"].values()), r["sl_chain"]
+        assert all(v["up"] == 5 * 32 * (F + 1) + W for v in r["device_values"].values())   # sl_batches: 5 of 32, f_a
+    assert got[-1]["accuracy"] > 0.3

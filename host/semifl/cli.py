@@ -260,9 +260,19 @@ def cmd_sweep(args):
     from semifl.learn.data import load_idx_dataset
 
     _own_folder(args.out, "sweep.json", "sweep")
+    from rich.progress import Progress
+
     ds = load_idx_dataset(args.data)
-    sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0,
-          on_cell=lambda s, p, acc, up: print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, uplink {up / 1e9:.2f} GB", flush=True))
+    with Progress() as prog:
+        tasks = {}
+
+        def on_round(cell, m):
+            if cell not in tasks:
+                tasks[cell] = prog.add_task(f"S={cell[0]} P={cell[1]}", total=args.rounds)
+            prog.update(tasks[cell], completed=m["round"], description=f"S={cell[0]} P={cell[1]} {100 * m['accuracy']:.2f}%")
+        sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0, on_round=on_round,
+              on_cell=lambda s, p, acc, up: prog.console.print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, "
+                                                               f"uplink {up / 1e9:.2f} GB"))
     print(f"wrote {args.out}/sweep.json and sweep.png")
     return 0
 

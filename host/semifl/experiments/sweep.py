@@ -14,7 +14,9 @@ S_GRID = (0.0, 0.05, 0.1, 0.3, 0.5, 1.0)
 P_GRID = (0.0, 0.3, 0.6, 0.8)
 
 
-def sweep(ds: Dataset, rounds: int, out: Path, s_grid=S_GRID, p_grid=P_GRID, seed: int = 0, on_cell=None) -> dict:
+def sweep(ds: Dataset, rounds: int, out: Path, s_grid=S_GRID, p_grid=P_GRID, seed: int = 0, on_cell=None,
+          on_round=None) -> dict:
+    """on_cell(s, p, accuracy, bytes up) after each cell; on_round((s, p), metrics) after each round."""
     out.mkdir(parents=True, exist_ok=True)
     acc = np.full((len(s_grid), len(p_grid)), np.nan)
     up = np.full_like(acc, np.nan)
@@ -22,7 +24,8 @@ def sweep(ds: Dataset, rounds: int, out: Path, s_grid=S_GRID, p_grid=P_GRID, see
         for j, p in enumerate(p_grid):
             # S = 0: the CL devices send nothing, so none is asked to
             extra = {"cl_fraction": s, "prune": p} if s > 0 else {"cl_uploaders": 0, "prune": p}
-            c = run_baseline("semifl", rounds, ds, seed, **extra)
+            c = run_baseline("semifl", rounds, ds, seed, (lambda _, m, cell=(s, p): on_round(cell, m)) if on_round else None,
+                             **extra)
             acc[i, j], up[i, j] = c["accuracy"][-1], sum(c["bytes_up"])
             if on_cell:
                 on_cell(s, p, acc[i, j], up[i, j])

@@ -175,3 +175,17 @@ def test_reproduce_sweep_and_report_never_replace_a_users_files(capsys, tmp_path
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--s", "0.3,2"])
     assert e.value.code == 2 and "each value must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_fleet_smaller_than_its_uploader_counts_is_said_before_the_run(capsys, tmp_path, fashion, embedded):
+    from semifl.config import RunConfig
+
+    notes = RunConfig.make(fl_devices=1, cl_devices=0).notes()
+    assert notes == ["federated.fl_uploaders is 3 but the fleet has 1 FL device(s): every FL device uploads",
+                     "federated.cl_uploaders is 2 but the fleet has 0 CL device(s): every CL device uploads"]
+    assert RunConfig.make().notes() == [] and RunConfig.make(strategy="fedavg", cl_devices=0).notes() == []
+    assert main(["run", "--devices", "1", "--rounds", "1", "--broker", embedded, "--out", str(tmp_path / "r"),
+                 "--int8-every", "0", "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "note: federated.fl_uploaders is 3 but the fleet has 1 FL device(s)" in err
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["rounds"][0]["participants"]["fl"] == ["pi-00"]

@@ -101,6 +101,8 @@ def cmd_run(args):
         cfg = resume_config(args.resume, args.rounds)
     else:
         cfg = _load_config(args)
+    for note in cfg.notes():
+        print(f"semifl run: note: {note}", file=sys.stderr)
     done = 0
     if args.resume:
         from semifl.service.store import Store

@@ -227,6 +227,19 @@ class RunConfig:
                               f"exchange logits, not weights), got {self.personal.arch} with {self.strategy!r}")
         return self
 
+    def notes(self) -> list[str]:
+        """Settings that are allowed but probably not what was meant, one sentence each."""
+        out = []
+        if self.family == "federated":
+            f, sim = self.federated, self.sim
+            if f.fl_uploaders > sim.fl_devices:
+                out.append(f"federated.fl_uploaders is {f.fl_uploaders} but the fleet has {sim.fl_devices} FL "
+                           f"device(s): every FL device uploads")
+            if STRATEGIES[self.strategy].uses_cl and f.cl_uploaders > sim.cl_devices:
+                out.append(f"federated.cl_uploaders is {f.cl_uploaders} but the fleet has {sim.cl_devices} CL "
+                           f"device(s): every CL device uploads")
+        return out
+
     def _owner(self, s: str | None):
         return getattr(self, s) if s else self
 

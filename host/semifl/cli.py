@@ -411,7 +411,7 @@ def main(argv=None) -> int:
                                                    "(default ./fleet)")
     p.set_defaults(fn=cmd_fleet)
     p = sub.add_parser("reproduce", help="reproduce a seed paper's experiment in-process (semifl: CL, FL, SemiFL)")
-    p.add_argument("paper", choices=["semifl"])
+    p.add_argument("paper", choices=["semifl"], help="the seed paper whose experiment to reproduce")
     p.add_argument("--rounds", type=_positive, default=1000, metavar="N",
                    help="rounds per baseline, >= 1 (default 1000, the round the seed's published accuracies are at)")
     p.add_argument("--out", default="runs/reproduce-semifl", help="output folder: new, empty, or an earlier "
@@ -428,8 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("models", help="model definitions; `export NAME`: int8 .tflite, C array, card (needs [export])")
-    p.add_argument("action", choices=["list", "export"])
-    p.add_argument("name", nargs="?", default="mlp-fmnist")
+    p.add_argument("action", choices=["list", "export"], help="list the model definitions, or export one")
+    p.add_argument("name", nargs="?", default="mlp-fmnist", help="the model to export (default mlp-fmnist)")
     p.add_argument("--out", help="export: output folder, new or empty (required; nothing is written elsewhere)")
     p.add_argument("--overwrite", action="store_true", help="export into a non-empty --out, replacing its files")
     p.add_argument("--params", help=".npz of float parameters (arr_0..) instead of training, e.g. a run's final_model.npz")

@@ -8,7 +8,7 @@ from semifl.app.run import run_experiment
 from semifl.config import RunConfig
 
 STRAGGLERS = dict(fl_devices=6, cl_devices=2, pi_train_s=0.3, pi_slowdown=[1, 1, 8], silent=["pi-00"], int8_every=0,
-                  plot=False, ready_timeout_s=3.0, collect_timeout_s=15.0)
+                  plot=False, ready_timeout_s=10.0, collect_timeout_s=15.0)
 
 
 def test_quorum_and_deadline_close_rounds_without_the_slow_and_the_silent(tmp_path, fashion, mosquitto):

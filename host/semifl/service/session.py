@@ -95,6 +95,9 @@ class RoundRecord:
         self.times.setdefault(dev, {}).update({k: round(float(v), 5) for k, v in seconds.items()})
 
 
+WAIT_TICK_S = 2.0   # how often a long wait tells the display it is still waiting
+
+
 class Session:
     def __init__(self, link, store, limits: Limits | None = None):
         self.link, self.store = link, store
@@ -113,9 +116,11 @@ class Session:
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
         self._topics: dict[str, tuple[str, str]] = {}    # topic -> (device, leaf), parsed once
         self.on_progress = None             # on_progress(round, text): what a round is doing now, for a display
+        self._said = ""
 
     def progress(self, text: str) -> None:
         """Say what the open round is doing (a device done, a batch through), for a live display."""
+        self._said = text
         if self.on_progress:
             self.on_progress(self.round, text)
 
@@ -164,11 +169,19 @@ class Session:
         return True
 
     def wait(self, until, timeout: float, what: str) -> bool:
-        """`pump` that says so in the log when its deadline fires."""
-        if self.pump(until, timeout):
-            return True
-        log.warning("round %d: %s: gave up after %.1f s", self.round, what, timeout)
-        return False
+        """`pump` that tells the display every few seconds how long it has waited for `what` (a long
+        wait is not a hang), and says so in the log when its deadline fires."""
+        start = self.clock()
+        end = start + timeout
+        said = self._said
+        while not self.pump(until, min(end - self.clock(), WAIT_TICK_S)):
+            if self.clock() >= end:
+                log.warning("round %d: %s: gave up after %.1f s", self.round, what, timeout)
+                return False
+            if self.on_progress:
+                self.on_progress(self.round, f"{self._said or said} · waiting for {what} "
+                                             f"{self.clock() - start:.0f}/{timeout:.0f} s")
+        return True
 
     def wait_for_devices(self, n: int, timeout: float) -> bool:
         """Until n devices have reported capabilities and are online (the fleet is up)."""

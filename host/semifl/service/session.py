@@ -173,15 +173,19 @@ class Session:
         wait is not a hang), and says so in the log when its deadline fires."""
         start = self.clock()
         end = start + timeout
-        said = self._said
         while not self.pump(until, min(end - self.clock(), WAIT_TICK_S)):
             if self.clock() >= end:
                 log.warning("round %d: %s: gave up after %.1f s", self.round, what, timeout)
                 return False
-            if self.on_progress:
-                self.on_progress(self.round, f"{self._said or said} · waiting for {what} "
-                                             f"{self.clock() - start:.0f}/{timeout:.0f} s")
+            self.still(f"waiting for {what}", start, timeout)
         return True
+
+    def still(self, what: str, since: float, limit: float | None = None) -> None:
+        """Tell the display a wait goes on: what the round last said, plus `what` and the seconds since
+        `since` (of `limit`)."""
+        if self.on_progress:
+            took = f"{self.clock() - since:.0f}" + (f"/{limit:.0f}" if limit else "")
+            self.on_progress(self.round, f"{self._said} · {what} {took} s".lstrip(" ·"))
 
     def wait_for_devices(self, n: int, timeout: float) -> bool:
         """Until n devices have reported capabilities and are online (the fleet is up)."""

@@ -21,11 +21,13 @@ def generated_dataset(generators: list[tuple[Generator, list[int]]], seed: int =
 
 
 def pretrain(x, y, net: nn.Net, cut: int, params=None, epochs: int = 1, batch: int = 64,
-             lr: float = 0.05, momentum: float = 0.9, seed: int = 0):
+             lr: float = 0.05, momentum: float = 0.9, seed: int = 0, on_step=None):
     """-> (theta_pre, theta_pre_a): f (IoTSL's split CNN, `splitcnn-mnist` in semifl.models, with the
     device part its first `cut` layers) trained on (x, y) by `nn.sgd`, and the device part's arrays
-    (the first len(f_a.shapes())), which the host sends to the first device."""
+    (the first len(f_a.shapes())), which the host sends to the first device. on_step(): after each
+    SGD step (a progress display)."""
     params = params if params is not None else net.init(seed)
-    theta_pre = nn.sgd(net, params, x, y, epochs=epochs, batch=batch, lr=lr, momentum=momentum, seed=seed)
+    step = None if on_step is None else (lambda ps: (on_step(), ps)[1])
+    theta_pre = nn.sgd(net, params, x, y, epochs=epochs, batch=batch, lr=lr, momentum=momentum, seed=seed, step=step)
     f_a, _ = net.split(cut)
     return theta_pre, theta_pre[:len(f_a.shapes())]

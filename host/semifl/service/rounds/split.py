@@ -225,8 +225,15 @@ class SplitRound(Round):
         share = min(1.0, st.pretrain_n / total) if st.pretrain_n else 1.0   # the same share of every class
         x, y, _ = generated_dataset([(g, [int(round(c * share)) for c in hists[d]]) for d, (g, _, _, _) in gens.items()],
                                     seed=self.seed)
+        steps, done = st.pretrain_epochs * -(-len(y) // 64), [0]   # pretrain's batch of 64
+
+        def stepped():
+            done[0] += 1
+            if done[0] % 5 == 0 or done[0] == steps:
+                s.progress(f"pre-training on {len(y)} generated samples: step {done[0]}/{steps}")
         s.progress(f"pre-training on {len(y)} generated samples ({st.pretrain_epochs} epochs)")
-        theta, _ = pretrain(x, y, self.net, cut=self.cut, epochs=st.pretrain_epochs, lr=self.lr, seed=self.seed)
+        theta, _ = pretrain(x, y, self.net, cut=self.cut, epochs=st.pretrain_epochs, lr=self.lr, seed=self.seed,
+                            on_step=stepped)
         na = len(self.f_a.shapes())
         self.server.params_a, self.server.params_b = theta[:na], theta[na:]
         self.gen_record["pretrained_on"] = len(y)
@@ -275,7 +282,9 @@ class SplitRound(Round):
         finished = lambda: all(d in self.done or self.session.gone(d) for d in devs)
         self.last_heard = s.clock()
         while not finished() and s.clock() - self.last_heard < s.limits.collect_timeout_s:
-            s.pump(finished, min(1.0, s.limits.collect_timeout_s))
+            if not s.pump(finished, min(1.0, s.limits.collect_timeout_s)) and s.clock() - self.last_heard >= 2:
+                # a client between batches (or generating its fills first): say the wait goes on
+                s.still("no batch for", self.last_heard)
         for d in devs:
             st = self.active.pop(d, None)
             if d not in self.done:   # dropped out mid-epoch: whatever f_a the host holds goes on

@@ -22,7 +22,8 @@ def _labels(n=3000, n_classes=10, seed=1):
 def _write_idx(path, arr, dims=None, magic=b"\x00\x00\x08"):
     dims = arr.shape if dims is None else dims
     raw = magic + bytes([len(dims)]) + struct.pack(">" + "I" * len(dims), *dims) + arr.astype(np.uint8).tobytes()
-    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(raw)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(raw)
 
 
 def _assert_disjoint(parts):

@@ -254,7 +254,7 @@ def test_a_weak_device_is_trained_for_by_the_host_when_its_policy_allows(tmp_pat
     store.close()
 
 
-def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mosquitto):
+def test_host_restart_mid_round_keeps_every_personal_model(request, tmp_path, har_dir, mosquitto):
     """Kill the host (SIGKILL) while a round holds accepted uploads, start it again: it resumes that
     round, keeps what it accepted, a device asked again answers with the upload it already sent
     (not a second training of its head), and every device ends with the personal model of an
@@ -269,7 +269,8 @@ def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mo
     rounds, flags = 6, ["--strategy", "fedper", "--subjects", "4", "--per-round", "2", "--epochs", "1", "--batch", "16",
                         "--lr", "0.05", "--momentum", "0.5", "--data", har_dir, "--latency-s", "0.02"]
     state = tmp_path / "state.db"
-    log = open(tmp_path / "host.log", "wb")
+    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
+    request.addfinalizer(log.close)
     serve = lambda: subprocess.Popen([sys.executable, "-m", "semifl.cli", "serve", "--broker", mosquitto, "--rounds",   # noqa: E731
                                       str(rounds), "--state", str(state), "--wait-devices", "4", "--wait-s", "60"] + flags,
                                      stdout=log, stderr=subprocess.STDOUT)

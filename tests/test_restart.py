@@ -29,10 +29,11 @@ def serve(url, state, log, strategy, *extra):
 
 
 @pytest.mark.parametrize("strategy", ["semifl", "semifl+"])
-def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosquitto, strategy):
+def test_host_restart_mid_round_loses_no_accepted_update(request, tmp_path, fashion, mosquitto, strategy):
     state = tmp_path / "state.db"
     specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
-    log = open(tmp_path / "host.log", "wb")
+    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
+    request.addfinalizer(log.close)
     with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
         host = serve(mosquitto, state, log, strategy)
         end = time.monotonic() + 120
@@ -71,13 +72,14 @@ def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosq
         assert np.array_equal(a, b)
 
 
-def test_a_restarted_host_merges_the_buffer_it_had_accepted(tmp_path, fashion, mosquitto):
+def test_a_restarted_host_merges_the_buffer_it_had_accepted(request, tmp_path, fashion, mosquitto):
     """Buffered rounds (--mode async): the updates accepted into the open version's buffer before a
     SIGKILL are merged into that version after the restart, none received twice."""
     state = tmp_path / "state.db"
     specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
     async_flags = ["--mode", "async", "--buffer", "4"]
-    log = open(tmp_path / "host.log", "wb")
+    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
+    request.addfinalizer(log.close)
     with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
         host = serve(mosquitto, state, log, "fedavg", *async_flags)
         end = time.monotonic() + 120

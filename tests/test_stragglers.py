@@ -16,9 +16,16 @@ def test_quorum_and_deadline_close_rounds_without_the_slow_and_the_silent(tmp_pa
                          broker=mosquitto, **STRAGGLERS)
     s = run_experiment(cfg, ds=fashion)
     assert len(s["rounds"]) == 4 and s["rejected"] == {}
+    assert "pi-00" in s["rounds"][0]["tasked"]   # in round 1 nobody is busy: the silent device is tasked
     for m in s["rounds"]:
-        # the round went on at its deadline with its quorum: neither the silent pi-00 nor a straggler held it
-        assert 1.0 <= m["phases_s"]["train"] < 1.0 + 1.5, m["phases_s"]
+        # a round with a tasked client that never reported went on at its deadline with its quorum: neither
+        # the silent pi-00 nor a straggler held it. (A device still busy with an earlier task is not waited
+        # for at the announcement, so whether the silent one is tasked again is a race: a round that tasked
+        # only clients which all reported closes as soon as they have.)
+        if set(m["tasked"]) - set(m["trained"]):
+            assert 1.0 <= m["phases_s"]["train"] < 1.0 + 1.5, m["phases_s"]
+        else:
+            assert m["phases_s"]["train"] < 1.0 + 1.5, m["phases_s"]
         assert len(m["participants"]["fl"]) == 2 and "pi-00" not in m["trained"]
         assert not {"pi-02", "pi-05"} & set(m["trained"])   # 8 x 0.3 s of training: never in time
         assert len(m["participants"]["cl"]) == 2

@@ -122,6 +122,26 @@ def accepted_in_open_round(state):
         db.close()
 
 
+def kill_mid_round_and_restart(start, state, log_path, poll_s: float = 0.005, restart_timeout: float = 180):
+    """A host process `start(log)` is killed (SIGKILL) as soon as its state database shows accepted work in
+    an open round, started again, and must finish with exit code 0; both write `log_path`.
+    -> what it had accepted in that round (`accepted_in_open_round`) before the kill."""
+    import signal
+
+    with open(log_path, "wb") as log:
+        host = start(log)
+        end, before = time.monotonic() + 120, []
+        while not before and time.monotonic() < end and host.poll() is None:
+            before = accepted_in_open_round(state) if state.exists() else []
+            time.sleep(poll_s)
+        assert before, f"never caught an open round with accepted work; host log: {log_path.read_text()[-2000:]}"
+        host.send_signal(signal.SIGKILL)
+        host.wait(10)
+        host = start(log)
+        assert host.wait(restart_timeout) == 0, log_path.read_text()[-3000:]
+    return before
+
+
 def read_records(path):
     """(topic, payload) records as tests/mp/harness.py's RecordingClient writes them."""
     import struct

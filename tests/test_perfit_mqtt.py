@@ -24,7 +24,7 @@ from semifl.service.store import Store
 from semifl.transport.mqtt import HostLink, parse_broker_url
 from semifl.device import PersonalClient
 
-from conftest import accepted_in_open_round
+from conftest import kill_mid_round_and_restart
 
 from conftest import HAR_NF as NF   # noqa: E402  (WISDM-2019's 91 features; the har_dir fixture's)
 NET = get("3nn-har").network()
@@ -254,12 +254,11 @@ def test_a_weak_device_is_trained_for_by_the_host_when_its_policy_allows(tmp_pat
     store.close()
 
 
-def test_host_restart_mid_round_keeps_every_personal_model(request, tmp_path, har_dir, mosquitto):
+def test_host_restart_mid_round_keeps_every_personal_model(tmp_path, har_dir, mosquitto):
     """Kill the host (SIGKILL) while a round holds accepted uploads, start it again: it resumes that
     round, keeps what it accepted, a device asked again answers with the upload it already sent
     (not a second training of its head), and every device ends with the personal model of an
     uninterrupted in-process run."""
-    import signal
     import sqlite3
     import subprocess
     import sys
@@ -269,25 +268,14 @@ def test_host_restart_mid_round_keeps_every_personal_model(request, tmp_path, ha
     rounds, flags = 6, ["--strategy", "fedper", "--subjects", "4", "--per-round", "2", "--epochs", "1", "--batch", "16",
                         "--lr", "0.05", "--momentum", "0.5", "--data", har_dir, "--latency-s", "0.02"]
     state = tmp_path / "state.db"
-    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
-    request.addfinalizer(log.close)
-    serve = lambda: subprocess.Popen([sys.executable, "-m", "semifl.cli", "serve", "--broker", mosquitto, "--rounds",   # noqa: E731
+    serve = lambda log: subprocess.Popen([sys.executable, "-m", "semifl.cli", "serve", "--broker", mosquitto, "--rounds",   # noqa: E731
                                       str(rounds), "--state", str(state), "--wait-devices", "4", "--wait-s", "60"] + flags,
                                      stdout=log, stderr=subprocess.STDOUT)
     c = cfg(tmp_path, har_dir, mosquitto, rounds=rounds, latency_s=0.02)
     har = load_har(har_dir, seed=c.seed)
 
     with VirtualFleet(tmp_path / "fleet", experiment.fleet_specs(c, har), None, mosquitto):
-        host = serve()
-        before, end = [], time.monotonic() + 120
-        while not before and time.monotonic() < end and host.poll() is None:
-            before = accepted_in_open_round(state) if state.exists() else []
-            time.sleep(0.005)
-        assert before, (tmp_path / "host.log").read_text()[-2000:]
-        host.send_signal(signal.SIGKILL)
-        host.wait(10)
-        host = serve()
-        assert host.wait(120) == 0, (tmp_path / "host.log").read_text()[-3000:]
+        before = kill_mid_round_and_restart(serve, state, tmp_path / "host.log", restart_timeout=120)
     store = Store(str(state))
     metrics = {m["round"]: m for m in store.round_metrics()}
     assert sorted(metrics) == list(range(1, rounds + 1))

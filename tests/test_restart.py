@@ -2,11 +2,9 @@
 every update it had accepted, and ends with the very model an uninterrupted run computes, for a
 stateless strategy (SemiFL) and for one with state (semifl+: server Adam, sample and update memories)."""
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from semifl.service.store import Store
 from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
 from semifl.app.inprocess import run_inprocess
 
-from conftest import accepted_in_open_round
+from conftest import kill_mid_round_and_restart
 
 ROUNDS, SEED = 6, 3
 
@@ -29,25 +27,12 @@ def serve(url, state, log, strategy, *extra):
 
 
 @pytest.mark.parametrize("strategy", ["semifl", "semifl+"])
-def test_host_restart_mid_round_loses_no_accepted_update(request, tmp_path, fashion, mosquitto, strategy):
+def test_host_restart_mid_round_loses_no_accepted_update(tmp_path, fashion, mosquitto, strategy):
     state = tmp_path / "state.db"
     specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
-    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
-    request.addfinalizer(log.close)
     with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
-        host = serve(mosquitto, state, log, strategy)
-        end = time.monotonic() + 120
-        before = []
-        while not before and time.monotonic() < end and host.poll() is None:
-            before = accepted_in_open_round(state) if state.exists() else []
-            time.sleep(0.005)
-        assert before, f"never caught an open round with accepted work; host log: {(tmp_path / 'host.log').read_text()[-2000:]}"
-        host.send_signal(signal.SIGKILL)
-        host.wait(10)
-        killed_round = before[0][0]
-
-        host = serve(mosquitto, state, log, strategy)
-        assert host.wait(180) == 0, (tmp_path / "host.log").read_text()[-3000:]
+        before = kill_mid_round_and_restart(lambda log: serve(mosquitto, state, log, strategy), state, tmp_path / "host.log")
+    killed_round = before[0][0]
 
     store = Store(str(state))
     metrics = {m["round"]: m for m in store.round_metrics()}
@@ -72,26 +57,15 @@ def test_host_restart_mid_round_loses_no_accepted_update(request, tmp_path, fash
         assert np.array_equal(a, b)
 
 
-def test_a_restarted_host_merges_the_buffer_it_had_accepted(request, tmp_path, fashion, mosquitto):
+def test_a_restarted_host_merges_the_buffer_it_had_accepted(tmp_path, fashion, mosquitto):
     """Buffered rounds (--mode async): the updates accepted into the open version's buffer before a
     SIGKILL are merged into that version after the restart, none received twice."""
     state = tmp_path / "state.db"
     specs = seed_fleet(6, 4, 10, SEED, ROUNDS, LinkProfile(latency_s=0.002))
     async_flags = ["--mode", "async", "--buffer", "4"]
-    log = open(tmp_path / "host.log", "wb")   # both host processes write it; closed at the test's end
-    request.addfinalizer(log.close)
     with VirtualFleet(tmp_path / "fleet", specs, fashion, mosquitto):
-        host = serve(mosquitto, state, log, "fedavg", *async_flags)
-        end = time.monotonic() + 120
-        before = []
-        while not before and time.monotonic() < end and host.poll() is None:
-            before = accepted_in_open_round(state) if state.exists() else []
-            time.sleep(0.002)
-        assert before, (tmp_path / "host.log").read_text()[-2000:]
-        host.send_signal(signal.SIGKILL)
-        host.wait(10)
-        host = serve(mosquitto, state, log, "fedavg", *async_flags)
-        assert host.wait(180) == 0, (tmp_path / "host.log").read_text()[-3000:]
+        before = kill_mid_round_and_restart(lambda log: serve(mosquitto, state, log, "fedavg", *async_flags), state,
+                                            tmp_path / "host.log", poll_s=0.002)
     store = Store(str(state))
     metrics = {m["round"]: m for m in store.round_metrics()}
     store.close()

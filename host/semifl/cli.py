@@ -87,9 +87,19 @@ def _took_part(rounds: list) -> bool:
     return any(m["participants"]["fl"] or m["participants"]["cl"] for m in rounds)
 
 
-def cmd_run(args):
-    from pathlib import Path
+def _ended(command: str, summary: dict, out, logs: str) -> int:
+    """The last line of `run` and `serve`: the result, or that nobody took part (exit 1; see `logs`)."""
+    if not _took_part(summary["rounds"]):
+        print(f"semifl {command}: no device took part in any round (no update or samples were merged); see {logs}",
+              file=sys.stderr)
+        return 1
+    acc = "-" if summary["final_accuracy"] is None else f"{100 * summary['final_accuracy']:.2f}%"
+    print(f"final accuracy {acc} after {_rounds(len(summary['rounds']))}; rejected: {summary['rejected'] or 'none'}; "
+          f"refused: {summary['refused'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
+    return 0
 
+
+def cmd_run(args):
     from semifl.app.run import resume_config, run_experiment
 
     if args.resume:
@@ -98,18 +108,11 @@ def cmd_run(args):
         if given:
             raise ConfigError(f"--resume takes the run's own config.json; only --rounds may change "
                               f"(also given: {', '.join('--' + g.replace('_', '-') for g in sorted(given))})")
-        cfg = resume_config(args.resume, args.rounds)
+        cfg, done = resume_config(args.resume, args.rounds)
     else:
-        cfg = _load_config(args)
+        cfg, done = _load_config(args), 0
     for note in cfg.notes():
         print(f"semifl run: note: {note}", file=sys.stderr)
-    done = 0
-    if args.resume:
-        from semifl.service.store import Store
-
-        st = Store(str(Path(args.resume) / "state.db"))
-        done = st.last_completed_round()
-        st.close()
     show = _Display(cfg.rounds)
     where = {}
 
@@ -127,15 +130,7 @@ def cmd_run(args):
         else:
             print("\nstopped before the run began", file=sys.stderr)
         return 130
-    out = where["out"]
-    if not _took_part(summary["rounds"]):
-        print(f"semifl run: no device took part in any round (no update or samples were merged); see {out}/fleet/*/device.log",
-              file=sys.stderr)
-        return 1
-    acc = "-" if summary["final_accuracy"] is None else f"{100 * summary['final_accuracy']:.2f}%"
-    print(f"final accuracy {acc} after {_rounds(len(summary['rounds']))}; rejected: {summary['rejected'] or 'none'}; "
-          f"refused: {summary['refused'] or 'none'}; wrote {out}/summary.json and {out}/rounds.png")
-    return 0
+    return _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
 
 
 def cmd_broker(args):
@@ -178,14 +173,7 @@ def cmd_serve(args):
     except KeyboardInterrupt:
         print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
         return 130
-    out = where["out"]
-    if not _took_part(summary["rounds"]):
-        print("semifl serve: no device took part in any round (no update or samples were merged)", file=sys.stderr)
-        return 1
-    acc = "-" if summary["final_accuracy"] is None else f"{100 * summary['final_accuracy']:.2f}%"
-    print(f"final accuracy {acc} after {_rounds(len(summary['rounds']))}; rejected: {summary['rejected'] or 'none'}; "
-          f"wrote {out}/summary.json and {out}/rounds.png")
-    return 0
+    return _ended("serve", summary, where["out"], "the devices' logs")
 
 
 def cmd_fleet(args):

@@ -144,14 +144,17 @@ def discard(out: Path, new: bool) -> None:
         out.rmdir()
 
 
-def resume_config(folder: str, rounds: int | None = None) -> RunConfig:
+def resume_config(folder: str, rounds: int | None = None) -> tuple[RunConfig, int]:
     """The config of the interrupted run in `folder` (its config.json), to go on from its last
-    completed round; `rounds` may extend it."""
-    path = Path(folder) / "config.json"
-    if not (Path(folder) / "state.db").exists() or not path.exists():
+    completed round; `rounds` may extend it. -> (config, the last completed round)."""
+    path, db = Path(folder) / "config.json", Path(folder) / "state.db"
+    if not db.exists() or not path.exists():
         raise ConfigError(f"resume: {folder} holds no interrupted run (no config.json and state.db there)")
     cfg = RunConfig.from_dict(json.loads(path.read_text()))
-    return cfg.replace(out=str(folder), **({"rounds": rounds} if rounds is not None else {}))
+    store = Store(str(db))
+    done = store.last_completed_round()
+    store.close()
+    return cfg.replace(out=str(folder), **({"rounds": rounds} if rounds is not None else {})), done
 
 
 def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None, *,

@@ -191,7 +191,7 @@ def test_fields_cover_every_dataclass_field_once():
     for s, cls in SECTIONS.items():
         expected |= {f.name for f in dataclasses.fields(cls)}
         assert all(FIELDS[f.name][0] == s for f in dataclasses.fields(cls))
-    assert set(FIELDS) == expected and set(SECTIONS) == {"federated", "split", "personal", "sim", "host"}
+    assert set(FIELDS) == expected and set(SECTIONS) == {"federated", "split", "personal", "sim", "host", "trust"}
     assert all(f.metadata["help"] for _, f in FIELDS.values())
 
 

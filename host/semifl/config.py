@@ -135,6 +135,31 @@ class Sim:
 
 
 @dataclass
+class Trust:
+    """What a run trusts of its devices and its links (docs/trust.md)."""
+    aggregation: str = setting("mean", "how FL updates are merged: mean (FedAvg's weighted mean), norm_bound (each "
+                               "update clipped to --clip-norm), median (coordinate-wise), trimmed_mean, krum, "
+                               "multi_krum", choices=("mean", "norm_bound", "median", "trimmed_mean", "krum", "multi_krum"))
+    clip_norm: float = setting(0.0, "norm_bound: the L2 bound of an update (0: adaptive, a multiple of the round's "
+                               "median update norm)", ge=0)
+    trim: float = setting(0.2, "trimmed_mean: share of updates dropped at each end, per coordinate", ge=0, lt=0.5)
+    byzantine: int = setting(0, "krum / multi_krum: the f Byzantine clients a round tolerates (0: the most the "
+                             "round's clients allow, (n - 3) // 2)", ge=0)
+    quarantine_after: int = setting(3, "a device whose updates or samples are outliers this many rounds in a row "
+                                    "is quarantined: never planned again in the run (0: never)", ge=0)
+    dp_noise: float = setting(0.0, "client-level DP: noise multiplier z of the Gaussian noise on the clipped sum "
+                              "of FL updates (0: off)", ge=0)
+    dp_clip: float = setting(1.0, "client-level DP: the L2 clip of each FL update (with --dp-adaptive: its start)",
+                             gt=0)
+    dp_adaptive: bool = setting(False, "client-level DP: the clip follows a quantile of the updates' norms "
+                                "(Andrew et al. 2021)")
+    dp_delta: float = setting(1e-5, "client-level DP: the delta of the (epsilon, delta) the summary reports",
+                              gt=0, lt=1)
+    secagg: bool = setting(False, "FL clients mask their updates (SecAgg+): the host learns only their sum")
+    insecure: bool = setting(False, "allow an anonymous, unencrypted broker beyond loopback (never the default)")
+
+
+@dataclass
 class Host:
     ready_timeout_s: float = setting(10.0, "how long a round waits for devices' ready reports", gt=0)
     collect_timeout_s: float = setting(120.0, "the hard limit on any one wait for devices' work (training, "
@@ -167,6 +192,7 @@ class RunConfig:
     personal: Personal = section(Personal, "personalization")
     sim: Sim = section(Sim, "virtual fleet")
     host: Host = section(Host, "host")
+    trust: Trust = section(Trust, "trust")
 
     @property
     def family(self) -> str:

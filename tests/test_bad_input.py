@@ -96,7 +96,7 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     chunks = update_chunks(engine)
     corrupt = bytearray(chunks[1])
     corrupt[-1] ^= 0xFF
-    bad("crc", "pi-x", wire.T_UP, [chunks[0], bytes(corrupt)])
+    bad("crc", "pi-x", wire.T_UP, [bytes(corrupt)])   # refused alone: the blob it claims to be part of goes on
     bad("version", "pi-x", wire.T_STATUS, [b'{"v": 9, "kind": "ready", "round": 5}'])
     bad("shape", "pi-x", wire.T_UP, update_chunks(engine, [np.zeros((3, 3), np.float32)]))
     bad("shape", "pi-x", wire.T_UP, update_chunks(engine, [np.zeros(s, np.float64) for s in engine.shapes]))

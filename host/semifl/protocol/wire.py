@@ -277,36 +277,48 @@ class Assembler:
     """Reassembles one blob from chunks that may arrive in any order (QoS 1 may also duplicate).
 
     `sink(offset, data)` receives data in order, so an MCU can write it straight to flash; on the
-    host the default sink fills a bytearray. `add` returns True once the blob is complete and its
-    CRC checks out.
+    host the default sink appends to a bytearray that grows with what arrived (a header's claim of
+    blob_len reserves nothing). `add` returns True once the blob is complete and its CRC checks out.
+    `held` is what the blob holds in memory now, out-of-order chunks included.
     """
+    OVERHEAD = 64   # what one waiting chunk costs beyond its data: empty chunks are not free
 
     def __init__(self, kind, blob_id, count, blob_len, sink=None):
         self.kind, self.blob_id, self.count, self.blob_len = kind, blob_id, count, blob_len
         self.buf = None
         if sink is None:
-            self.buf = bytearray(blob_len)
+            self.buf = bytearray()
             sink = self._fill
         self.sink = sink
         self.pending = {}  # out-of-order chunks waiting for their turn
+        self.pending_bytes = 0
         self.next_seq, self.offset, self.crc, self.blob_crc = 0, 0, 0, None
 
     def _fill(self, off, data):
-        self.buf[off:off + len(data)] = data
+        self.buf.extend(data)   # in order: off is always len(buf)
+
+    @property
+    def held(self):
+        return (len(self.buf) if self.buf is not None else 0) + self.pending_bytes
 
     def add(self, kind, blob_id, seq, count, blob_len, bcrc, data):
         if (kind, blob_id, count, blob_len) != (self.kind, self.blob_id, self.count, self.blob_len):
             raise WireError("malformed", "chunk does not belong to blob %d" % self.blob_id)
         if seq < self.next_seq or seq in self.pending:
             return self.done()  # a duplicate: QoS 1 delivers at least once
+        if len(data) > blob_len:
+            raise WireError("oversized", "a chunk of %d bytes in a blob of %d" % (len(data), blob_len))
         if seq == count - 1:
             self.blob_crc = bcrc
         if seq != self.next_seq:
             self.pending[seq] = data   # out of order: it waits for its turn
+            self.pending_bytes += len(data) + self.OVERHEAD
             return False
         self._take(data)   # in order (the usual case): straight through
         while self.next_seq in self.pending:
-            self._take(self.pending.pop(self.next_seq))
+            d = self.pending.pop(self.next_seq)
+            self.pending_bytes -= len(d) + self.OVERHEAD
+            self._take(d)
         if self.next_seq == self.count:
             if self.offset != self.blob_len:
                 raise WireError("truncated", "blob %d: %d of %d bytes" % (self.blob_id, self.offset, self.blob_len))

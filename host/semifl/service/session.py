@@ -9,8 +9,10 @@ one way to send a device something (`send_task`, `send_down`), the announcement 
 """
 from __future__ import annotations
 
-import binascii
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -68,6 +70,9 @@ class Limits:
     collect_timeout_s: float = 120.0   # the hard limit on any wait for a device's work
     max_blob: int = 32 << 20
     max_blobs_in_flight: int = 4       # per device: bounds the memory a misbehaving device can pin
+    max_device_bytes: int = 64 << 20   # per device: bytes its blobs in progress may hold
+    max_bytes_in_flight: int = 256 << 20   # the whole fleet: bytes all blobs in progress may hold
+    stalled_blob_s: float = 60.0       # a blob in progress that got no chunk this long may be dropped for room
     threads: int = 1                   # BLAS threads of the host's arithmetic (results must not depend on the machine)
 
 
@@ -108,12 +113,19 @@ class Session:
         if self.run_id is None:
             self.run_id = int.from_bytes(np.random.default_rng().bytes(4), "little")
             store.set_meta("run_id", self.run_id)
+        # the key of every task nonce: kept in the store (a restarted host derives the same nonces), never sent
+        secret = store.get_meta("task_secret")
+        if secret is None:
+            secret = secrets.token_hex(32)
+            store.set_meta("task_secret", secret)
+        self._task_key = bytes.fromhex(secret)
         self.round = 0
         self.handler = None                 # the round object messages go to
         self.rec = RoundRecord(0, time.time(), Counter(), Counter())
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
-        self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id): Assembler}
+        self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id, count, blob_len): Assembler}
+        self.bytes_in_flight = 0            # what every blob in progress holds (data, pending chunks)
         self._topics: dict[str, tuple[str, str]] = {}    # topic -> (device, leaf), parsed once
         self.on_progress = None             # on_progress(round, text): what a round is doing now, for a display
         self._said = ""
@@ -126,8 +138,12 @@ class Session:
 
     # --- outbound ---------------------------------------------------------------------------------
     def task_id(self, rnd: int, dev: str) -> int:
-        """The nonce of `dev`'s task in round (or model version) `rnd`."""
-        return binascii.crc32(f"{self.run_id}/{rnd}/{dev}".encode()) & 0x7FFFFFFF
+        """The nonce of `dev`'s task in round (or model version) `rnd`: HMAC-SHA256 of (round, device)
+        under the run's secret, cut to 52 bits (an integer JSON carries exactly). It reaches only `dev`,
+        on its own task topic, so an upload that echoes it is bound to that device and round; nobody
+        else can compute it (docs/protocol.md §5)."""
+        mac = hmac.new(self._task_key, f"{rnd}/{dev}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(mac[:7], "little") & ((1 << 52) - 1)
 
     def send_task(self, dev: str, task: dict) -> None:
         payload = wire.encode_json(dict(task, v=wire.VERSION))
@@ -273,40 +289,79 @@ class Session:
             raise Rejected("stale_round", f"{what} for round {rnd} during round {self.round}")
 
     def _on_chunk(self, dev: str, payload: bytes) -> bool:
-        try:
-            kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.limits.max_blob)
-        except wire.WireError as e:
-            if e.reason == "crc":  # a corrupt chunk spoils its blob: drop it whole (docs/protocol.md §6)
-                self._asm[dev].pop((payload[3], int.from_bytes(payload[4:8], "little")), None)
-            raise
+        """One chunk of `dev`'s upload (docs/protocol.md §6). A blob in progress is keyed by its layout
+        (kind, blob id, count, blob_len): a chunk of another layout starts a blob of its own beside it and
+        never restarts or displaces it; a device that sends its blob again from the start (same layout)
+        goes on where it was. A corrupt chunk is refused alone. Memory grows with the bytes that arrived,
+        within a per-device and a fleet-wide cap."""
+        kind, blob_id, seq, count, blob_len, bcrc, data = wire.decode_chunk(payload, self.limits.max_blob)
         why = self.handler.refuse_chunk(dev, kind, blob_id, seq) if self.handler else "no round is open"
         if why == "drop":   # the round object has counted it (late): nothing to reject
             return False
         if why:
             raise Rejected("stale_round", why)
-        key = (kind, blob_id)
+        key = (kind, blob_id, count, blob_len)
         held = self._asm[dev]
         asm = held.get(key)
-        if asm is not None and (asm.count, asm.blob_len) != (count, blob_len):
-            asm = None  # the device started this blob over with new content: the newer one wins
         if asm is None:
-            if key not in held and len(held) >= self.limits.max_blobs_in_flight:
+            if len(held) >= self.limits.max_blobs_in_flight and not self._evict_stalled(dev):
                 raise Rejected("oversized", f"{dev} has {len(held)} blobs in flight")
+            held = self._asm[dev]   # eviction may have let go of the device's (emptied) dict
             asm = held[key] = wire.Assembler(kind, blob_id, count, blob_len)
+            asm.t_last = self.clock()
+        elif seq < asm.next_seq or seq in asm.pending:
+            return asm.add(kind, blob_id, seq, count, blob_len, bcrc, data)   # a duplicate: holds nothing more
+        need = len(data) + wire.Assembler.OVERHEAD
+        if sum(a.held for a in held.values()) + need > self.limits.max_device_bytes:
+            self._forget(dev, key, asm, empty_only=True)
+            raise Rejected("oversized", f"{dev}'s blobs in flight would pass {self.limits.max_device_bytes} bytes")
+        if self.bytes_in_flight + need > self.limits.max_bytes_in_flight and not self._evict_stalled(None, need):
+            self._forget(dev, key, asm, empty_only=True)
+            raise Rejected("oversized", f"blobs in flight would pass {self.limits.max_bytes_in_flight} bytes")
+        before = asm.held
         try:
             complete = asm.add(kind, blob_id, seq, count, blob_len, bcrc, data)
         except wire.WireError:
-            del held[key]   # a broken blob is dropped whole; the device may send it again
+            self._forget(dev, key, asm)   # a broken blob is dropped whole; the device may send it again
             raise
+        asm.t_last = self.clock()
+        self.bytes_in_flight += asm.held - before
         if not complete:
             return False
-        del held[key]
+        self._forget(dev, key, asm)
         self.handler.on_blob(dev, kind, asm.buf)   # the assembled bytearray, not copied again
         return True
+
+    def _forget(self, dev: str, key: tuple, asm, empty_only: bool = False) -> None:
+        """Stop assembling `asm` and give back what it held (`empty_only`: only if it holds nothing)."""
+        if empty_only and (asm.held or asm.next_seq):
+            return
+        if self._asm[dev].get(key) is asm:
+            del self._asm[dev][key]
+            self.bytes_in_flight -= asm.held
+        if not self._asm[dev]:
+            del self._asm[dev]
+
+    def _evict_stalled(self, dev: str | None, need: int = 0) -> bool:
+        """Drop blobs in progress that got no chunk for `stalled_blob_s` (of `dev`, or the fleet's) so
+        a blob abandoned (or made up) cannot hold a slot or bytes for ever. -> whether room was made."""
+        now, limit = self.clock(), self.limits.stalled_blob_s
+        devs = [dev] if dev is not None else list(self._asm)
+        freed = False
+        for d in devs:
+            for key, asm in list(self._asm.get(d, {}).items()):
+                if now - asm.t_last > limit:
+                    log.info("dropped %s's blob %s in progress: no chunk for %.0f s", d, key[:2], now - asm.t_last)
+                    self._forget(d, key, asm)
+                    freed = True
+        if dev is not None:
+            return freed and len(self._asm.get(dev, {})) < self.limits.max_blobs_in_flight
+        return self.bytes_in_flight + need <= self.limits.max_bytes_in_flight
 
     def drop_partial(self) -> None:
         """Forget blobs still arriving (a round closed: what did not complete by then is dropped)."""
         self._asm.clear()
+        self.bytes_in_flight = 0
 
     def open_blob(self, dev: str, blob: bytes, rnd: int | None = None) -> tuple[dict, list]:
         """Decode a device's blob and check it (`check_blob`). -> (meta, tensors)."""

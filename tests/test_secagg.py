@@ -200,7 +200,7 @@ def run_with_bad_shares(n_bad):
     for i, m in server.unmask_out().items():
         r = clients[i].unmask(m)
         if i <= n_bad:                      # clients 1..n_bad lie about their share of 7's self-mask seed
-            r["b"]["7"] = flip(r["b"]["7"], 30)
+            r["b"]["7"] = sa.b64(np.random.default_rng(i).bytes(sa.SHARE_BYTES - 1).rjust(sa.SHARE_BYTES, b"\0"))
         server.receive_unmask(r)
     return server.aggregate()[0], xs
 

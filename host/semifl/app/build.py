@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from semifl.config import RunConfig
-from semifl.learn import mlp, nn, perfit, registry
+from semifl.learn import mlp, nn, perfit, registry, robust
 from semifl.learn.data import Dataset, to_float
 from semifl.learn.har import HARData, feature_view
 from semifl.models import get as get_model
@@ -40,10 +40,13 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
         return split_round(cfg, session, data, spec, init)
     fed = cfg.federated
     strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, fed.prune, cfg.seed)
+    if cfg.trust.aggregation != "mean":   # the robust rule takes the strategy's FL merge (learn/robust.py)
+        strategy.fl_merge = robust.from_trust(cfg.trust)
     kind = BufferedRound if fed.mode == "async" else FederatedRound
     return kind(session, strategy, fed, init or mlp.init_params(seed=cfg.seed), make_evaluator(data), seed=cfg.seed,
                 lr=cfg.lr, epochs=cfg.epochs, carries_late=spec.carries_late,
-                n_classes=data.n_classes, calib_x=data.x_train[::60][:1000])   # int8 ranges until CL uploads arrive
+                n_classes=data.n_classes, calib_x=data.x_train[::60][:1000],   # int8 ranges until CL uploads arrive
+                trust=cfg.trust)
 
 
 def split_round(cfg: RunConfig, session: Session, ds: Dataset, spec, init=None) -> SplitRound:

@@ -72,16 +72,21 @@ def plan_personal(rnd: int, devices: dict[str, dict], picked: list[str], ready: 
 
 
 def plan_round(rnd: int, devices: dict[str, dict], cfg: PlannerConfig, use_cl: bool = True,
-               train_bytes=None, fl_budget: int | None = None, seed: int = 0) -> RoundPlan:
+               train_bytes=None, fl_budget: int | None = None, seed: int = 0,
+               exclude: dict[str, str] | None = None) -> RoundPlan:
     """devices: id -> latest capabilities merged with this round's link report ("rssi", "battery").
     train_bytes(caps) -> bytes a device needs to train this round's model: a capable device with less
     RAM is refused the model before training (plan.refused) and treated as computing-limited.
     fl_budget: at most this many FL clients train (the K a round uses plus its over-selection),
-    drawn seeded per round from the capable ones; None: all of them."""
+    drawn seeded per round from the capable ones; None: all of them. exclude: device -> why it is not
+    planned at all (quarantined, benched), recorded as idle."""
     plan = RoundPlan(rnd)
     cl_candidates = []
     for dev_id in sorted(devices):
         caps = devices[dev_id]
+        if exclude and dev_id in exclude:
+            plan.idle[dev_id] = exclude[dev_id]
+            continue
         battery = caps.get("battery", 1.0)
         capable = is_capable(caps, cfg)
         if capable and train_bytes is not None:
@@ -136,3 +141,36 @@ def select_fl_uploaders(norms: dict[str, float], k: int) -> list[str]:
 def task_seed(run_seed: int, rnd: int, device_id: str) -> int:
     """The per-round, per-device sampling seed carried in a task (uint32, stable across runtimes)."""
     return (binascii.crc32(device_id.encode()) ^ (run_seed * 1000003 + rnd * 7919)) & 0xFFFFFFFF
+
+
+class Zombies:
+    """Devices that take FL tasks and never deliver ("zombies": they answer `ready`, nothing else).
+    After `after` undelivered tasks in a row a device is benched, not tasked for base**k rounds
+    (k = 1, 2, ... with each further miss, at most `cap`); a delivery, even a late one, clears it.
+    Checkpointable (`state` / `load_state`)."""
+
+    def __init__(self, after: int = 2, base: int = 2, cap: int = 64):
+        self.after, self.base, self.cap = after, base, cap
+        self.misses: dict[str, int] = {}
+        self.until: dict[str, int] = {}   # device -> first round it may be tasked again
+
+    def missed(self, dev: str, rnd: int) -> None:
+        self.misses[dev] = self.misses.get(dev, 0) + 1
+        k = self.misses[dev] - self.after + 1
+        if k >= 1:
+            self.until[dev] = rnd + 1 + min(self.cap, self.base ** k)
+
+    def delivered(self, dev: str) -> None:
+        self.misses.pop(dev, None)
+        self.until.pop(dev, None)
+
+    def benched(self, rnd: int) -> dict[str, str]:
+        """device -> why it is not tasked in round `rnd`."""
+        return {d: f"benched until round {u}: {self.misses[d]} FL tasks in a row not delivered"
+                for d, u in sorted(self.until.items()) if rnd < u}
+
+    def state(self) -> dict:
+        return {"misses": self.misses, "until": self.until}
+
+    def load_state(self, meta: dict) -> None:
+        self.misses, self.until = dict(meta.get("misses", {})), dict(meta.get("until", {}))

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import aggregate, mlp
 from .data import to_float
-from .strategy import CLBatch, FLUpdate, Strategy, average_fl
+from .strategy import CLBatch, FLUpdate, Strategy
 
 SERVER_OPTS = ("sgd", "avgm", "adam", "yogi")
 SCHEDULES = ("constant", "cosine")
@@ -98,6 +98,11 @@ class SemiFLPlus(Strategy):
                 x, y = xy
                 seen = {x[i].tobytes() + int(y[i]).to_bytes(2, "little") for i in range(len(y))}
                 self.cl_mem[name[3:]] = ([x], [y], seen)
+
+    def forget(self, device: str) -> None:
+        """A quarantined device's remembered delta and samples stop entering the rounds."""
+        self.fl_mem.pop(device, None)
+        self.cl_mem.pop(device, None)
 
     # --- memories -------------------------------------------------------------------------------
     def remember(self, cl: list[CLBatch]) -> int:
@@ -161,7 +166,7 @@ class SemiFLPlus(Strategy):
         if fl:
             f = self.fl_floor
             w = [self.weight(u.device, u.n) * (f + (1 - f) * self.fl_decay ** age.get(u.device, 0)) for u in fl]
-            parts.append(average_fl(fl, w))
+            parts.append(self.fl_merge(fl, w))
             weights.append(sum(w))
         sets = [s for s in self.cl_sets(cl) if len(s[2])]
         if sets:

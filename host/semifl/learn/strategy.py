@@ -52,6 +52,12 @@ class CLBatch:
 class Strategy:
     name = "base"
     uses_cl = False
+    # The seam every FL merge goes through: merge(fl, weights) -> the FL part of the round. A robust
+    # rule (learn/robust.py) or client-level DP (learn/dp.py) replaces it per instance.
+    fl_merge = staticmethod(average_fl)
+
+    def forget(self, device: str) -> None:
+        """Drop whatever the strategy remembers of `device` (a quarantined device); stateless: nothing."""
 
     def observe_fleet(self, dataset_sizes: dict[str, int]) -> None:
         """Each device's full number of samples (from its capability report), before aggregation.
@@ -77,7 +83,7 @@ class FedAvg(Strategy):
         if not fl:
             return params
         fl = sorted(fl, key=lambda u: u.device)
-        return aggregate.apply_delta(params, average_fl(fl, [u.n for u in fl]))
+        return aggregate.apply_delta(params, self.fl_merge(fl, [u.n for u in fl]))
 
 
 class SemiFL(Strategy):
@@ -101,7 +107,7 @@ class SemiFL(Strategy):
         parts, weights = [], []
         if fl:
             n_fl = sum(u.n for u in fl)
-            parts.append(average_fl(fl, [u.n for u in fl]))
+            parts.append(self.fl_merge(fl, [u.n for u in fl]))
             weights.append(n_fl)
         if cl:
             d, n_cl = self.cl_delta(params, cl)

@@ -17,6 +17,7 @@ from semifl.device.link import SimBattery, SimRadio
 from semifl.protocol import wire
 from semifl.transport.memory import MemoryBroker
 
+from . import attacks
 from .fleet import DeviceSpec, shard
 
 TIMED = ("latency_s", "bandwidth_bps", "slowdown", "train_s")   # what only a real-time fleet simulates
@@ -24,10 +25,12 @@ TIMED = ("latency_s", "bandwidth_bps", "slowdown", "train_s")   # what only a re
 
 class InProcessFleet:
     def __init__(self, broker: MemoryBroker, specs: list[DeviceSpec], ds=None, n_classes: int | None = None,
-                 host_threads: int = 1):
+                 host_threads: int = 1, attackers: dict[str, str] | None = None):
         """host_threads: the BLAS threads the host computes with around the devices' deliveries; with
-        more than one, each delivery limits the device to one (~10 us a message), as a device process has."""
+        more than one, each delivery limits the device to one (~10 us a message), as a device process has.
+        attackers: device id -> a Byzantine behaviour (`sim.attacks.ATTACKS`) its FL client plays."""
         self.broker = broker
+        self.attackers = dict(attackers or {})
         self.devices: dict[str, Device] = {}
         self._blas = ThreadpoolController() if host_threads != 1 else None
         for spec in specs:
@@ -45,7 +48,8 @@ class InProcessFleet:
                "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32"), "flash": 0, **spec.config}
         if spec.device_class == "pi":
             cfg.update(max_chunk=65536, ram=int(sim.get("ram", 1 << 30)), cpu_score=1e4)
-            roles = [FLClient, SplitClientRole]
+            fl = attacks.role(self.attackers[spec.id]) if spec.id in self.attackers else FLClient
+            roles = [fl, SplitClientRole]
             if "x_test" in data:   # its own test windows: it personalizes and scores its personal model
                 client = PersonalClient(spec.id, data["x"], data["y"], data["x_test"], data["y_test"], None,
                                         data.get("public"), n_classes)

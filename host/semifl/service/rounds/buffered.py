@@ -80,6 +80,7 @@ class BufferedRound(FederatedRound):
                 del self.busy[dev]
             self.expired.discard((dev, u))
             self.done_for.add((dev, u))
+            self.zombies.delivered(dev)
             t = {k: meta[f"t_{k}_s"] for k in ("download", "local") if isinstance(meta.get(f"t_{k}_s"), (int, float))}
             s.rec.took(dev, **t)
         else:
@@ -96,7 +97,10 @@ class BufferedRound(FederatedRound):
         """Online capable devices that may train now: battery, memory, role."""
         reg, p = self.session.registry, self.planner
         out = []
+        out_of_play = self.excluded(self.session.round)   # quarantined, or a zombie on the bench
         for d in sorted(reg.online):
+            if d in out_of_play:
+                continue
             caps = dict(reg.devices[d], **{k: v for k, v in reg.link.get(d, {}).items() if v is not None})
             if "fl" not in caps.get("roles", ["fl"]) or not is_capable(caps, p):
                 continue
@@ -151,10 +155,16 @@ class BufferedRound(FederatedRound):
                 del self.busy[d]
                 self.expired.add((d, v))
                 s.rec.failed[d] = "offline" if d not in s.registry.online else "timeout"
+                if d in s.registry.online:   # taken and never delivered: a zombie's mark
+                    self.zombies.missed(d, s.round)
                 log.info("version %d: %s's task on version %d %s", s.round, d, v,
                          "ended: it went offline" if d not in s.registry.online else f"expired after {limit:.1f} s")
         for d in [d for d in self.cl_asked if d not in s.registry.online]:
             del self.cl_asked[d]
+
+    @staticmethod
+    def to_score(fl):
+        return fl   # every update of a buffer arrived for this merge, whatever model it trained on
 
     # --- one merge --------------------------------------------------------------------------------
     def run(self, v: int) -> dict:
@@ -192,7 +202,7 @@ class BufferedRound(FederatedRound):
             if kind.startswith("update/"):
                 u = meta["round"]
                 ctx = self.contexts.get(u, Context(u, self.params, {}, {}))
-                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, staleness=v - u,
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), self.expected_n(dev), staleness=v - u,
                                    weight=staleness_weight(v - u)))
             else:
                 cl.append(self.cl_batch(dev, ts))

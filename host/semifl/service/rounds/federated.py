@@ -8,6 +8,13 @@
   3. strategy.aggregate -> evaluate -> persist (store) -> next round
 What arrives after its round closed is late: counted, and merged into the next round by a strategy
 that carries late contributions (semifl+), dropped by the others.
+
+The host checks what devices claim (docs/trust.md): a reported norm must be the received update's, the
+sample count the task's share of what the device's caps say; an update is weighted by the count the
+host expects. Each round scores the updates it merges (`learn.robust.anomaly`) and the CL batches
+(`robust.cl_check`); a device that is an outlier `trust.quarantine_after` rounds in a row is
+quarantined (never planned again, kept in the round's checkpointed state), and a device that keeps
+taking FL tasks without delivering is benched for a growing number of rounds (`planner.Zombies`).
 """
 from __future__ import annotations
 
@@ -17,12 +24,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from semifl.config import Federated
-from semifl.fleet.planner import PlannerConfig, RoundPlan, cannot_run, plan_round, select_fl_uploaders, task_seed
-from semifl.learn import compress, int8, mlp, nn
+from semifl.config import Federated, Trust
+from semifl.fleet.planner import (PlannerConfig, RoundPlan, Zombies, cannot_run, plan_round, select_fl_uploaders,
+                                  task_seed)
+from semifl.learn import compress, int8, mlp, nn, robust
+from semifl.learn.aggregate import global_norm
 from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
+from semifl.protocol.sampling import ceil_fraction
 from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
 
 from ..session import Rejected, Round, Session, expect_tensors
@@ -30,6 +40,19 @@ from ..session import Rejected, Round, Session, expect_tensors
 log = logging.getLogger("semifl.federated")
 ROW = 784
 CALIBRATION = 1000   # samples that set the int8 activation ranges
+NORM_RTOL = {"float32": 1e-4, "float16": 2e-3, "int8": 1e-4}   # a claimed norm vs the received update's
+
+
+def claimed_norm_differs(claimed: float, tensors, arrays) -> str | None:
+    """Why a reported norm is not the norm of the update received, or None. The device computes it on
+    its float32 delta before encoding: fp16 rounding moves it by < 2^-11 relatively; int8's per-entry
+    error is at most scale/2, so the norms differ by at most sqrt(sum_i size_i (scale_i / 2)^2)."""
+    got = global_norm(arrays)
+    slack = sum(float(np.prod(t[1])) * (t[2] / 2) ** 2 if t[0] == "int8" else 0.0 for t in tensors) ** 0.5
+    rtol = max((NORM_RTOL.get(t[0], 1e-4) for t in tensors), default=1e-4)
+    if abs(got - claimed) <= rtol * max(got, claimed) + slack + 1e-9:
+        return None
+    return f"reported norm {claimed:.6g}, the update received has {got:.6g}"
 
 
 @dataclass
@@ -54,10 +77,11 @@ class Context:
 class FederatedRound(Round):
     def __init__(self, session: Session, strategy: Strategy, cfg: Federated, init_params, evaluate, *, seed: int = 0,
                  lr: float = 0.1, epochs: int = 1, carries_late: bool = False, n_classes: int = 10, calib_x=None,
-                 net: nn.Net | None = None):
+                 net: nn.Net | None = None, trust: Trust | None = None):
         """evaluate(params) -> (accuracy, loss); calib_x: uint8 inputs that calibrate the int8 model
         until CL uploads have brought enough; net: the model as layers (default: the MLP the params
-        describe), for what training it costs a device."""
+        describe), for what training it costs a device; trust: the run's [trust] settings (quarantine,
+        and whether the merge is robust: then norm outliers are not chosen to upload)."""
         self.session, self.strategy, self.cfg = session, strategy, cfg
         self.seed, self.lr, self.epochs, self.carries_late = seed, lr, epochs, carries_late
         self.evaluate, self.n_classes, self.calib_fallback = evaluate, n_classes, calib_x
@@ -68,6 +92,13 @@ class FederatedRound(Round):
         self.params = params or [np.asarray(p, np.float32) for p in init_params]
         if kept is not None:
             strategy.load_state(*kept)
+        self.trust = trust or Trust()
+        self.watch = robust.Quarantine(self.trust.quarantine_after)
+        self.zombies = Zombies()
+        self.claimed: dict[tuple[str, int], float] = {}   # (device, round) -> the norm it reported
+        self.anomaly: dict[str, dict] = {}                 # this round's scores
+        if params is not None:   # a restarted host: quarantine and benches as the last round left them
+            self.load_trust((session.store.get_meta("strategy_state") or {}).get("trust") or {})
         self.shapes = [p.shape for p in self.params]
         self.net = net or nn.Net(self.shapes[0][:1], tuple(("dense", w[1], "tanh") for w in self.shapes[::2]))
         self.plan: RoundPlan | None = None
@@ -96,6 +127,7 @@ class FederatedRound(Round):
         s, rnd = self.session, msg["round"]
         if self.busy.get(dev, (None,))[0] == rnd and (rnd < s.round or self.train_closed):
             del self.busy[dev]
+            self.zombies.delivered(dev)   # slow, not a zombie
             s.rec.late["trained"] += 1   # it trained, but its round had already chosen its uploaders
             log.info("round %d: %s reported its round %d training after that round moved on", s.round, dev, rnd)
             return True
@@ -107,7 +139,10 @@ class FederatedRound(Round):
         norm, n = msg.get("norm"), msg.get("n")
         if not isinstance(norm, (int, float)) or not np.isfinite(norm) or not isinstance(n, int) or n <= 0:
             raise Rejected("schema", "trained status needs a finite norm and a positive n")
+        self.zombies.delivered(dev)
+        self.check_n(dev, n)
         self.norms[dev] = float(norm)
+        self.claimed[(dev, rnd)] = float(norm)
         self.busy.pop(dev, None)
         s.progress(f"{dev} trained ({len(self.norms)}/{len(self.plan.fl)} FL clients)")
         s.rec.took(dev, **{k: msg[f"t_{k}_s"] for k in ("download", "local") if isinstance(msg.get(f"t_{k}_s"), (int, float))})
@@ -192,6 +227,24 @@ class FederatedRound(Round):
         have = self.session.registry.devices[dev]["n_samples"]
         if meta["n"] > have:
             raise Rejected("schema", f"n={meta['n']} exceeds the device's {have} samples")
+        self.check_n(dev, meta["n"])
+        claimed = self.claimed.get((dev, ctx.round))
+        why = claimed is not None and claimed_norm_differs(claimed, tensors, arrays)
+        if why:
+            self.watch.strike(dev, "claim")
+            raise Rejected("claim", why)
+
+    def expected_n(self, dev: str) -> int:
+        """The samples an FL client trains on: its task's fraction of the samples its caps report,
+        computed as the device computes it (protocol/sampling.py)."""
+        return ceil_fraction(self.session.registry.devices[dev]["n_samples"], self.cfg.fl_fraction)
+
+    def check_n(self, dev: str, n: int) -> None:
+        want = self.expected_n(dev)
+        if n != want:
+            self.watch.strike(dev, "claim")
+            raise Rejected("claim", f"claims n={n}; its task's fraction of its {self.session.registry.devices[dev]['n_samples']}"
+                                    f" samples is {want}")
 
     def _check_samples(self, dev, meta, tensors):
         k = meta["n"]
@@ -201,6 +254,12 @@ class FederatedRound(Round):
             raise Rejected("schema", f"{k} samples exceed the device's {have}")
         if max(bytes(tensors[1][4]), default=0) >= self.n_classes:
             raise Rejected("schema", f"label out of range 0..{self.n_classes - 1}")
+        x, y = (from_wire(t) for t in tensors)
+        why = robust.cl_check(x, y, self.session.registry.devices[dev].get("hist"), self.n_classes)
+        if why:
+            self.watch.strike(dev, "samples")
+            raise Rejected("samples", why)
+        self.watch.clean(dev)
 
     def update_arrays(self, dev: str, tensors, ctx: Context) -> list[np.ndarray]:
         """An update's tensors as float32 model-shaped deltas: fp16/int8 dequantized, a sparse update
@@ -244,7 +303,8 @@ class FederatedRound(Round):
             self.plan = RoundPlan(**row["plan"])
         else:
             self.plan = plan_round(rnd, s.registry.view(rnd), self.planner, use_cl=self.strategy.uses_cl,
-                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed)
+                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed,
+                                   exclude=self.excluded(rnd))
             s.store.begin_round(rnd, asdict(self.plan))
         plan = self.plan
         for dev, why in plan.refused.items():
@@ -280,7 +340,10 @@ class FederatedRound(Round):
                                     fraction=cfg.cl_fraction))
         if self.uploaders is None:
             self._collect_trained(plan.fl, s.clock() + s.limits.collect_timeout_s)
-            self.uploaders = select_fl_uploaders(self.norms, cfg.fl_uploaders)
+            for d in plan.fl:   # tasked, still online, no error, no report: one more undelivered task
+                if d not in self.norms and not s.gone(d):
+                    self.zombies.missed(d, rnd)
+            self.uploaders = select_fl_uploaders(self.ranked_norms(), cfg.fl_uploaders)
             s.store.set_uploaders(rnd, self.uploaders)
         self.train_closed = True
         rec.mark("train")
@@ -296,6 +359,7 @@ class FederatedRound(Round):
 
         # stage 3: aggregate what was accepted (the durable record in the store)
         fl, cl = self._contributions(rnd)
+        self.claimed = {k: v for k, v in self.claimed.items() if k[1] >= rnd}   # the round before is no longer asked
         # from now on, what this round asked for and did not get is late
         self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not s.gone(w[0])}
         return self.merge(rnd, fl, cl, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
@@ -304,6 +368,7 @@ class FederatedRound(Round):
         """The strategy's step on what came in, the new model evaluated, the int8 model pushed when it is
         due (inside the round, so its bytes count towards it), the round finished with `fields`."""
         s, rec = self.session, self.session.rec
+        fl, cl = self.screen(rnd, fl, cl)
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
         self.params = self.strategy.aggregate(self.params, fl, cl)
         rec.mark("aggregate")
@@ -313,8 +378,70 @@ class FederatedRound(Round):
         if self.cfg.int8_every and rnd % self.cfg.int8_every == 0:
             self.push_int8(rnd)
         meta, arrays = self.strategy.state()
-        return s.finish(self.params, acc, loss, ({"strategy": self.strategy.name, "state": meta}, arrays),
-                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)}, **fields)
+        kept = {"strategy": self.strategy.name, "state": meta}
+        if self.trust_state():
+            kept["trust"] = self.trust_state()
+        trust = {"quarantined": sorted(self.watch.quarantined), "anomaly": self.anomaly}
+        merge = getattr(self.strategy.fl_merge, "last", None)
+        if merge:
+            trust["merge"] = merge
+        return s.finish(self.params, acc, loss, (kept, arrays),
+                        participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
+                        quarantined=trust["quarantined"], trust=trust, **fields)
+
+    # --- trust ------------------------------------------------------------------------------------
+    @property
+    def robust_merge(self) -> bool:
+        return self.trust.aggregation != "mean"
+
+    def excluded(self, rnd: int) -> dict[str, str]:
+        """Devices not planned in round `rnd`: quarantined ones, and zombies on the bench."""
+        out = self.zombies.benched(rnd)
+        out.update({d: f"quarantined in round {q['round']} ({q['why']})" for d, q in self.watch.quarantined.items()})
+        return out
+
+    def ranked_norms(self) -> dict[str, float]:
+        """The reported norms the top-K is chosen by. A norm over 3x the round's median report is a
+        strike; under a robust merge it is also not chosen (an x100 update never gets an upload slot)."""
+        out = robust.norm_outliers(self.norms)
+        for d in sorted(out):
+            self.watch.strike(d, "norm")
+        if not self.robust_merge or len(out) == len(self.norms):
+            return self.norms
+        return {d: v for d, v in self.norms.items() if d not in out}
+
+    def screen(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch]):
+        """Score this round's fresh updates, close the round's strikes, quarantine who has earned it
+        (the strategy forgets it) and leave quarantined devices' contributions out of the merge."""
+        self.anomaly = robust.anomaly(self.to_score(sorted(fl, key=lambda u: u.device)))
+        for d, a in self.anomaly.items():
+            (self.watch.strike(d, "update") if a["outlier"] else self.watch.clean(d))
+        for d in self.watch.close(rnd):
+            self.strategy.forget(d)
+            log.warning("round %d: %s quarantined after %d outlier rounds in a row (%s)", rnd, d, self.watch.after,
+                        self.watch.quarantined[d]["why"])
+        q = self.watch.quarantined
+        if q:
+            fl, cl = [u for u in fl if u.device not in q], [b for b in cl if b.device not in q]
+        return fl, cl
+
+    @staticmethod
+    def to_score(fl: list[FLUpdate]) -> list[FLUpdate]:
+        """The updates a round scores: its own (a late one carried in was its round's)."""
+        return [u for u in fl if u.staleness == 0]
+
+    def trust_state(self) -> dict:
+        """What a restart must keep of quarantine and benches ({} while there is nothing)."""
+        out = {}
+        if self.watch.streak and any(self.watch.streak.values()) or self.watch.quarantined:
+            out["quarantine"] = self.watch.state()
+        if self.zombies.misses:
+            out["zombies"] = self.zombies.state()
+        return out
+
+    def load_trust(self, meta: dict) -> None:
+        self.watch.load_state(meta.get("quarantine", {}))
+        self.zombies.load_state(meta.get("zombies", {}))
 
     def _collect_trained(self, tasked: list[str], hard: float):
         """Wait for the tasked clients' `trained` reports: all of them, or, once `deadline_s` has passed,
@@ -356,7 +483,8 @@ class FederatedRound(Round):
                 # mask-aware merging for per-device copies; the uniform setting keeps SemiFL's plain mean
                 rate = ctx.rate(dev, self.cfg.prune)
                 mask = ctx.mask(rate) if ctx.assigned.get(dev) is not None and rate > 0 else None
-                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), n, mask, staleness=rnd - meta["round"]))
+                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), self.expected_n(dev), mask,
+                                   staleness=rnd - meta["round"]))
             else:
                 cl.append(self.cl_batch(dev, ts))
         return fl, cl

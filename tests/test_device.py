@@ -46,7 +46,7 @@ def test_nothing_the_host_sends_stops_the_device():
         broker.publish(topic, payload)
         broker.deliver()
     errors = [s for s in statuses(sent) if s["kind"] == "error"]
-    assert [e["error"] for e in errors] == ["KeyError", "DeviceError"]   # the task without fields, the upload
+    assert [e["error"] for e in errors] == ["DeviceError"]   # the upload it never trained; malformed ones are only logged
     assert not [s for s in statuses(sent) if s["kind"] == "ready"]        # the bad announcements got no answer
     # and it still serves: an announcement, the model and a task, trained and reported
     params = mlp.init_params(layers=(784, 8, 2), seed=0)

@@ -150,17 +150,23 @@ class Node:
             return self.on_model_chunk(msg)
         if not msg:
             return  # an empty retained message clears the announcement
-        obj = wire.decode_json(msg)
+        obj = wire.decode_json(msg, 2048)   # a host's JSON to a node is < 1 KB: a bigger one is not parsed
+        msg = None
         if topic == wire.host_topic("round"):
-            if obj.get("stop"):
+            what, rnd = report.announcement(obj)   # every field checked; stop only as the exact `true`
+            if what == "stop":
                 self.stopped = True
                 return
-            self.round = obj["round"]
+            self.round = rnd
             self.phase("idle")
-            if not self.radio.drops(obj["round"]):
-                self.status("ready", obj["round"], rssi=self.radio.rssi(obj["round"]), battery=self.battery.level())
+            if not self.radio.drops(rnd):
+                self.status("ready", rnd, rssi=self.radio.rssi(rnd), battery=self.battery.level())
         elif topic == self.topic(wire.T_TASK):
-            if obj.get("role") == "cl":
+            if obj.get("role") == "cl":   # the fields it uses, checked before any is
+                report.check(obj, "round")
+                report.check(obj, "task")
+                report.check(obj, "seed", 0, 0xFFFFFFFF)
+                report.check(obj, "fraction", 0, 1, 1)
                 self.phase("upload")
                 self.upload_samples(obj)
                 self.phase("idle")

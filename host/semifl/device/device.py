@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from semifl.protocol import report, wire
+from semifl.protocol import checks, report, wire
 from semifl.protocol.tensors import decode_arrays
 
 from .link import SimBattery, SimRadio
@@ -150,7 +150,7 @@ class Device:
         if topic == wire.host_topic("round"):
             self._on_announce(payload)
         elif topic == wire.dev_topic(self.id, wire.T_TASK):
-            self.pending.append(wire.decode_json(payload))
+            self.pending.append(checks.task(wire.decode_json(payload)))   # every field checked before any is used
         elif topic == wire.dev_topic(self.id, wire.T_DOWN):
             self.radio.receive(len(payload))
             self._on_down_chunk(payload)
@@ -159,12 +159,11 @@ class Device:
     def _on_announce(self, payload: bytes):
         if not payload:
             return   # the host cleared its retained announcement
-        ann = wire.decode_json(payload)
-        rnd = ann.get("round")
-        if ann.get("stop"):
+        what, rnd = report.announcement(wire.decode_json(payload))   # stop: only the exact `true`
+        if what == "stop":
             self.stopped = True
             return
-        if not isinstance(rnd, int) or self.radio.drops(rnd):
+        if self.radio.drops(rnd):
             return   # the simulated link lost this round: the host must cope without us
         self.round = rnd
         self.phase("idle")
@@ -182,6 +181,7 @@ class Device:
             return
         del self._down[kind]
         meta, arrays = decode_arrays(asm.buf)   # views of the assembled buffer, which is this blob's alone
+        checks.blob_meta(meta)
         meta["_download_s"] = time.perf_counter() - t0
         role = self._by_blob.get(meta.get("kind"))
         if role is None:

@@ -1,7 +1,10 @@
-"""What a device reports (docs/protocol.md §4, §5): its capability report and its status messages.
+"""What a device reports (docs/protocol.md §4, §5): its capability report and its status messages;
+and what it checks in every message the host sends it before using any of it (`announcement`, `task`:
+types and ranges; a message that fails raises `wire.WireError("schema")`, which the device logs and
+ignores, never acting on part of it).
 
-MicroPython subset, like `wire.py`: the one builder the MCU node and the Pi agent both use (on a
-board this file is the flat module `report`).
+MicroPython subset, like `wire.py`: the one builder and checker the MCU node and the Pi agent both use
+(on a board this file is the flat module `report`).
 """
 try:
     import wire
@@ -35,3 +38,28 @@ def histogram(labels, n_classes):
         if b < n_classes:
             hist[b] += 1
     return hist
+
+
+# --- what a device checks in the host's messages (small: an MCU holds this in its heap) ----------
+def bad(what, value):
+    raise wire.WireError("schema", "%s: %s" % (what, repr(value)[:40]))
+
+
+def check(msg, key, lo=0, hi=1 << 53, rule=0):
+    """`msg[key]` -> itself if rule 0: an int (not a bool) in [lo, hi]; 1: a finite number in (lo, hi];
+    2: in [lo, hi); 3: in [lo, hi]. Else WireError("schema")."""
+    x = msg.get(key)
+    if (isinstance(x, bool) or not isinstance(x, (int, float) if rule else int) or not lo <= x <= hi
+            or (rule == 1 and x == lo) or (rule == 2 and x == hi)):
+        bad(key + " out of range", x)   # NaN compares false, the infinities fall outside [lo, hi]
+    return x
+
+
+def announcement(msg):
+    """A `host/round` message -> ("stop", round) for the exact `"stop": true`, else ("round", r): a
+    round that is not a non-negative int, or any other `stop` (1, "yes"), is refused."""
+    if "stop" in msg:
+        if msg["stop"] is not True:
+            bad("stop must be exactly true", msg["stop"])
+        return "stop", msg.get("round")
+    return "round", check(msg, "round")

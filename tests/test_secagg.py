@@ -238,3 +238,45 @@ def test_choose_k_and_threshold():
         assert n - sa.threshold(k) >= n // 3                    # tolerates a third on the complete graph
     k = sa.choose_k(1000)
     assert k < 999 and k % 2 == 0 and 1000 * sa._binom_tail_below(k + 1, 2 / 3, sa.threshold(k)) <= 1e-6
+
+
+# --- with FedAvg and client DP -------------------------------------------------------------------------
+def fl_updates(n, seed=0):
+    from semifl.learn.strategy import FLUpdate
+    rng = np.random.default_rng(seed)
+    return [FLUpdate(f"d{i}", [rng.normal(0, 0.05, (30, 4)).astype(np.float32),
+                               rng.normal(0, 0.05, 4).astype(np.float32)], n=20 + 7 * i) for i in range(n)]
+
+
+def test_secure_fedavg_is_plain_fedavg_up_to_the_bound():
+    from semifl.learn.strategy import average_fl
+    fl = fl_updates(6)
+    cap = max(u.n for u in fl)
+    r = sa.secure_sum([sa.pack(u.delta, u.n / cap, 1.0) for u in fl], clip=1.0)
+    parts, w, _ = sa.unpack(r["sum"], [a.shape for a in fl[0].delta], 1.0)
+    secure = [p / w for p in parts]
+    plain = average_fl(fl, [u.n for u in fl])
+    bound = sa.error_bound(1.0, 6) * (1 + 1 / w) / w      # numerator and weight sum both carry the error
+    for a, b in zip(secure, plain):
+        assert np.abs(a - b).max() <= bound + 1e-7       # + float32 rounding of the plain mean
+
+
+def test_client_dp_on_the_secure_sum_is_client_dp_on_the_plain_updates():
+    from semifl.learn import dp
+    fl = fl_updates(5, seed=1)
+    c = 0.2
+    # devices clip and report their clip bit inside the masked input; the host noises the sum
+    packed = []
+    for u in fl:
+        clipped, norm = dp.clip(u.delta, c)
+        packed.append(sa.pack(clipped, 1.0, 1.0, bit=float(norm <= c)))
+    r = sa.secure_sum(packed, clip=1.0)
+    parts, w, bits = sa.unpack(r["sum"], [a.shape for a in fl[0].delta], 1.0, bit=True)
+    assert round(w) == 5 and round(bits) == sum(dp.clip(u.delta, c)[1] <= c for u in fl)
+    secure = dp.ClientDP(noise=1.0, clip=c, adaptive=True, expected_clients=5, seed=3)
+    out = secure.release(parts, 5, round(bits))
+    plain = dp.ClientDP(noise=1.0, clip=c, adaptive=True, expected_clients=5, seed=3)
+    want = plain.merge(fl, None)
+    for a, b in zip(out, want):
+        assert np.abs(a - b).max() <= sa.error_bound(1.0, 5) / 5 + 1e-6
+    assert secure.clip == plain.clip

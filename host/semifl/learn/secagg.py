@@ -164,6 +164,29 @@ def error_bound(clip: float, n: int, m: int | None = None) -> float:
     return (n if m is None else m) * clip / quant_range(n)
 
 
+# --- FL updates as SecAgg inputs -----------------------------------------------------------------------
+def pack(delta: list[np.ndarray], weight: float, clip: float, bit: float | None = None) -> np.ndarray:
+    """One client's input: w * delta flattened, then w * clip (so the host learns sum w), then, for
+    adaptive DP clipping, bit * clip. w is capped to [0, 1] (the round's weight cap, e.g. samples / max
+    samples) so it cannot inflate one client's share; every entry is then inside [-clip, clip] when
+    the update is (clipped per coordinate by `quantize` otherwise)."""
+    w = min(max(float(weight), 0.0), 1.0)
+    tail = [w * clip] + ([float(bit) * clip] if bit is not None else [])
+    return np.concatenate([w * np.asarray(a, np.float64).reshape(-1) for a in delta] + [np.array(tail)])
+
+
+def unpack(total: np.ndarray, shapes: list[tuple], clip: float, bit: bool = False):
+    """The secure sum of `pack`ed inputs -> (sum_i w_i delta_i as arrays, sum_i w_i, sum_i bit_i or None)."""
+    out, off = [], 0
+    for shp in shapes:
+        size = int(np.prod(shp))
+        out.append(total[off:off + size].reshape(shp))
+        off += size
+    if total.size != off + 1 + bit:
+        raise SecAggError("malformed", f"sum of {total.size} entries for {off} parameters")
+    return out, float(total[off]) / clip, (float(total[off + 1]) / clip if bit else None)
+
+
 # --- the communication graph -----------------------------------------------------------------------
 def _binom_tail_below(k: int, p: float, t: int) -> float:
     """P(Binomial(k, p) < t)."""

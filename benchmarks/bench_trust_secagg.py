@@ -20,7 +20,6 @@ import pathlib
 import time
 
 import numpy as np
-
 from semifl.learn import dp, mlp
 from semifl.learn import secagg as sa
 
@@ -106,7 +105,7 @@ def main():
         cases = cases[:4]
     for n, rate in cases:
         xs = [np.concatenate([rng.normal(0, 0.01, d_model), [1.0]]).astype(np.float32) for _ in range(n)]
-        drop = set(int(i) for i in rng.choice(np.arange(1, n + 1), int(round(rate * n)), replace=False))
+        drop = {int(i) for i in rng.choice(np.arange(1, n + 1), round(rate * n), replace=False)}
         variants = [("secagg", None)]
         if n == 100 and rate == 0.0:
             variants.append(("secagg+", sa.choose_k(n, dropout=0.1)))   # sparse graph sized for 10 % dropouts

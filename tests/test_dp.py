@@ -1,11 +1,11 @@
 """Client-level DP (learn/dp.py): clipping, the noise it adds, its accounting and adaptive clipping."""
+import itertools
 import math
 
 import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import rdp
-
 from semifl.learn import dp
 from semifl.learn.aggregate import global_norm
 from semifl.learn.strategy import FLUpdate
@@ -76,7 +76,7 @@ def test_epsilon_matches_dp_accounting(z, q, steps):
 
 def test_epsilon_decreases_with_noise_and_grows_with_rounds():
     eps = [dp.epsilon(z, 100, 0.1) for z in (0.5, 1.0, 2.0, 4.0)]
-    assert all(a > b for a, b in zip(eps, eps[1:]))
+    assert all(a > b for a, b in itertools.pairwise(eps))
     assert dp.epsilon(1.0, 10, 0.1) < dp.epsilon(1.0, 100, 0.1)
     assert dp.epsilon(1.0, 100, 0.1) < dp.epsilon(1.0, 100, 1.0)     # sampling amplifies
     assert dp.epsilon(0.0, 5) == math.inf and dp.epsilon(1.0, 0) == 0.0

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from semifl.learn import secagg as sa
 
 
@@ -31,13 +30,12 @@ def test_shamir_threshold_properties():
     assert sa.shamir_combine(shares) == secret              # more than t too
     for sub in itertools.combinations(shares, 3):           # t - 1 do not
         assert sa.shamir_combine(list(sub)) != secret
-    # and t - 1 shares are consistent with every secret: through them and (0, s') passes a polynomial of
-    # degree t - 1, so they say nothing about the secret (checked on the small field, every s')
-    small = sa.shamir_split(1234, [1, 2, 3], 3, prime=1613, coeffs=[166, 94])[:2]
-    for s2 in range(0, 1613, 97):
-        pts = small + [(0, s2)]
-        f = lambda x: sa.shamir_combine([(xi - x, yi) for xi, yi in pts], prime=1613)  # value at x
-        assert [f(x) for x, _ in small] == [y for _, y in small] and f(0) == s2
+    # and t - 1 shares say nothing about the secret: over all coefficients, the pair of shares (x = 1, 2)
+    # of a degree-2 polynomial is uniform on GF(31)^2 whatever the secret
+    for secret in (0, 7, 30):
+        pairs = [tuple(y for _, y in sa.shamir_split(secret, [1, 2, 3], 3, prime=31, coeffs=[a, b])[:2])
+                 for a in range(31) for b in range(31)]
+        assert len(set(pairs)) == 31 * 31
     with pytest.raises(ValueError):
         sa.shamir_split(5, [1, 2], 3)
     with pytest.raises(ValueError):

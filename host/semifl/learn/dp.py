@@ -82,7 +82,7 @@ class ClientDP:
         self.last: dict = {}                 # the last round's figures (norms, clip, noise std)
 
     @classmethod
-    def from_trust(cls, trust, expected_clients: int | None, fleet_size: int | None, seed: int = 0) -> "ClientDP":
+    def from_trust(cls, trust, expected_clients: int | None, fleet_size: int | None, seed: int = 0) -> ClientDP:
         """From config.Trust's dp_* fields (duck-typed: learn/ does not import config)."""
         return cls(noise=trust.dp_noise, clip=trust.dp_clip, adaptive=trust.dp_adaptive, delta=trust.dp_delta,
                    expected_clients=expected_clients, fleet_size=fleet_size, seed=seed)

@@ -117,7 +117,7 @@ def b64(b: bytes) -> str:
 def unb64(s, what: str) -> bytes:
     try:
         return base64.b64decode(s.encode(), validate=True)
-    except Exception:
+    except (AttributeError, ValueError):    # not a str, or not base64 (binascii.Error is a ValueError)
         raise SecAggError("malformed", f"{what} is not base64") from None
 
 

@@ -14,18 +14,20 @@ from .build import limits, make_round
 from .run import fleet_specs, load_data
 
 
-def run_inprocess(cfg: RunConfig, data=None, on_round=None, *, strategy=None, init=None, specs=None, attackers=None):
+def run_inprocess(cfg: RunConfig, data=None, on_round=None, *, strategy=None, init=None, specs=None, attackers=None,
+                  store=None):
     """Run `cfg` in-process. data: its Dataset or HARData (default: loaded as `semifl run` does);
     strategy / init: a federated strategy object and initial parameters instead of the registry's
     and the seeded ones; specs: the fleet (default: the one `semifl run` starts); attackers: device id ->
-    the Byzantine behaviour its FL client plays (`semifl.sim.attacks`). Each round's metrics
+    the Byzantine behaviour its FL client plays (`semifl.sim.attacks`); store: the host's Store (default: a
+    new one in memory; a file's store resumes its run, as a restarted host does). Each round's metrics
     go to on_round with `bytes_by_class` ({"pi"|"mcu": [up, down]}) added. -> the round object
     (`.params`, `.session`, and what its kind keeps: `.server` of split learning, ...), with `.fleet`
     the in-process devices (for experiments that look inside them after the run)."""
     data = load_data(cfg) if data is None else data
     specs = specs if specs is not None else fleet_specs(cfg, data)
     broker = MemoryBroker()
-    session = Session(MemoryLink(broker), Store(":memory:", payloads=False), limits(cfg))
+    session = Session(MemoryLink(broker), store or Store(":memory:", payloads=False), limits(cfg))
     fleet = InProcessFleet(broker, specs, None if cfg.family == "personal" else data, getattr(data, "n_classes", None),
                            host_threads=cfg.host.threads, attackers=attackers)
     rounds_obj = make_round(cfg, session, data, [s.id for s in specs], strategy, init)

@@ -3,8 +3,8 @@ step changed, so everything else (model download, task checks, encoding, chunkin
 is the code a Pi runs.
 
 * `sign_flip` — sends -delta (and reports its norm, which is the honest one).
-* `scale100` — sends 100 x delta and reports that norm truthfully (a lie is refused by the host's
-  claim check; `scale100_lie` reports the honest norm instead).
+* `scale100` — sends 100 x delta and reports that norm truthfully; `scale100_lie` reports 10 x its
+  honest norm (enough to win an upload slot) and sends 100 x delta (the host's claim check refuses it).
 * `label_flip` — trains on labels c -> n_classes - 1 - c.
 * `free_rider` — trains once (its first task) and from then on sends that stale delta again without
   training, claiming the samples a task asks for; `free_rider_zero` sends zeros claiming the norm of
@@ -50,7 +50,7 @@ class ByzantineClient(FLClient):
             delta = [-d for d in delta]
         elif self.attack.startswith("scale100"):
             delta = [np.float32(100) * d for d in delta]
-            norm = norm if self.attack == "scale100_lie" else global_norm(delta)
+            norm = 10 * norm if self.attack == "scale100_lie" else global_norm(delta)
         return delta, n, norm
 
     @property

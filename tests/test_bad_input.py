@@ -11,6 +11,7 @@ from semifl.fleet.planner import RoundPlan
 from semifl.learn import mlp
 from semifl.learn.strategy import FedAvg
 from semifl.protocol import wire
+from semifl.protocol.sampling import ceil_fraction
 from semifl.protocol.tensors import encode_arrays
 from semifl.service.rounds.federated import Context, FederatedRound
 from semifl.service.session import Session
@@ -63,7 +64,7 @@ def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=
     arrays = arrays if arrays is not None else [np.where(m, 0.01, 0.0).astype(np.float32)
                                                 for m in engine.ctx.mask(engine.cfg.prune)]
     m = {"kind": "update", "round": rnd, "task": engine.session.task_id(rnd, device) if task is None else task,
-         "device": device, "n": 100}
+         "device": device, "n": ceil_fraction(6000, engine.cfg.fl_fraction)}   # what its task's fraction makes
     m.update(meta)
     return list(wire.iter_chunks(wire.KIND_UPDATE, rnd, encode_arrays(m, arrays), chunk))
 

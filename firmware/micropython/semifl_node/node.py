@@ -67,6 +67,7 @@ class Node:
         self.stopped = False
         self.bytes_up = 0
         self.round = 0   # the round last announced: errors are reported against it
+        self.errors = 0  # messages it could not act on (malformed, failed): reported, never fatal
         # the int8 model for on-device inference: downloaded to model_path + ".tmp", swapped in only
         # once its CRC checks out, so a power cut mid-download leaves the last good model
         self.model_path = cfg.get("model", "model.bin")
@@ -340,6 +341,7 @@ class Node:
                 raise   # the link, not the message: reconnect
             except Exception as e:  # bad command, out of memory, ...: report it and keep serving
                 msg = None  # free the payload first: it may be what exhausted the heap
+                self.errors += 1
                 self.report_error(topic, e)
 
     def run(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -70,6 +71,7 @@ class Device:
         self.stopped = False
         self.bytes_up = self.bytes_down = 0
         self.pending: list[dict] = []
+        self.ignored: Counter = Counter()          # reason -> messages from the host refused as malformed
         self._down: dict[int, tuple] = {}          # chunk kind -> (Assembler, first chunk's time)
         self.roles = [make(self) for make in roles]
         self._by_task = {t: r for r in self.roles for t in r.tasks}
@@ -133,6 +135,7 @@ class Device:
         try:
             self.handle(topic, payload)
         except wire.WireError as e:
+            self.ignored[e.reason] += 1
             log.warning("%s: rejected message on %s: %s", self.id, topic, e)
         except Exception as e:
             log.warning("%s: %s on %s: %s", self.id, type(e).__name__, topic, e)

@@ -45,8 +45,9 @@ def task(msg: dict, inner: bool = False) -> dict:
 def blob_meta(meta: dict) -> dict:
     """What a blob on the device's down topic must carry before a role sees it: an int round, a kind."""
     check(meta, "round")
-    if "task" in meta:
-        check(meta, "task")
+    for k in ("task", "batch"):
+        if k in meta:
+            check(meta, k)
     if not isinstance(meta.get("kind"), str):
         bad("kind", meta.get("kind"))
     return meta

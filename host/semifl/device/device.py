@@ -22,6 +22,7 @@ from .link import SimBattery, SimRadio
 
 log = logging.getLogger("semifl.device")
 MAX_DOWN_BLOB = 64 << 20
+MAX_PENDING = 32   # tasks waiting for what they need (a model, an f_a still arriving)
 
 
 class DeviceError(ValueError):
@@ -154,6 +155,10 @@ class Device:
             self._on_announce(payload)
         elif topic == wire.dev_topic(self.id, wire.T_TASK):
             self.pending.append(checks.task(wire.decode_json(payload)))   # every field checked before any is used
+            if len(self.pending) > MAX_PENDING:   # tasks whose blob never comes cannot pile up without end
+                log.warning("%s: dropped the task of round %s: %d tasks wait", self.id, self.pending[0].get("round"),
+                            len(self.pending))
+                del self.pending[0]
         elif topic == wire.dev_topic(self.id, wire.T_DOWN):
             self.radio.receive(len(payload))
             self._on_down_chunk(payload)

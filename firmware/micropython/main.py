@@ -33,8 +33,6 @@ class MainsBattery:
 
 
 def main(path="config.json"):
-    from umqtt.simple import MQTTClient
-
     cfg = load_config(path)
     try:
         import network
@@ -42,12 +40,27 @@ def main(path="config.json"):
     except ImportError:  # the unix port has no radio: the virtual fleet's simulated one
         from link import SimBattery, SimRadio
         radio, battery = SimRadio(cfg.get("sim", {})), SimBattery(cfg.get("sim", {}))
-    # mqtt://[user:password@]host[:port]; an authenticated broker knows the device by its username
-    cred, _, where = cfg["broker"].split("//")[-1].rpartition("@")
+    # mqtt[s]://[user:password@]host[:port]; an authenticated broker knows the device by its username
+    scheme, _, rest = cfg["broker"].partition("://")
+    cred, _, where = rest.rpartition("@")
     user, _, password = cred.partition(":")
     host, _, port = where.partition(":")
-    client = MQTTClient(cfg["id"], host, port=int(port or 1883), user=user or None, password=password or None,
-                        keepalive=int(cfg.get("keepalive", 60)))
+    tls = scheme in ("mqtts", "ssl")
+    kw = dict(port=int(port or (8883 if tls else 1883)), user=user or None, password=password or None,
+              keepalive=int(cfg.get("keepalive", 60)))
+    if sys.implementation.name == "micropython":
+        # TLS with the fleet's CA (DER, `semifl certs issue` writes ca.der) and a bound on what it reads
+        from semifl_node.mqtt import MQTTClient
+        ca = None
+        if tls:
+            with open(cfg["ca"], "rb") as f:
+                ca = f.read()
+        client = MQTTClient(cfg["id"], host, ssl=tls, ca=ca, server_hostname=cfg.get("server_hostname"),
+                            # the host's chunks are at most max_chunk data bytes (and a header): room for that, no more
+                            max_msg=int(cfg.get("max_msg", max(8192, 2 * int(cfg.get("max_chunk", 4096))))), **kw)
+    else:   # CPython (sim/mcu_runner.py): umqtt's interface over paho, which bounds and encrypts nothing here
+        from umqtt.simple import MQTTClient
+        client = MQTTClient(cfg["id"], host, **kw)
     Node(cfg, client, radio, battery).run()
 
 

@@ -243,8 +243,8 @@ class RunConfig:
                 u.port
             except ValueError:
                 u = None
-            if u is None or u.scheme not in ("mqtt", "tcp") or not u.hostname:
-                raise ConfigError(f"broker: must look like mqtt://[user:password@]host:port, got {self.broker!r}")
+            if u is None or u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
+                raise ConfigError(f"broker: must look like mqtt://[user[:password]@]host:port (mqtts:// for TLS), got {self.broker!r}")
         if self.family != "personal" and self.sim.fl_devices + self.sim.cl_devices == 0:
             raise ConfigError("sim.fl_devices + sim.cl_devices: a run needs at least one device, got 0 "
                               "(--fl-devices, --cl-devices or --devices)")

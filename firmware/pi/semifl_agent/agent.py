@@ -88,10 +88,15 @@ class PiAgent:
         self.client.publish(topic, payload, qos=1, retain=retain)
 
     def run(self, timeout: float | None = None):
-        url = urlparse(self.device.cfg["broker"])
+        cfg = self.device.cfg
+        url = urlparse(cfg["broker"])
         if url.username:   # an authenticated broker: the device's account (its username is its id)
             self.client.username_pw_set(url.username, url.password)
-        self.client.connect(url.hostname, url.port or 1883, keepalive=30)
+        tls = url.scheme in ("mqtts", "ssl")
+        if tls:   # the fleet's CA from config.json (`semifl certs issue`), and its client certificate if given
+            self.client.tls_set(ca_certs=cfg.get("ca"), certfile=cfg.get("cert"),
+                                keyfile=cfg.get("key") if cfg.get("cert") else None)
+        self.client.connect(url.hostname, url.port or (8883 if tls else 1883), keepalive=30)
         self.client.loop_start()
         deadline = time.monotonic() + timeout if timeout else None
         dev = self.device

@@ -23,6 +23,7 @@ from semifl.service.session import Session
 from semifl.service.store import Store
 from semifl.sim.fleet import VirtualFleet, device_indices, fleet_for, har_fleet
 from semifl.transport.broker import EmbeddedBroker
+from semifl.transport.certs import Certs, fleet_credentials
 from semifl.transport.mqtt import BrokerError, HostLink
 
 from .build import limits, make_round, public_set
@@ -71,20 +72,50 @@ def fleet_specs(cfg: RunConfig, data) -> list:
     return specs
 
 
-def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None):
-    """One run: the broker (embedded unless cfg.broker), the host's store, link and session, the round
-    object of the strategy, and the virtual fleet; stop(metrics) may end it before cfg.rounds.
-    -> (session, round object, the rounds' metrics)."""
+def own_broker(stack: contextlib.ExitStack, folder: Path, ids: list[str], tls: bool) -> tuple[str, HostLink, Certs]:
+    """A run's own embedded broker on loopback: credentials made for this run's fleet in `folder` (one
+    account per device id and the host's; kept, so a resumed run finds the same ones), TLS when the
+    device runtimes speak it, so no other client on the machine reads or publishes anything.
+    -> (the devices' broker URL, the host's link, not connected, the credentials)."""
+    certs = fleet_credentials(folder, ids)
+    broker = stack.enter_context(EmbeddedBroker.secured(certs.dir, tls=tls))
+    host = certs.host()
+    return broker.url, HostLink(broker.url.replace("://", f"://{host.user}@"), ca=str(certs.ca), password=host.password), certs
+
+
+def run_tls(fleet: VirtualFleet) -> bool:
+    """Whether a run's own broker speaks TLS: $SEMIFL_RUN_TLS=1|0, else where every device runtime
+    affords it (on the node, TLS keeps ~5 KB of a 110 KB esp32 heap: see docs/trust.md, Links)."""
+    import os
+
+    want = os.environ.get("SEMIFL_RUN_TLS", "auto")
+    return fleet.speaks_tls if want == "auto" else want == "1"
+
+
+def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None,
+                  certs: Path | None = None):
+    """One run: the broker (embedded, with this run's own credentials, unless cfg.broker), the host's
+    store, link and session, the round object of the strategy, and the virtual fleet; stop(metrics)
+    may end it before cfg.rounds. certs: with cfg.broker, a `semifl certs` folder that gives each
+    virtual device its own account (issued there if missing). -> (session, round object, metrics)."""
     with contextlib.ExitStack() as stack:
-        url = cfg.broker or stack.enter_context(EmbeddedBroker()).url
+        fleet = VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, cfg.broker)
+        if cfg.broker:
+            url, link = cfg.broker, HostLink(cfg.broker)
+            if certs is not None:
+                fleet.certs = fleet_credentials(certs, [s.id for s in specs], init_ca=False)
+        else:
+            url, link, fleet.certs = own_broker(stack, out / "fleet" / "_certs", [s.id for s in specs],
+                                                tls=run_tls(fleet))
+            fleet.broker = url
         store = Store(str(out / "state.db"))
         stack.callback(store.close)
-        link = HostLink(url).connect()
+        link.connect()
         stack.callback(link.close)
         session = Session(link, store, limits(cfg))
         session.on_progress = on_progress
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
-        fleet = stack.enter_context(VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, url))
+        stack.enter_context(fleet)
         if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
             raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up within "
                                f"{cfg.host.startup_timeout_s:.0f} s; see {out}/fleet/*/device.log")

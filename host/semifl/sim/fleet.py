@@ -24,6 +24,7 @@ MP_DIR = REPO / "firmware" / "micropython"
 # free MicroPython heap of each MCU board profile: the unix port runs with it (-X heapsize) so memory
 # limits bite in the virtual fleet as on the board
 BOARD_HEAP = {"esp32": 110_000, "esp32s3": 2_000_000, "rp2040w": 160_000}
+TLS_MIN_HEAP = 110_000   # the node's TLS does not fit a CL upload at this heap (measured); above it, it is used
 
 
 @dataclass
@@ -147,8 +148,18 @@ def shard(ds: Dataset, spec: DeviceSpec) -> tuple[np.ndarray, np.ndarray]:
     return ds.x_train[idx], ds.y_train[idx]
 
 
-def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path:
-    """Lay out what the device would have in flash; returns its config.json path."""
+def device_broker(broker: str, user: str, password: str) -> str:
+    """`broker` with a device's own account in it: mqtt[s]://<id>:<password>@host:port."""
+    from urllib.parse import urlparse
+
+    u = urlparse(broker)
+    return f"{u.scheme}://{user}:{password}@{u.hostname}:{u.port}" if u.port else f"{u.scheme}://{user}:{password}@{u.hostname}"
+
+
+def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str, certs=None) -> Path:
+    """Lay out what the device would have in flash; returns its config.json path. certs (a
+    transport.certs.Certs holding this device's credentials): its own account in the broker URL, and
+    the fleet's CA (PEM for the Pi agent, DER for the node) and its client certificate for mqtts."""
     d = root / spec.id
     d.mkdir(parents=True, exist_ok=True)
     arrays = dict(spec.data) if spec.data is not None else dict(zip(("x", "y"), shard(ds, spec)))
@@ -174,8 +185,16 @@ def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str) -> Path
         cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), model=str(d / "model.bin"),
                    max_chunk=4096)
         cfg.setdefault("ram", 110_000)
+    if certs is not None:
+        own = certs.device(spec.id)
+        cfg["broker"] = device_broker(broker, own.user, own.password)
+        cfg["ca"] = str(certs.ca if spec.device_class == "pi" else certs.ca_der)
+        if own.cert is not None and spec.device_class == "pi":
+            cfg.update(cert=str(own.cert), key=str(own.key))
     path = d / "config.json"
-    path.write_text(json.dumps(cfg))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it may hold the device's password
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(cfg))
     return path
 
 
@@ -207,15 +226,28 @@ def device_command(spec: DeviceSpec, config: Path, mcu_runtime: str = "micropyth
 class VirtualFleet:
     """Starts and stops the device processes. Logs go to <root>/<id>/device.log."""
 
-    def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str, mcu_runtime: str = "auto"):
+    def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str, mcu_runtime: str = "auto",
+                 certs=None):
         """mcu_runtime: "micropython" (the real interpreter, required), "cpython" (the same node code
-        under CPython with an umqtt-compatible client) or "auto" (MicroPython when it is installed)."""
-        self.root, self.specs, self.ds, self.broker = Path(root), specs, ds, broker
+        under CPython with an umqtt-compatible client) or "auto" (MicroPython when it is installed).
+        certs: a transport.certs.Certs with an account per device id (each device its own username,
+        as Mosquitto's use_username_as_clientid needs: a shared one made them take over each other)."""
+        self.root, self.specs, self.ds, self.broker, self.certs = Path(root), specs, ds, broker, certs
         why_not = micropython_ready()
         if mcu_runtime == "micropython" and why_not:
             raise RuntimeError(f"cannot run MCU devices under MicroPython: {why_not}")
         self.mcu_runtime = mcu_runtime if mcu_runtime != "auto" else ("cpython" if why_not else "micropython")
         self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def speaks_tls(self) -> bool:
+        """Whether every device runtime here connects over TLS (the CPython stand-in for the node
+        speaks umqtt's interface over paho without it)."""
+        mcus = [s for s in self.specs if s.device_class == "mcu"]
+        # measured: with TLS the node keeps ~5 KB more heap and its CL uploads fail with MemoryError at
+        # esp32's 110 KB (semifl run --rounds 20, docs/trust.md); bigger boards are given TLS
+        return not mcus or (self.mcu_runtime == "micropython" and
+                            all(BOARD_HEAP[s.sim.get("board", "esp32")] > TLS_MIN_HEAP for s in mcus))
 
     def start(self) -> "VirtualFleet":
         env = dict(os.environ)
@@ -230,7 +262,7 @@ class VirtualFleet:
             app = self.root / "_mcu_app"   # what `semifl flash` would put on the board, plus the simulated link
             build_app(app, "unix", sim=True)
         for spec in self.specs:
-            cfg = write_device(self.root, spec, self.ds, self.broker)
+            cfg = write_device(self.root, spec, self.ds, self.broker, self.certs)
             mp = spec.device_class == "mcu" and self.mcu_runtime == "micropython"
             with open(self.root / spec.id / "device.log", "wb") as log:   # the child holds its own copy
                 self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg, self.mcu_runtime, app), stdout=log,

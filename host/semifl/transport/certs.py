@@ -3,7 +3,7 @@ password per device, and the password file both brokers read (`semifl certs init
 
 Layout of a certs folder (private keys and passwords 0600; nothing existing is overwritten unless asked):
 
-    ca.pem  ca.key            the fleet's CA (EC P-256), 10 years
+    ca.pem  ca.key            the fleet's CA (EC P-256), 10 years; ca.der for MicroPython's mbedtls
     server.pem  server.key    the broker's certificate: SANs localhost, 127.0.0.1 and the hosts given
     host.password             the host service's password (user `semifl-host`)
     devices/<id>.pem|.key     a device's client certificate (CN = its id, which is its MQTT username)
@@ -51,6 +51,11 @@ class Certs:
     @property
     def ca(self) -> Path:
         return self.dir / "ca.pem"
+
+    @property
+    def ca_der(self) -> Path:
+        """The CA in DER: what MicroPython's mbedtls loads (`load_verify_locations(cadata=...)`)."""
+        return self.dir / "ca.der"
 
     @property
     def ca_key(self) -> Path:
@@ -214,11 +219,23 @@ def init(folder: str | Path, hosts=(), overwrite: bool = False) -> Certs:
         _write_private(certs.ca_key, _pem_key(key), replace=overwrite)
         certs.ca.write_bytes(_pem(cert))
     ca_cert, ca_key = _load(certs)
+    if not certs.ca_der.exists() or overwrite:
+        from cryptography.hazmat.primitives import serialization
+
+        certs.ca_der.write_bytes(ca_cert.public_bytes(serialization.Encoding.DER))
     names = list(dict.fromkeys(["localhost", "127.0.0.1", *hosts]))
-    key = _key()
-    _write_private(certs.server_key, _pem_key(key), replace=True)
-    certs.server.write_bytes(_pem(_sign(names[-1] if hosts else "localhost", key, ca_cert, ca_key, 825,
-                                        server_names=names)))
+    if certs.server.exists() and certs.server_key.exists() and not overwrite and not hosts:
+        pass   # kept: re-running init adds nothing (give hosts to re-issue it for them, with its key)
+    else:
+        from cryptography.hazmat.primitives import serialization
+
+        if certs.server_key.exists() and not overwrite:
+            key = serialization.load_pem_private_key(certs.server_key.read_bytes(), None)
+        else:
+            key = _key()
+            _write_private(certs.server_key, _pem_key(key), replace=True)
+        certs.server.write_bytes(_pem(_sign(names[-1] if hosts else "localhost", key, ca_cert, ca_key, 825,
+                                            server_names=names)))
     if overwrite or not (certs.dir / "host.password").exists():
         password = secrets.token_urlsafe(16)
         _write_private(certs.dir / "host.password", password.encode() + b"\n", replace=True)
@@ -248,10 +265,11 @@ def issue(folder: str | Path, dev_id: str, certificate: bool = True, overwrite: 
     return certs.device(dev_id)
 
 
-def fleet_credentials(folder: str | Path, device_ids, certificates: bool = False) -> Certs:
-    """A run's own credentials (`semifl run`): a fresh folder with a CA, the host's account and one
-    account per device id, so that no other client on the machine can read or publish."""
-    certs = init(folder)
+def fleet_credentials(folder: str | Path, device_ids, certificates: bool = False, init_ca: bool = True) -> Certs:
+    """A fleet's accounts in one call (`semifl run`): a certs folder (made, with a CA and the host's
+    account, unless `init_ca` is False: then it must exist) and one account per device id, those it
+    has already kept unchanged."""
+    certs = init(folder) if init_ca else Certs(Path(folder)).check()
     for dev_id in device_ids:
         issue(folder, dev_id, certificate=certificates)
     return certs

@@ -3,8 +3,10 @@ thread drains it (service/session.py: Session.dispatch takes each message from h
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -23,17 +25,56 @@ class BrokerError(ConnectionError):
     """The broker cannot be reached, or it refused us; the message says which and what to check."""
 
 
+SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     u = urlparse(url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ValueError(f"broker URL must look like mqtt://[user:password@]host:port, got {url!r}")
-    return u.hostname, u.port or 1883
+    if u.scheme not in SCHEMES or not u.hostname:
+        raise ValueError(f"broker URL must look like mqtt://[user[:password]@]host[:port] (mqtts:// for TLS), got {url!r}")
+    try:
+        return u.hostname, u.port or SCHEMES[u.scheme]
+    except ValueError:   # a port that is not a number
+        raise ValueError(f"broker URL {url!r}: the port must be a number") from None
+
+
+def is_tls(url: str) -> bool:
+    return urlparse(url).scheme in ("mqtts", "ssl")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the broker in `url` is on this machine's loopback (nothing beyond it can listen in)."""
+    import ipaddress
+
+    host = parse_broker_url(url)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def broker_credentials(url: str) -> tuple[str | None, str | None]:
-    """(username, password) from mqtt://user:password@host:port; (None, None) without them."""
+    """(username, password) from mqtt://user:password@host:port; (None, None) without them. A user
+    without a password in the URL takes it from $SEMIFL_BROKER_PASSWORD (kept out of argv, which any
+    local user can read with `ps`; the CLI's --broker-password-file sets it)."""
     u = urlparse(url)
-    return u.username, u.password
+    password = u.password
+    if u.username and password is None:
+        password = os.environ.get("SEMIFL_BROKER_PASSWORD")
+    return u.username, password
+
+
+def tls_settings(url: str, ca: str | None = None, cert: str | None = None, key: str | None = None) -> dict | None:
+    """paho's tls_set arguments for an mqtts:// URL (None for mqtt://): the CA that signed the broker's
+    certificate (`ca`, else $SEMIFL_BROKER_CA, else the system's), and a client certificate if given
+    (else $SEMIFL_BROKER_CERT / $SEMIFL_BROKER_KEY)."""
+    if not is_tls(url):
+        return None
+    cert = cert or os.environ.get("SEMIFL_BROKER_CERT")
+    return {"ca_certs": ca or os.environ.get("SEMIFL_BROKER_CA"), "certfile": cert,
+            "keyfile": (key or os.environ.get("SEMIFL_BROKER_KEY")) if cert else None}
 
 
 def no_delay(client, userdata, sock):
@@ -47,7 +88,10 @@ class HostLink(Link):
     """Host side of the broker connection: publish with byte accounting, receive into `inbox`."""
 
     def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
-                 max_payload: int = 1 << 20):
+                 max_payload: int = 1 << 20, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None, password: str | None = None):
+        """url: mqtt[s]://[user[:password]@]host:port; mqtts verifies the broker against `ca` (see
+        tls_settings) and may present a client certificate; `password` overrides the URL's."""
         self.host, self.port = parse_broker_url(url)
         self.url = url
         self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
@@ -59,9 +103,12 @@ class HostLink(Link):
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self.client.max_inflight_messages_set(256)
         self.client.max_queued_messages_set(0)
-        user, password = broker_credentials(url)
+        user, url_password = broker_credentials(url)
         if user:   # an authenticated broker (tools/mosquitto/semifl.conf): the host's own account
-            self.client.username_pw_set(user, password)
+            self.client.username_pw_set(user, password or url_password)
+        self.tls = tls_settings(url, ca, cert, key)
+        if self.tls:
+            self.client.tls_set(**self.tls)
         self.client.will_set(wire.host_topic("presence"), b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_socket_open = no_delay
@@ -95,6 +142,9 @@ class HostLink(Link):
         where = f"the broker at {self.host}:{self.port}"
         try:
             self.client.connect(self.host, self.port, keepalive=30)
+        except ssl.SSLError as e:   # a certificate that does not verify, or a broker not speaking TLS
+            raise BrokerError(f"TLS with {where} failed: {e.reason or e} (check the CA, --broker-ca, "
+                              f"and that the port is the broker's TLS listener)") from None
         except OSError as e:   # refused, unknown host, unreachable network
             raise BrokerError(f"cannot reach {where}: {e.strerror or e} (is it running? check --broker; "
                               f"`semifl broker` starts one)") from None

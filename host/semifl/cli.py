@@ -10,8 +10,16 @@ from semifl.config import ConfigError
 
 
 def _common(p: argparse.ArgumentParser):
-    p.add_argument("--broker", help="mqtt://[user:password@]host:port of an external broker (Mosquitto); "
-                                    "default: an embedded one")
+    p.add_argument("--broker", help="mqtt[s]://[user@]host:port of an external broker (Mosquitto; mqtts: TLS); "
+                                    "default: an embedded one with this run's own accounts")
+    p.add_argument("--broker-password-file", metavar="PATH", help="the password of the --broker user, read from "
+                   "this file (or $SEMIFL_BROKER_PASSWORD): a password in the URL is visible to any local user in `ps`")
+    p.add_argument("--broker-ca", metavar="PEM", help="mqtts: the CA that signed the broker's certificate "
+                                                      "(a `semifl certs init` folder's ca.pem; default: the system's)")
+    p.add_argument("--broker-cert", metavar="PEM", help="mqtts: a client certificate to present")
+    p.add_argument("--broker-key", metavar="PEM", help="mqtts: its private key")
+    p.add_argument("--certs", metavar="DIR", help="run/fleet with --broker: each virtual device's own account "
+                                                   "from this `semifl certs` folder (issued there if missing)")
     p.add_argument("--seed", type=int, help="seed of everything random in the run (default 0)")
     _verbosity(p)
 
@@ -111,6 +119,8 @@ def cmd_run(args):
         cfg, done = resume_config(args.resume, args.rounds)
     else:
         cfg, done = _load_config(args), 0
+    if cfg.broker:
+        _external(args, "run")
     for note in cfg.notes():
         print(f"semifl run: note: {note}", file=sys.stderr)
     show = _Display(cfg.rounds)
@@ -123,7 +133,7 @@ def cmd_run(args):
     try:
         with show.start(done):
             summary = run_experiment(cfg, on_round=show.on_round, overwrite=args.overwrite, resume=bool(args.resume),
-                                     on_start=started, on_progress=show.on_progress)
+                                     on_start=started, on_progress=show.on_progress, certs=args.certs)
     except KeyboardInterrupt:
         if "out" in where:
             print(f"\nstopped after {_rounds(show.last)}; go on with: semifl run --resume {where['out']}", file=sys.stderr)
@@ -133,11 +143,36 @@ def cmd_run(args):
     return _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_broker(args):
     from semifl.transport.broker import EmbeddedBroker
+    from semifl.transport.certs import CertsError
 
-    b = EmbeddedBroker(args.host, args.port).start()
-    print(f"embedded MQTT broker on {b.url} (Ctrl-C stops it)", flush=True)
+    if args.certs:
+        try:
+            b = EmbeddedBroker.secured(args.certs, args.host, args.port or 8883,
+                                       require_certificate=args.require_certificate)
+        except CertsError as e:
+            raise ConfigError(str(e)) from None
+    elif not _loopback(args.host) and not args.insecure:
+        print(f"semifl broker: refusing to listen on {args.host} anonymous and in clear: anyone who reaches it "
+              f"could read every upload and model and publish as any device. Give --certs DIR (`semifl certs "
+              f"init --dir DIR --host NAME`), or --insecure if the network is trusted", file=sys.stderr)
+        return 2
+    else:
+        b = EmbeddedBroker(args.host, args.port or 1883)
+    b.start()
+    how = "anonymous" if not args.certs else "accounts from " + args.certs + (", client certificates required"
+                                                                           if args.require_certificate else "")
+    print(f"embedded MQTT broker on {b.url} ({how}; Ctrl-C stops it)", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -146,12 +181,55 @@ def cmd_broker(args):
     return 0
 
 
+def _link_secrets(args) -> None:
+    """--broker-password-file / --broker-ca / --broker-cert as the environment the link reads
+    (transport/mqtt.py), so no secret ever stands in argv, which `ps` shows every local user."""
+    import os
+
+    if getattr(args, "broker_password_file", None):
+        with open(args.broker_password_file) as f:
+            os.environ["SEMIFL_BROKER_PASSWORD"] = f.read().strip()
+    for flag, var in (("broker_ca", "SEMIFL_BROKER_CA"), ("broker_cert", "SEMIFL_BROKER_CERT"),
+                      ("broker_key", "SEMIFL_BROKER_KEY")):
+        if getattr(args, flag, None):
+            os.environ[var] = getattr(args, flag)
+
+
 def _external(args, command: str):
-    """The config of a command that joins a broker someone else runs."""
+    """The config of a command that joins a broker someone else runs; beyond loopback it must be
+    mqtts:// unless --insecure."""
+    from semifl.transport.mqtt import is_loopback, is_tls
+
     cfg = _load_config(args)
     if not cfg.broker:
         raise ConfigError(f"semifl {command}: --broker mqtt://host:port is required (start one with `semifl broker`)")
+    if not is_loopback(cfg.broker) and not is_tls(cfg.broker) and not cfg.trust.insecure:
+        raise ConfigError(f"refusing to use {cfg.broker.split('@')[-1]} in clear beyond loopback: passwords, "
+                          f"uploads and models would cross the network readable by anyone on it. Use mqtts:// "
+                          f"(the broker's TLS listener, with --broker-ca), or --insecure if the network is trusted")
+    _link_secrets(args)
     return cfg
+
+
+def cmd_certs(args):
+    from semifl.transport import certs
+
+    try:
+        if args.action == "init":
+            c = certs.init(args.dir, args.host, overwrite=args.overwrite)
+            print(f"CA {c.ca}; broker certificate {c.server} (key {c.server_key}); accounts {c.passwd}; host "
+                  f"password in {c.dir / 'host.password'}")
+            print(f"start a broker: semifl broker --host 0.0.0.0 --certs {c.dir}   (or Mosquitto: tools/mosquitto/semifl.conf)")
+            return 0
+        cred = certs.issue(args.dir, args.device, overwrite=args.overwrite)
+    except certs.CertsError as e:
+        print(f"semifl certs: {e}", file=sys.stderr)
+        return 2
+    c = certs.Certs(__import__("pathlib").Path(args.dir))
+    print(f"{cred.user}: password in {c.dir / 'devices' / (cred.user + '.password')}, certificate {cred.cert}, "
+          f"key {cred.key}; CA {c.ca} (PEM, the Pi agent's \"ca\") and {c.ca_der} (DER, the MicroPython node's)")
+    print(f"broker URL: mqtts://{cred.user}:{cred.password}@{args.broker_host}:8883")
+    return 0
 
 
 def cmd_serve(args):
@@ -182,7 +260,7 @@ def cmd_fleet(args):
     from semifl.app.run import start_fleet
 
     cfg = _external(args, "fleet")
-    fleet = start_fleet(cfg, Path(args.root))
+    fleet = start_fleet(cfg, Path(args.root), certs=args.certs)
     print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log "
           f"(Ctrl-C stops them)", flush=True)
     try:
@@ -380,10 +458,30 @@ def main(argv=None) -> int:
                                                    "round (its own config; --rounds may extend it)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("broker", help="start the embedded MQTT broker")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_positive, default=1883, help="port (default 1883)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1); beyond "
+                   "loopback it needs --certs (or --insecure)")
+    p.add_argument("--port", type=_positive, default=None, help="port (default 8883 with --certs, else 1883)")
+    p.add_argument("--certs", metavar="DIR", help="a `semifl certs init` folder: TLS listener, accounts from its "
+                                                   "passwd, each device confined to its own topics")
+    p.add_argument("--require-certificate", action="store_true", help="with --certs: clients must present a "
+                                                                      "certificate of the CA (CN = their id)")
+    p.add_argument("--insecure", action="store_true", help="allow an anonymous broker in clear beyond loopback")
     _verbosity(p)
     p.set_defaults(fn=cmd_broker)
+    p = sub.add_parser("certs", help="the fleet's own CA, the broker's certificate, each device's credentials")
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("init", help="create a CA, the server certificate and the host's account in --dir")
+    c.add_argument("--dir", default="certs", help="the certs folder (default ./certs)")
+    c.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="a hostname or IP the broker is reached at (repeatable; localhost and 127.0.0.1 always)")
+    c.add_argument("--overwrite", action="store_true", help="make a new CA even if one exists (re-issue every device)")
+    c.set_defaults(fn=cmd_certs)
+    c = csub.add_parser("issue", help="a device's password and client certificate (CN = its id)")
+    c.add_argument("device", help="the device id (its MQTT username and client id)")
+    c.add_argument("--dir", default="certs", help="the certs folder (default ./certs)")
+    c.add_argument("--broker-host", default="BROKER_HOST", help="the broker's address in the printed URL")
+    c.add_argument("--overwrite", action="store_true", help="new credentials even if the device has some")
+    c.set_defaults(fn=cmd_certs)
     p = sub.add_parser("serve", help="the host service (its session and round object) against --broker")
     _run_flags(p)
     p.add_argument("--wait-devices", type=_positive, metavar="N",

@@ -189,7 +189,8 @@ def resume_config(folder: str, rounds: int | None = None) -> tuple[RunConfig, in
 
 
 def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None, *,
-                   overwrite: bool = False, resume: bool = False, on_start=None, on_progress=None) -> dict:
+                   overwrite: bool = False, resume: bool = False, on_start=None, on_progress=None,
+                   certs: str | None = None) -> dict:
     """`semifl run`: the run `cfg` describes, its summary.json, plot and final model. stop(metrics):
     end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy).
     resume: go on in cfg.out from its last completed round (`resume_config`). on_start(folder): told
@@ -202,7 +203,8 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, sto
         on_start(out)
     specs = fleet_specs(cfg, data)
     try:
-        session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop, on_progress)
+        session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop, on_progress,
+                                                    certs=Path(certs) if certs else None)
     except BrokerError:
         if not resume:   # the run never began: take back what it wrote
             discard(out, new=cfg.out is None)
@@ -343,8 +345,10 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
     return summary
 
 
-def start_fleet(cfg: RunConfig, root: Path) -> VirtualFleet:
-    """The virtual fleet alone (real device code as processes) against cfg.broker."""
+def start_fleet(cfg: RunConfig, root: Path, certs: str | None = None) -> VirtualFleet:
+    """The virtual fleet alone (real device code as processes) against cfg.broker; certs: a `semifl
+    certs` folder giving each device its own account (issued there if missing)."""
     data = load_data(cfg)
     specs = fleet_specs(cfg, data)
-    return VirtualFleet(root, specs, None if cfg.family == "personal" else data, cfg.broker).start()
+    own = fleet_credentials(certs, [s.id for s in specs], init_ca=False) if certs else None
+    return VirtualFleet(root, specs, None if cfg.family == "personal" else data, cfg.broker, certs=own).start()

@@ -247,3 +247,10 @@ def test_refuses_what_it_cannot_do(data):
                        (Federated(), Trust(aggregation="median"))):
         with pytest.raises(ValueError, match="secure aggregation cannot"):
             SecureRound(None, FedAvg(), cfg, mlp.init_params(LAYERS), lambda p: (0, 0), trust=trust)
+
+
+def test_fl_clients_that_cannot_mask_are_not_planned(data):
+    _, rounds, _, _ = rig(data, True, roles=lambda d: [FLClient] if d == "pi-05" else [FLClient, SecAggRole])
+    m = rounds.run(1)
+    assert "secagg" in m["idle"]["pi-05"] and "pi-05" not in m["tasked"]
+    assert m["secagg"]["survivors"] == [f"pi-{i:02d}" for i in range(5)]

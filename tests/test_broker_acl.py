@@ -15,6 +15,7 @@ import pytest
 
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays
+from semifl.transport import certs
 from semifl.transport.broker import free_port
 from semifl.transport.mqtt import HostLink
 from semifl_agent.agent import PiAgent
@@ -39,6 +40,11 @@ def secured():
     conf = (REPO / "tools" / "mosquitto" / "semifl.conf").read_text()
     conf = conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/etc/mosquitto/semifl.passwd", str(pw))
     conf = conf.replace("/etc/mosquitto/semifl.acl", str(d / "semifl.acl"))
+    conf = conf.replace("listener 8883", f"listener {free_port()} 127.0.0.1")   # its TLS listener: tests/test_tls.py
+    certs.init(d / "certs")
+    for f in (d / "certs").iterdir():
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    conf = conf.replace("/etc/mosquitto/semifl/", str(d / "certs") + "/")
     (d / "semifl.conf").write_text(conf + "persistence false\n")
     proc = subprocess.Popen(["mosquitto", "-c", str(d / "semifl.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port)

@@ -2,11 +2,9 @@
 against brute force, and the attacks replayed in-process through the real round object and device
 code: an x100 device contained and quarantined, a lying norm refused, a zombie benched, quarantine
 kept across a restart."""
-import itertools
 
 import numpy as np
 import pytest
-
 from semifl.app.inprocess import run_inprocess
 from semifl.config import RunConfig
 from semifl.fleet.planner import Zombies
@@ -138,7 +136,7 @@ def test_quarantine_needs_outlier_rounds_in_a_row_and_zombies_sit_out_longer_eac
 
 # --- in-process attacks: the real round object and device code over MemoryBroker ---------------------
 def run(fashion, attackers=None, store=None, **kw):
-    cfg = RunConfig.make(**dict(dict(rounds=5, int8_every=0), **kw))
+    cfg = RunConfig.make(**{"rounds": 5, "int8_every": 0, **kw})
     ms = []
     run_inprocess(cfg, fashion, on_round=ms.append, attackers=attackers, store=store)
     return ms

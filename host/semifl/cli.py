@@ -119,8 +119,7 @@ def cmd_run(args):
         cfg, done = resume_config(args.resume, args.rounds)
     else:
         cfg, done = _load_config(args), 0
-    if cfg.broker:
-        _external(args, "run")
+    _link_secrets(args)
     for note in cfg.notes():
         print(f"semifl run: note: {note}", file=sys.stderr)
     show = _Display(cfg.rounds)

@@ -342,6 +342,11 @@ class Node:
             except Exception as e:  # bad command, out of memory, ...: report it and keep serving
                 msg = None  # free the payload first: it may be what exhausted the heap
                 self.errors += 1
+                if isinstance(e, wire.WireError) and topic != self.model_topic:
+                    # a malformed command is counted and ignored: answering each one would let a
+                    # flood of junk become a flood of statuses (model download errors are reported)
+                    print("semifl-node: ignored", topic, e)
+                    continue
                 self.report_error(topic, e)
 
     def run(self):

@@ -273,6 +273,10 @@ class Session:
                         str(msg.get("detail", ""))[:200])
         elif kind == "phase":   # marks for a bench's power meter (semifl.meters.align): nothing to do here
             pass
+        elif kind == "error" and msg.get("error") == "WireError":
+            # a message the device refused to parse (a damaged model chunk, junk on its topics): not a
+            # task it failed, so it is not given up for the round
+            log.info("round %d: %s refused a message: %s", rnd, dev, str(msg.get("detail", ""))[:200])
         elif kind == "error":   # the device could not do its task (out of memory, bad model, ...)
             rec.failed[dev] = str(msg.get("error", "?"))[:40]
             log.warning("round %d: %s reports %s: %s", rnd, dev, rec.failed[dev], str(msg.get("detail", ""))[:200])

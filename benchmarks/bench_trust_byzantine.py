@@ -70,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules (mean always runs)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--dry", action="store_true", help="print, do not write trust.json")
+    ap.add_argument("--save", default="", help="also write the results to this file (trust.json is shared)")
     a = ap.parse_args(argv)
     rounds = 15 if a.quick else a.rounds
     workloads = ["seed"] if a.quick else [w for w in a.workloads.split(",") if w]
@@ -101,6 +102,8 @@ def main(argv=None):
                   " ".join(f"{r} {by[r]['accuracy']:.4f}{'Q' if by[r]['attackers_quarantined'] else ''}" for r in rules)
                   + f"  [{time.time() - t0:.0f} s]", flush=True)
     out["setup"]["wall_s"] = round(time.time() - t0, 1)
+    if a.save:
+        Path(a.save).write_text(json.dumps(out, indent=1) + "\n")
     if a.dry:
         print(json.dumps(out, indent=1))
         return out

@@ -4,7 +4,9 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from semifl.protocol import wire
 from semifl.transport.broker import EmbeddedBroker
+from semifl.transport.mqtt import HostLink
 
 
 def test_many_clients_connecting_and_subscribing_while_messages_flow():
@@ -79,3 +81,17 @@ def test_a_connecting_client_gets_only_the_retained_messages_it_subscribed_to():
             c.disconnect()
             c.loop_stop()
         assert got == ["host/round"]
+
+
+def test_the_host_inbox_is_bounded_in_bytes_too():
+    """A flood of large messages waits in the broker or is dropped and counted, not held by the host."""
+    from types import SimpleNamespace
+
+    link = HostLink("mqtt://127.0.0.1:1", inbox_bytes=10_000)
+    topic = wire.dev_topic("d", wire.T_UP)
+    for _ in range(5):
+        link._on_message(None, None, SimpleNamespace(topic=topic, payload=b"x" * 3000))
+    assert link.inbox.qsize() == 3 and link.queued_bytes == 9000 and link.dropped["inbox_full"] == 2
+    assert link.get(0)[1] == b"x" * 3000 and link.queued_bytes == 6000
+    link._on_message(None, None, SimpleNamespace(topic=topic, payload=b"y" * 3000))
+    assert link.inbox.qsize() == 3 and link.dropped["inbox_full"] == 2

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from semifl.device import Device, FLClient, PersonalClient, PersonalRole, Role, SplitClientRole
+from semifl.device import Device, FLClient, PersonalClient, PersonalRole, Role, SecAggRole, SplitClientRole
 from semifl.protocol import wire
 
 from . import hardware
@@ -66,7 +66,7 @@ class PiAgent:
         cfg["ram"] = int(cfg.get("ram") or hardware.ram_bytes())
         cfg.setdefault("flash", hardware.flash_bytes())
         cfg.setdefault("cpu_score", hardware.cpu_score())
-        roles = [FLClient, SplitClientRole] + ([lambda d: PersonalRole(d, personal)] if personal else []) + [InferRole]
+        roles = [FLClient, SecAggRole, SplitClientRole] + ([lambda d: PersonalRole(d, personal)] if personal else []) + [InferRole]
         self.id = cfg["id"]
         self.device = Device(cfg, x, y, self._send, radio or hardware.Radio(), battery or hardware.Battery(), roles)
         self.infer = next(r for r in self.device.roles if isinstance(r, InferRole))

@@ -88,13 +88,17 @@ class HostLink(Link):
     """Host side of the broker connection: publish with byte accounting, receive into `inbox`."""
 
     def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
-                 max_payload: int = 1 << 20, ca: str | None = None, cert: str | None = None,
+                 max_payload: int = 1 << 20, inbox_bytes: int = 256 << 20, ca: str | None = None, cert: str | None = None,
                  key: str | None = None, password: str | None = None):
         """url: mqtt[s]://[user[:password]@]host:port; mqtts verifies the broker against `ca` (see
-        tls_settings) and may present a client certificate; `password` overrides the URL's."""
+        tls_settings) and may present a client certificate; `password` overrides the URL's. The inbox
+        holds at most `inbox_size` messages and `inbox_bytes` of payload: a flood waits in the broker
+        (or is dropped and counted), not in the host's memory."""
         self.host, self.port = parse_broker_url(url)
         self.url = url
         self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
+        self.inbox_bytes, self.queued_bytes = inbox_bytes, 0
+        self._queued_lock = threading.Lock()
         self.max_payload = max_payload
         self.dropped = Counter()          # reason -> messages dropped before the codec saw them
         self.bytes_to = Counter()         # topic -> bytes published
@@ -133,10 +137,18 @@ class HostLink(Link):
             except queue.Full:
                 pass
             return
+        n = len(msg.payload)
+        with self._queued_lock:
+            if self.queued_bytes + n > self.inbox_bytes:
+                self.dropped["inbox_full"] += 1
+                return
+            self.queued_bytes += n
         try:
             self.inbox.put_nowait((msg.topic, msg.payload))
         except queue.Full:
             self.dropped["inbox_full"] += 1
+            with self._queued_lock:
+                self.queued_bytes -= n
 
     def connect(self, timeout: float = 30.0) -> "HostLink":
         where = f"the broker at {self.host}:{self.port}"
@@ -167,9 +179,13 @@ class HostLink(Link):
 
     def get(self, timeout: float):
         try:
-            return self.inbox.get(timeout=max(0.0, timeout))
+            msg = self.inbox.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return None
+        if msg[0] != "_rejected":
+            with self._queued_lock:
+                self.queued_bytes -= len(msg[1])
+        return msg
 
     def close(self):
         self.client.publish(wire.host_topic("presence"), b"offline", qos=1, retain=True)

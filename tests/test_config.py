@@ -270,3 +270,14 @@ def test_skipped_flags_are_not_generated():
 def test_help_renders():
     text = parser(skip={"broker", "seed"}).format_help()
     assert "--fl-uploaders" in text and "--pi-battery-sleeps" in text and "--broker" not in text
+
+
+def test_secure_aggregation_refuses_what_needs_single_updates():
+    assert RunConfig.make(strategy="fedavg", secagg=True).trust.secagg
+    for bad, said in ((dict(strategy="semifl+"), "semifl+"), (dict(mode="async"), "async"),
+                      (dict(aggregation="median"), "median"), (dict(compression="auto"), "compression"),
+                      (dict(fl_devices=2), "fewer than 3")):
+        with pytest.raises(ConfigError, match=said):
+            RunConfig.make(secagg=True, **bad)
+    with pytest.raises(ConfigError, match="client-level DP"):
+        RunConfig.make(dp_noise=1.0, aggregation="krum")

@@ -248,6 +248,23 @@ class RunConfig:
         if self.family != "personal" and self.sim.fl_devices + self.sim.cl_devices == 0:
             raise ConfigError("sim.fl_devices + sim.cl_devices: a run needs at least one device, got 0 "
                               "(--fl-devices, --cl-devices or --devices)")
+        t, f = self.trust, self.federated
+        if t.secagg:   # the host sees only the sum: nothing may need a single update
+            why = [w for w, bad in (
+                (f"strategy {self.strategy!r} (fedavg or semifl: semifl+ carries single late updates)",
+                 self.strategy not in ("fedavg", "semifl")),
+                ("--mode async (buffered merges take single updates)", f.mode != "sync"),
+                (f"--aggregation {t.aggregation} (a robust rule inspects single updates; devices clip instead)",
+                 t.aggregation != "mean"),
+                ("--compression auto or --sparse-updates (per-device masks differ between summands)",
+                 f.compression != "none" or f.sparse_updates),
+                ("fewer than 3 FL devices (a sum of two reveals each to the other)", self.sim.fl_devices < 3))
+                if bad]
+            if why:
+                raise ConfigError("trust.secagg: secure aggregation does not go with " + "; ".join(why))
+        if (t.dp_noise > 0 or t.dp_adaptive) and t.aggregation != "mean":
+            raise ConfigError(f"trust.dp_noise: client-level DP clips and averages every update itself; it does "
+                              f"not go with --aggregation {t.aggregation}")
         if len(self.personal.arch) > 1 and self.strategy != "fd":
             raise ConfigError(f"personal.arch: more than one architecture only with strategy fd (its devices "
                               f"exchange logits, not weights), got {self.personal.arch} with {self.strategy!r}")

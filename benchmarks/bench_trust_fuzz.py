@@ -73,7 +73,9 @@ def run(folder: Path, url: str, rounds: int, devices: int, fuzz: int, seed: int)
     out = folder / "run"
     cmd = [sys.executable, "-m", "semifl.cli", "run", "--rounds", str(rounds), "--devices", str(devices),
            "--broker", url, "--out", str(out), "--no-plot", "--int8-every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the host's output goes to a file: a pipe nobody reads until the end fills up and blocks the host
+    log_file = open(folder / "host.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
     peak, seen, gone = 0, {}, {}
     state = {"sent": 0}
@@ -96,19 +98,21 @@ def run(folder: Path, url: str, rounds: int, devices: int, fuzz: int, seed: int)
                 gone[pid] = time.monotonic()
         time.sleep(0.2)
     end = time.monotonic()
-    log = proc.stdout.read()
+    log_file.seek(0)
+    log = log_file.read()
+    log_file.close()
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     last = max(gone.values(), default=end)
     early = [p for p, t in gone.items() if last - t > 5.0]   # a device that exited while the others went on
-    rejected = {}
-    if (out / "state.db").exists():   # every rejection, also those between rounds, is in the store
-        import sqlite3
-        with sqlite3.connect(out / "state.db") as db:
-            rejected = dict(db.execute("SELECT reason, COUNT(*) FROM rejections GROUP BY reason").fetchall())
-    tracebacks = sum("Traceback" in f.read_text(errors="replace") for f in (out / "fleet").glob("*/device.log"))
+    # every message the host refused, between rounds too (the store keeps only the first of each reason per round)
+    rejected = summary.get("rejected_total", {})
+    logs = [f.read_text(errors="replace") for f in (out / "fleet").glob("*/device.log")]
+    # what the devices refused: the Pi agent logs "rejected message", the node "ignored" or the WireError it reports
+    device_refused = sum(t.count("rejected message") + t.count("semifl-node: ignored") + t.count(" WireError ") for t in logs)
+    tracebacks = sum("Traceback" in t for t in logs)
     return {"rc": proc.returncode, "peak_rss_mb": round(peak / 2 ** 20, 1), "sent": state["sent"],
             "accuracy": summary.get("final_accuracy", (summary.get("rounds") or [{}])[-1].get("accuracy")),
-            "rejected": rejected, "device_exits_early": len(early), "device_tracebacks": tracebacks,
+            "rejected": rejected, "device_refused": device_refused, "device_exits_early": len(early), "device_tracebacks": tracebacks,
             "log_tail": log[-600:]}
 
 
@@ -155,6 +159,7 @@ def main(argv=None) -> int:
             # helpers the fleet starts), plus device logs with a traceback
             "device_crashes": max(0, att["device_exits_early"] - clean["device_exits_early"]) + att["device_tracebacks"],
             "rejected_by_reason": att["rejected"], "rejected": sum(att["rejected"].values()),
+            "device_refused": att["device_refused"],
             "host_rss_mb": {"clean": clean["peak_rss_mb"], "attacked": att["peak_rss_mb"],
                             "ratio": round(att["peak_rss_mb"] / clean["peak_rss_mb"], 3) if clean["peak_rss_mb"] else None},
             "accuracy": {"clean": clean["accuracy"], "attacked": att["accuracy"]},

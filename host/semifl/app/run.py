@@ -230,6 +230,7 @@ def common_summary(cfg: RunConfig, session: Session, rounds: list[dict]) -> dict
     return {"strategy": cfg.strategy, "broker": "embedded" if not cfg.broker else cfg.broker, "seed": cfg.seed,
             "config": cfg.to_dict(), "rounds": rounds,
             "rejected": dict(sum((Counter(m["rejected"]) for m in rounds), Counter())),
+            "rejected_total": dict(session.rejected),   # also what came between rounds (before the first one)
             "late": dict(sum((Counter(m.get("late", {})) for m in rounds), Counter()))}
 
 

@@ -100,6 +100,7 @@ class RoundRecord:
         self.times.setdefault(dev, {}).update({k: round(float(v), 5) for k, v in seconds.items()})
 
 
+KEEP_REJECTIONS = 100   # per reason and round: stored and logged with their detail; the rest only counted
 WAIT_TICK_S = 2.0   # how often a long wait tells the display it is still waiting
 
 
@@ -122,6 +123,7 @@ class Session:
         self.round = 0
         self.handler = None                 # the round object messages go to
         self.rec = RoundRecord(0, time.time(), Counter(), Counter())
+        self.rejected: Counter = Counter()   # reason -> messages refused in this process's run, between rounds too
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id, count, blob_len): Assembler}
@@ -209,9 +211,17 @@ class Session:
 
     # --- inbound ----------------------------------------------------------------------------------
     def reject(self, dev, reason: str, detail: str) -> None:
+        """Count a refused message; the first KEEP_REJECTIONS of each reason per round are also stored and
+        logged with their detail, so a flood of junk costs counters, not disk and log lines."""
         self.rec.rejected[reason] += 1
-        self.store.reject(self.round, dev, reason, detail)
-        log.warning("rejected from %s: %s (%s)", dev, reason, detail)
+        self.rejected[reason] += 1
+        k = self.rec.rejected[reason]
+        if k <= KEEP_REJECTIONS:
+            self.store.reject(self.round, dev, reason, detail)
+            log.warning("rejected from %s: %s (%s)", dev, reason, detail)
+        elif k == KEEP_REJECTIONS + 1:
+            log.warning("round %d: more than %d %r rejections; the rest of this round's are only counted",
+                        self.round, KEEP_REJECTIONS, reason)
 
     def dispatch(self, msg) -> bool:
         """One inbound message. -> False when it was a chunk that did not complete its blob (nothing

@@ -134,11 +134,14 @@ class Sim:
                                 "tasks (a simulated fault)")
 
 
+SUM_RULES = ("mean", "norm_bound")   # rules that only clip and sum: what SecAgg and client DP can do (devices clip)
+
+
 @dataclass
 class Trust:
     """What a run trusts of its devices and its links (docs/trust.md)."""
-    aggregation: str = setting("mean", "how FL updates are merged: mean (FedAvg's weighted mean), norm_bound (each "
-                               "update clipped to --clip-norm), median (coordinate-wise), trimmed_mean, krum, "
+    aggregation: str = setting("norm_bound", "how FL updates are merged: mean (FedAvg's weighted mean), norm_bound "
+                               "(the mean of updates clipped to --clip-norm: an honest round is unchanged), median (coordinate-wise), trimmed_mean, krum, "
                                "multi_krum", choices=("mean", "norm_bound", "median", "trimmed_mean", "krum", "multi_krum"))
     clip_norm: float = setting(0.0, "norm_bound: the L2 bound of an update (0: adaptive, a multiple of the round's "
                                "median update norm)", ge=0)
@@ -255,14 +258,14 @@ class RunConfig:
                  self.strategy not in ("fedavg", "semifl")),
                 ("--mode async (buffered merges take single updates)", f.mode != "sync"),
                 (f"--aggregation {t.aggregation} (a robust rule inspects single updates; devices clip instead)",
-                 t.aggregation != "mean"),
+                 t.aggregation not in SUM_RULES),
                 ("--compression auto or --sparse-updates (per-device masks differ between summands)",
                  f.compression != "none" or f.sparse_updates),
                 ("fewer than 3 FL devices (a sum of two reveals each to the other)", self.sim.fl_devices < 3))
                 if bad]
             if why:
                 raise ConfigError("trust.secagg: secure aggregation does not go with " + "; ".join(why))
-        if (t.dp_noise > 0 or t.dp_adaptive) and t.aggregation != "mean":
+        if (t.dp_noise > 0 or t.dp_adaptive) and t.aggregation not in SUM_RULES:
             raise ConfigError(f"trust.dp_noise: client-level DP clips and averages every update itself; it does "
                               f"not go with --aggregation {t.aggregation}")
         if len(self.personal.arch) > 1 and self.strategy != "fd":

@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from semifl.config import RunConfig
-from semifl.learn import mlp, nn, perfit, registry, robust
+from semifl.learn import dp, mlp, nn, perfit, registry, robust
 from semifl.learn.data import Dataset, to_float
 from semifl.learn.har import HARData, feature_view
 from semifl.models import get as get_model
 from semifl.service.rounds.buffered import BufferedRound
 from semifl.service.rounds.federated import FederatedRound
 from semifl.service.rounds.personal import PersonalRound
+from semifl.service.rounds.secure import SecureRound
 from semifl.service.rounds.split import GeneratorStage, SplitRound
 from semifl.service.session import Limits, Session
 
@@ -40,9 +41,12 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
         return split_round(cfg, session, data, spec, init)
     fed = cfg.federated
     strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, fed.prune, cfg.seed)
-    if cfg.trust.aggregation != "mean":   # the robust rule takes the strategy's FL merge (learn/robust.py)
+    if cfg.trust.dp_noise > 0 or cfg.trust.dp_adaptive:   # DP-FedAvg's clip-sum-noise (learn/dp.py) clips itself
+        strategy.fl_merge = dp.ClientDP.from_trust(cfg.trust, expected_clients=fed.fl_uploaders,
+                                                   fleet_size=cfg.sim.fl_devices, seed=cfg.seed).merge
+    elif cfg.trust.aggregation != "mean" and not cfg.trust.secagg:   # the robust rule (learn/robust.py)
         strategy.fl_merge = robust.from_trust(cfg.trust)
-    kind = BufferedRound if fed.mode == "async" else FederatedRound
+    kind = SecureRound if cfg.trust.secagg else BufferedRound if fed.mode == "async" else FederatedRound
     return kind(session, strategy, fed, init or mlp.init_params(seed=cfg.seed), make_evaluator(data), seed=cfg.seed,
                 lr=cfg.lr, epochs=cfg.epochs, carries_late=spec.carries_late,
                 n_classes=data.n_classes, calib_x=data.x_train[::60][:1000],   # int8 ranges until CL uploads arrive

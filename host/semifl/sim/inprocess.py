@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from threadpoolctl import ThreadpoolController
 
-from semifl.device import CLUploader, Device, FLClient, PersonalClient, PersonalRole, SplitClientRole
+from semifl.device import CLUploader, Device, FLClient, PersonalClient, PersonalRole, SecAggRole, SplitClientRole
 from semifl.device.link import SimBattery, SimRadio
 from semifl.protocol import wire
 from semifl.transport.memory import MemoryBroker
@@ -49,7 +49,7 @@ class InProcessFleet:
         if spec.device_class == "pi":
             cfg.update(max_chunk=65536, ram=int(sim.get("ram", 1 << 30)), cpu_score=1e4)
             fl = attacks.role(self.attackers[spec.id]) if spec.id in self.attackers else FLClient
-            roles = [fl, SplitClientRole]
+            roles = [fl, SecAggRole, SplitClientRole]   # as the Pi agent
             if "x_test" in data:   # its own test windows: it personalizes and scores its personal model
                 client = PersonalClient(spec.id, data["x"], data["y"], data["x_test"], data["y_test"], None,
                                         data.get("public"), n_classes)

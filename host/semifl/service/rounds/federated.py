@@ -28,6 +28,7 @@ from semifl.config import Federated, Trust
 from semifl.fleet.planner import (PlannerConfig, RoundPlan, Zombies, cannot_run, plan_round, select_fl_uploaders,
                                   task_seed)
 from semifl.learn import compress, int8, mlp, nn, robust
+from semifl.learn.dp import ClientDP
 from semifl.learn.aggregate import global_norm
 from semifl.learn.data import to_float
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
@@ -97,6 +98,8 @@ class FederatedRound(Round):
         self.zombies = Zombies()
         self.claimed: dict[tuple[str, int], float] = {}   # (device, round) -> the norm it reported
         self.anomaly: dict[str, dict] = {}                 # this round's scores
+        owner = getattr(strategy.fl_merge, "__self__", None)   # client-level DP: its clip and accountant
+        self.dp = owner if isinstance(owner, ClientDP) else None
         if params is not None:   # a restarted host: quarantine and benches as the last round left them
             self.load_trust((session.store.get_meta("strategy_state") or {}).get("trust") or {})
         self.shapes = [p.shape for p in self.params]
@@ -385,6 +388,8 @@ class FederatedRound(Round):
         merge = getattr(self.strategy.fl_merge, "last", None)
         if merge:
             trust["merge"] = merge
+        if self.dp is not None:   # what this round spent: the accountant over the rounds so far
+            trust["dp"] = {k: v for k, v in self.dp.summary().items() if k != "epsilon_run_assumes"}
         return s.finish(self.params, acc, loss, (kept, arrays),
                         participants={"cl": sorted(b.device for b in cl), "fl": sorted(u.device for u in fl)},
                         quarantined=trust["quarantined"], trust=trust, **fields)
@@ -437,11 +442,15 @@ class FederatedRound(Round):
             out["quarantine"] = self.watch.state()
         if self.zombies.misses:
             out["zombies"] = self.zombies.state()
+        if self.dp is not None and self.dp.steps:
+            out["dp"] = self.dp.state()[0]
         return out
 
     def load_trust(self, meta: dict) -> None:
         self.watch.load_state(meta.get("quarantine", {}))
         self.zombies.load_state(meta.get("zombies", {}))
+        if self.dp is not None:
+            self.dp.load_state(meta.get("dp", {}))
 
     def _collect_trained(self, tasked: list[str], hard: float):
         """Wait for the tasked clients' `trained` reports: all of them, or, once `deadline_s` has passed,

@@ -64,7 +64,7 @@ class SecureRound(FederatedRound):
         """clip: the L2 bound C each device clips its update to (and the quantizer's per-entry box);
         with `ClientDP` as the strategy's merge, its clip instead. The rest as `FederatedRound`."""
         trust = kw.get("trust")
-        why = [w for w, bad in (("a robust rule needs single updates", trust is not None and trust.aggregation != "mean"),
+        why = [w for w, bad in (("a robust rule needs single updates", trust is not None and trust.aggregation not in ("mean", "norm_bound")),
                                 ("per-device compression", cfg.compression != "none"),
                                 ("sparse updates", cfg.sparse_updates),
                                 ("late updates carried into the next round", kw.get("carries_late")),

@@ -553,6 +553,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("amqtt", "transitions", "matplotlib", "PIL"):   # third parties' INFO is not ours to show
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # dp-accounting warns (through absl) for every RDP order it cannot evaluate and leaves out: not a fault
+    logging.getLogger("absl").setLevel(max(level, logging.ERROR))
     from semifl.learn.data import DataNotFound
     from semifl.transport.mqtt import BrokerError
 

@@ -3,6 +3,8 @@ kind of round (federated: synchronous or buffered; split; personal), the same fo
 an in-process run."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from semifl.config import RunConfig
@@ -42,7 +44,9 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
     fed = cfg.federated
     strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, fed.prune, cfg.seed)
     if cfg.trust.dp_noise > 0 or cfg.trust.dp_adaptive:   # DP-FedAvg's clip-sum-noise (learn/dp.py) clips itself
-        strategy.fl_merge = dp.ClientDP.from_trust(cfg.trust, expected_clients=fed.fl_uploaders,
+        # the clients a round merges: the top-K, or under SecAgg every tasked client (no top-K there)
+        expected = math.ceil(fed.fl_uploaders * (1 + fed.over_select)) if cfg.trust.secagg else fed.fl_uploaders
+        strategy.fl_merge = dp.ClientDP.from_trust(cfg.trust, expected_clients=min(expected, cfg.sim.fl_devices),
                                                    fleet_size=cfg.sim.fl_devices, seed=cfg.seed).merge
     elif cfg.trust.aggregation != "mean" and not cfg.trust.secagg:   # the robust rule (learn/robust.py)
         strategy.fl_merge = robust.from_trust(cfg.trust)

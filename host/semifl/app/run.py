@@ -263,7 +263,26 @@ def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, roun
         "refused": dict(Counter(w.split(":")[0] for m in rounds for w in m.get("refused", {}).values())),
     }
     summary["round_time_s"] = round_time_breakdown(rounds, {s.id: s.device_class for s in specs})
+    summary["trust"] = trust_summary(cfg, rounds)
     return summary
+
+
+def trust_summary(cfg: RunConfig, rounds: list[dict]) -> dict:
+    """What the run trusted and what it refused: the merge rule, who ended quarantined (and why, as the
+    idle reasons say), client-level DP's epsilon, SecAgg's rounds and dropouts."""
+    last = rounds[-1] if rounds else {}
+    out = {"aggregation": cfg.trust.aggregation, "quarantined": last.get("quarantined", []),
+           "claims_refused": sum(m.get("rejected", {}).get("claim", 0) for m in rounds)}
+    dp = last.get("trust", {}).get("dp")
+    if dp:
+        out["dp"] = dict(dp, epsilon_run_assumes="clients sampled uniformly; the top-K planner is not: "
+                                                 "epsilon_device (no amplification) is the figure that holds")
+    secure = [m["secagg"] for m in rounds if isinstance(m.get("secagg"), dict)]
+    if cfg.trust.secagg:
+        out["secagg"] = {"rounds": sum("survivors" in x for x in secure),
+                         "failed_rounds": sum("failed" in x for x in secure),
+                         "dropped": sum(len(x.get("dropped", ())) for x in secure)}
+    return out
 
 
 def personal_summary(cfg: RunConfig, specs, session: Session, rounds_obj, rounds: list[dict]) -> dict:

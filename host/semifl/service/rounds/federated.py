@@ -28,9 +28,9 @@ from semifl.config import Federated, Trust
 from semifl.fleet.planner import (PlannerConfig, RoundPlan, Zombies, cannot_run, plan_round, select_fl_uploaders,
                                   task_seed)
 from semifl.learn import compress, int8, mlp, nn, robust
-from semifl.learn.dp import ClientDP
 from semifl.learn.aggregate import global_norm
 from semifl.learn.data import to_float
+from semifl.learn.dp import ClientDP
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction
@@ -297,21 +297,7 @@ class FederatedRound(Round):
         row = s.store.round_row(rnd)
 
         # stage 1: announce; devices answer with their link (not waited for: those still training); plan
-        now = s.clock()
-        for d, (_, t) in list(self.busy.items()):   # a task not reported on within the hard limit is given up
-            if self.session.gone(d) or now - t > s.limits.collect_timeout_s:
-                del self.busy[d]
-        s.announce(rnd, busy=self.busy)
-        if row and row["plan"]:      # resuming after a restart: keep the plan the devices were given
-            self.plan = RoundPlan(**row["plan"])
-        else:
-            self.plan = plan_round(rnd, s.registry.view(rnd), self.planner, use_cl=self.strategy.uses_cl,
-                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed,
-                                   exclude=self.excluded(rnd))
-            s.store.begin_round(rnd, asdict(self.plan))
-        plan = self.plan
-        for dev, why in plan.refused.items():
-            self.refuse(dev, why)
+        plan = self.announce_and_plan(rnd, row)
         self.uploaders = row["uploaders"] if row else None
         # per-device compression is a pure function of caps, so a restarted host assigns the same again
         self.ctx = Context(rnd, self.params, {d: self.compression_for(d) for d in plan.fl}, {})
@@ -366,6 +352,26 @@ class FederatedRound(Round):
         # from now on, what this round asked for and did not get is late
         self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not s.gone(w[0])}
         return self.merge(rnd, fl, cl, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+
+    def announce_and_plan(self, rnd: int, row) -> RoundPlan:
+        """Stage 1 of every federated round: give up tasks not reported on within the hard limit, announce,
+        plan the roles (or, resuming after a restart, keep the plan the devices were given: `row`)."""
+        s = self.session
+        now = s.clock()
+        for d, (_, t) in list(self.busy.items()):
+            if s.gone(d) or now - t > s.limits.collect_timeout_s:
+                del self.busy[d]
+        s.announce(rnd, busy=self.busy)
+        if row and row["plan"]:
+            self.plan = RoundPlan(**row["plan"])
+        else:
+            self.plan = plan_round(rnd, s.registry.view(rnd), self.planner, use_cl=self.strategy.uses_cl,
+                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed,
+                                   exclude=self.excluded(rnd))
+            s.store.begin_round(rnd, asdict(self.plan))
+        for dev, why in self.plan.refused.items():
+            self.refuse(dev, why)
+        return self.plan
 
     def merge(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch], **fields) -> dict:
         """The strategy's step on what came in, the new model evaluated, the int8 model pushed when it is

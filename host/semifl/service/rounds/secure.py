@@ -34,11 +34,10 @@ fresh keys (the server's state is not durable; the masked vectors stored before 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
 import numpy as np
 
-from semifl.fleet.planner import RoundPlan, plan_round, task_seed
+from semifl.fleet.planner import task_seed
 from semifl.learn import dp as client_dp
 from semifl.learn.secagg import (
     MIN_CLIENTS,
@@ -180,22 +179,7 @@ class SecureRound(FederatedRound):
         self.sa, self.members, self.idx, self.stage = None, [], {}, ""
         row = s.store.round_row(rnd)
 
-        # stage 1: announce and plan, as every federated round
-        now = s.clock()
-        for d, (_, t) in list(self.busy.items()):
-            if s.gone(d) or now - t > s.limits.collect_timeout_s:
-                del self.busy[d]
-        s.announce(rnd, busy=self.busy)
-        if row and row["plan"]:
-            self.plan = RoundPlan(**row["plan"])
-        else:
-            self.plan = plan_round(rnd, s.registry.view(rnd), self.planner, use_cl=self.strategy.uses_cl,
-                                   train_bytes=self.train_bytes, fl_budget=self.fl_budget, seed=self.seed,
-                                   exclude=self.excluded(rnd))
-            s.store.begin_round(rnd, asdict(self.plan))
-        plan = self.plan
-        for dev, why in plan.refused.items():
-            self.refuse(dev, why)
+        plan = self.announce_and_plan(rnd, row)   # stage 1, as every federated round
         self.ctx = Context(rnd, self.params, {}, {})
         self.accepted = {(d, k) for d, k, _ in s.store.contribution_keys(rnd)}
         self.blobs = {}

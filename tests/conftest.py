@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,24 @@ def start_mosquitto(port: int, d: str) -> subprocess.Popen:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_packet_size 4194304\n")
     proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port)
+    return proc
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_shipped_mosquitto(d: Path, passwd: Path, certs_dir: Path, port: int, tls_port: int) -> subprocess.Popen:
+    """Mosquitto with the shipped tools/mosquitto config (accounts, ACL, the TLS listener), its paths
+    pointed into `d` (which the `mosquitto` user must be able to read), on loopback ports."""
+    shutil.copy(REPO / "tools" / "mosquitto" / "semifl.acl", d / "semifl.acl")
+    conf = (REPO / "tools" / "mosquitto" / "semifl.conf").read_text()
+    conf = conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/semifl.passwd", str(passwd)).replace("/etc/mosquitto/semifl.acl", str(d / "semifl.acl"))
+    conf = conf.replace("/etc/mosquitto/semifl/", str(certs_dir) + "/")
+    (d / "semifl.conf").write_text(conf + "persistence false\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(d / "semifl.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    _wait_port(port)
+    _wait_port(tls_port)
     return proc
 
 

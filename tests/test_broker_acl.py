@@ -20,7 +20,7 @@ from semifl.transport.broker import free_port
 from semifl.transport.mqtt import HostLink
 from semifl_agent.agent import PiAgent
 
-from conftest import _wait_port
+from conftest import start_shipped_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORDS = {"semifl-host": "h0st-pw", "s-a": "a-pw", "s-b": "b-pw"}
@@ -31,23 +31,15 @@ def secured():
     # readable by the `mosquitto` user the broker drops to when started as root
     d = Path(tempfile.mkdtemp())
     d.chmod(0o755)
-    shutil.copy(REPO / "tools" / "mosquitto" / "semifl.acl", d / "semifl.acl")
     pw = d / "semifl.passwd"
     for i, (user, password) in enumerate(PASSWORDS.items()):
         subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [str(pw), user, password], check=True)
     pw.chmod(0o644)
-    port = free_port()
-    conf = (REPO / "tools" / "mosquitto" / "semifl.conf").read_text()
-    conf = conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/etc/mosquitto/semifl.passwd", str(pw))
-    conf = conf.replace("/etc/mosquitto/semifl.acl", str(d / "semifl.acl"))
-    conf = conf.replace("listener 8883", f"listener {free_port()} 127.0.0.1")   # its TLS listener: tests/test_tls.py
-    certs.init(d / "certs")
+    certs.init(d / "certs")   # the shipped config's TLS listener needs them (tests/test_tls.py uses it)
     for f in (d / "certs").iterdir():
         f.chmod(0o755 if f.is_dir() else 0o644)
-    conf = conf.replace("/etc/mosquitto/semifl/", str(d / "certs") + "/")
-    (d / "semifl.conf").write_text(conf + "persistence false\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(d / "semifl.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _wait_port(port)
+    port = free_port()
+    proc = start_shipped_mosquitto(d, pw, d / "certs", port, free_port())
     yield port
     proc.terminate()
     proc.wait(10)

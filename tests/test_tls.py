@@ -17,7 +17,7 @@ from semifl.protocol import wire
 from semifl.transport import certs
 from semifl.transport.broker import EmbeddedBroker, free_port
 
-from conftest import _wait_port
+from conftest import start_shipped_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,15 +48,8 @@ def mosquitto(fleet_certs):
     c = fleet_certs[0]
     d = c.dir.parent / "mosq"
     d.mkdir(mode=0o755)
-    shutil.copy(REPO / "tools" / "mosquitto" / "semifl.acl", d / "semifl.acl")
-    port = free_port()
-    conf = (REPO / "tools" / "mosquitto" / "semifl.conf").read_text()
-    conf = conf.replace("listener 1883", f"listener {free_port()} 127.0.0.1").replace("listener 8883", f"listener {port} 127.0.0.1")
-    conf = conf.replace("/etc/mosquitto/semifl.passwd", str(c.passwd)).replace("/etc/mosquitto/semifl.acl", str(d / "semifl.acl"))
-    conf = conf.replace("/etc/mosquitto/semifl/", str(c.dir) + "/")
-    (d / "semifl.conf").write_text(conf + "persistence false\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(d / "semifl.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _wait_port(port)
+    port = free_port()   # the TLS listener
+    proc = start_shipped_mosquitto(d, c.passwd, c.dir, free_port(), port)
     yield port
     proc.terminate()
     proc.wait(10)

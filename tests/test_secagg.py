@@ -7,6 +7,16 @@ import pytest
 from semifl.learn import secagg as sa
 
 
+def through_masked(server, clients, xs):
+    """Stages setup, keys and shares, and every client's masked input (xs[i - 1] for client i)."""
+    for i, m in server.setup().items():
+        server.receive_keys(clients[i].setup(m))
+    for i, m in server.keys_out().items():
+        server.receive_shares(clients[i].share_keys(m))
+    for i, m in server.shares_out().items():
+        server.receive_masked(i, clients[i].masked_input(m, xs[i - 1]))
+
+
 def inputs(n, dim=500, seed=0, scale=0.5):
     rng = np.random.default_rng(seed)
     return [rng.uniform(-scale, scale, dim) for _ in range(n)]
@@ -111,12 +121,7 @@ def test_the_hosts_view_holds_no_individual_update():
 
     server = sa.SecAggServer(len(xs), dim, 1.0)
     clients = {i: sa.SecAggClient() for i in server.graph}
-    for i, m in server.setup().items():
-        server.receive_keys(clients[i].setup(m))
-    for i, m in server.keys_out().items():
-        server.receive_shares(clients[i].share_keys(m))
-    for i, m in server.shares_out().items():
-        server.receive_masked(i, clients[i].masked_input(m, xs[i - 1]))
+    through_masked(server, clients, xs)
     stored = dict(server.masked)
     plain = {i: sa.quantize(x, 1.0, server.range) for i, x in enumerate(xs, 1)}
     # what the server holds: public keys, commitments, ciphertexts and the masked vectors, nothing else
@@ -189,12 +194,7 @@ def run_with_bad_shares(n_bad):
     xs = inputs(10, dim=30)
     server = sa.SecAggServer(10, 30, 1.0)
     clients = {i: sa.SecAggClient() for i in server.graph}
-    for i, m in server.setup().items():
-        server.receive_keys(clients[i].setup(m))
-    for i, m in server.keys_out().items():
-        server.receive_shares(clients[i].share_keys(m))
-    for i, m in server.shares_out().items():
-        server.receive_masked(i, clients[i].masked_input(m, xs[i - 1]))
+    through_masked(server, clients, xs)
     for i, m in server.unmask_out().items():
         r = clients[i].unmask(m)
         if i <= n_bad:                      # clients 1..n_bad lie about their share of 7's self-mask seed

@@ -39,11 +39,12 @@ def clip(delta: list[np.ndarray], c: float) -> tuple[list[np.ndarray], float]:
     return ([a if f == 1.0 else (a * np.float32(f)).astype(a.dtype) for a in delta]), norm
 
 
-def epsilon(noise: float, steps: int, q: float = 1.0, delta: float = 1e-5) -> float:
+def epsilon(noise: float, steps: int, q: float = 1.0, delta: float = 1e-5, accountant: str = "rdp") -> float:
     """(epsilon, delta) of `steps` Gaussian queries with multiplier `noise` (sensitivity 1), each on a
-    Poisson sample at rate q (q = 1: no sampling, no amplification), by dp-accounting's RDP accountant."""
+    Poisson sample at rate q (q = 1: no sampling, no amplification), by dp-accounting's RDP (or PLD)
+    accountant. noise = 0 is infinite epsilon. IoTSL's generators (learn/iotsl/dp.py) count with it too."""
     import dp_accounting
-    from dp_accounting import rdp
+    from dp_accounting import pld, rdp
 
     if not 0 < q <= 1:
         raise ValueError(f"sampling rate q = {q} outside (0, 1]")
@@ -54,7 +55,8 @@ def epsilon(noise: float, steps: int, q: float = 1.0, delta: float = 1e-5) -> fl
     event = dp_accounting.GaussianDpEvent(noise)
     if q < 1:
         event = dp_accounting.PoissonSampledDpEvent(q, event)
-    return float(rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(event, steps)).get_epsilon(delta))
+    acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    return float(acc.compose(dp_accounting.SelfComposedDpEvent(event, steps)).get_epsilon(delta))
 
 
 class ClientDP:

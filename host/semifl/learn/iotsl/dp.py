@@ -13,9 +13,9 @@ saw the whole local set.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from semifl.learn import dp as client_dp
 
 CLIP = 1.0      # the seed's C: WGAN-GP keeps the discriminator's input gradients near norm 1
 DELTA = 1e-5
@@ -45,17 +45,6 @@ def sanitized(x: torch.Tensor, clip: float = CLIP, sigma: float = 0.0,
 
 def epsilon(sigma: float, steps: int, q: float, delta: float = DELTA, accountant: str = "rdp") -> float:
     """(epsilon, delta)-DP of `steps` Poisson-subsampled Gaussian steps (rate q, noise multiplier sigma),
-    by dp-accounting's RDP (or PLD) accountant. sigma = 0 (no noise) is infinite epsilon."""
-    import dp_accounting
-    from dp_accounting import pld, rdp
-
-    if not 0 < q <= 1:
-        raise ValueError(f"sampling rate q = {q} outside (0, 1]")
-    if steps <= 0:
-        return 0.0
-    if sigma <= 0:
-        return math.inf
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
-    acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    return float(acc.compose(event).get_epsilon(delta))
+    by dp-accounting's RDP (or PLD) accountant (learn/dp.py's, which FL clients' DP counts with too).
+    sigma = 0 (no noise) is infinite epsilon."""
+    return client_dp.epsilon(sigma, steps, q, delta, accountant)

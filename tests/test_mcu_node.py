@@ -11,6 +11,7 @@ import pytest
 from conftest import read_records
 
 from semifl.device import CLUploader, Device
+from semifl.flash.build import build_app
 from semifl.fleet.registry import validate_caps
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction, select
@@ -28,9 +29,11 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     x, y = fashion.x_train[idx], fashion.y_train[idx]
     (tmp_path / "samples.bin").write_bytes(x.tobytes())
     (tmp_path / "labels.bin").write_bytes(y.tobytes())
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO / "firmware" / "micropython"),
-                                                         str(REPO / "host" / "semifl" / "protocol"),
-                                                         str(REPO / "host" / "semifl" / "device")]))
+    # the node as a board runs it: compiled to .mpy (compiling source on the device costs heap a board
+    # never spends), with the simulated link
+    app = tmp_path / "app"
+    build_app(app, "unix", sim=True)
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
     seed, fraction = 12345, 0.3
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_upload.py"),
                         str(tmp_path), str(seed), str(fraction)], capture_output=True, text=True, env=env, timeout=300)

@@ -282,7 +282,7 @@ class Node:
         head, total = wire.blob_head(meta, [("uint8", (k, ROW), 1.0, 0), ("uint8", (k,), 1.0, 0)])
         topic = self.topic(wire.T_UP)
         w = wire.ChunkWriter(wire.KIND_SAMPLES, task["round"], total, self.max_chunk,
-                             lambda p: self.publish(topic, p))
+                             lambda p: self.publish(topic, p), True)   # publish is done with p when it returns
         w.write(head)
         w.write(wire.tensor_header("uint8", (k, ROW)))
         with open(self.samples_path, "rb") as f:

@@ -216,15 +216,20 @@ def iter_chunks(kind, blob_id, blob, chunk_size):
 
 
 class ChunkWriter:
-    """Streams a blob of known length as chunks through `send(payload)`, CRC computed on the way."""
+    """Streams a blob of known length as chunks through `send(payload)`, CRC computed on the way.
 
-    def __init__(self, kind, blob_id, blob_len, chunk_size, send):
+    One chunk-sized buffer, header space first, is filled in place and reused: on an MCU, a new bytes
+    object per chunk (the data, then header + data) fragments the heap until a 4 KB allocation fails.
+    With `reuse` the payload sent is a view of that buffer, valid only until `send` returns (umqtt's
+    publish writes it out before it returns); without, `send` gets a copy of its own.
+    """
+
+    def __init__(self, kind, blob_id, blob_len, chunk_size, send, reuse=False):
         self.kind, self.blob_id, self.blob_len, self.size, self.send = kind, blob_id, blob_len, chunk_size, send
         self.count = chunk_count(blob_len, chunk_size)
         self.seq, self.crc, self.written = 0, 0, 0
-        # one chunk-sized buffer, filled in place and reused: on an MCU, growing bytes objects per
-        # write fragment the heap until a 4 KB allocation fails
-        self.buf = bytearray(min(chunk_size, blob_len))
+        self.reuse = reuse
+        self.buf = bytearray(CHUNK_HEADER_LEN + min(chunk_size, blob_len))
         self.fill = 0
 
     def write(self, data):
@@ -232,23 +237,28 @@ class ChunkWriter:
         if self.written > self.blob_len:
             raise WireError("oversized", "wrote past the declared blob length")
         self.crc = crc32(data, self.crc) & 0xFFFFFFFF
-        mv, off = memoryview(data), 0
+        mv, off, h = memoryview(data), 0, CHUNK_HEADER_LEN
         while off < len(mv):
             n = min(self.size - self.fill, len(mv) - off)
-            self.buf[self.fill:self.fill + n] = mv[off:off + n]
+            self.buf[h + self.fill:h + self.fill + n] = mv[off:off + n]
             self.fill += n
             off += n
             if self.fill == self.size and self.seq < self.count - 1:
-                self._emit(self.buf)
+                self._emit()
                 self.fill = 0
 
     def close(self):
         if self.written != self.blob_len:
             raise WireError("truncated", "wrote %d of %d bytes" % (self.written, self.blob_len))
-        self._emit(memoryview(self.buf)[:self.fill])
+        self._emit()
 
-    def _emit(self, data):
-        self.send(encode_chunk(self.kind, self.blob_id, self.seq, self.count, self.blob_len, data, self.crc))
+    def _emit(self):
+        mv = memoryview(self.buf)
+        data = mv[CHUNK_HEADER_LEN:CHUNK_HEADER_LEN + self.fill]
+        struct.pack_into(CHUNK_HEADER, self.buf, 0, MAGIC, VERSION, self.kind, self.blob_id, self.seq, self.count,
+                         self.blob_len, self.crc if self.seq == self.count - 1 else 0, crc32(data) & 0xFFFFFFFF)
+        payload = mv[:CHUNK_HEADER_LEN + self.fill]
+        self.send(payload if self.reuse else bytes(payload))
         self.seq += 1
 
 

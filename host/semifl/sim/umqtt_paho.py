@@ -39,7 +39,9 @@ class MQTTClient:
         self._c.loop_stop()
 
     def publish(self, topic, msg, retain=False, qos=0):
-        info = self._c.publish(_s(topic), msg, qos=qos, retain=retain)
+        # umqtt writes a payload out before publish returns, so the node may reuse its buffer; paho queues
+        # it (and takes no memoryview): a copy
+        info = self._c.publish(_s(topic), bytes(msg) if isinstance(msg, memoryview) else msg, qos=qos, retain=retain)
         if qos:
             info.wait_for_publish(30)
 

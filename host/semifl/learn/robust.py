@@ -232,29 +232,106 @@ def from_trust(trust) -> Rule:
 @dataclass(frozen=True)
 class Thresholds:
     """When an update counts as an outlier of its round: its norm over `norm_hi` or under `norm_lo`
-    times the round's median norm, or its cosine to the round's reference under `cos_min`."""
+    times the round's median norm, or, where its class score can be computed (`class_scores`), that
+    score under `class_cos_min`; where it cannot, its cosine to the round's reference under `cos_min`."""
     norm_hi: float = 3.0
     norm_lo: float = 0.05
     cos_min: float = -0.1
     min_updates: int = 3     # fewer updates than this: no median to compare with, nobody scored
+    class_cos_min: float = -0.15
+    class_share: float = 0.05   # a device holds a class when at least this share of its samples are of it
+    class_holders: int = 3      # a class has a reference when at least this many of the round's updates hold it
 
 
-def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds()) -> dict[str, dict]:
+def output_layer(delta: list[np.ndarray], n_classes: int) -> int | None:
+    """Index of the output weights in a delta: the last 2-D array with n_classes columns (None if none)."""
+    for i in range(len(delta) - 1, -1, -1):
+        if delta[i].ndim == 2 and delta[i].shape[1] == n_classes:
+            return i
+    return None
+
+
+def class_scores(fl: list[FLUpdate], hists: dict, n_classes: int,
+                 thresholds: Thresholds = Thresholds()) -> dict[str, float]:
+    """Per device, how its update agrees, class by class, with the other devices that hold the same
+    classes: for each class c, the column c of the output weights' delta (hidden units -> logit c) of
+    every update whose device holds c (its reported histogram `hists[dev]`, share >= class_share) has
+    a reference, their coordinate-wise median, when at least `class_holders` hold it; a device's score
+    is the mean cosine of its columns to those references, weighted by its share of each class.
+
+    Why: cross-entropy moves column c towards the hidden features of the samples labelled c and away
+    from those predicted c but labelled otherwise, so devices that hold c push column c the same way
+    however different the rest of their data is (non-IID updates disagree as wholes, much less per
+    class). A sign-flipped update and one trained on flipped labels pull their own classes' columns
+    the other way. Devices without a histogram, or holding no class with a reference, get no score
+    (absent from the result). Masks: an entry a device's copy pruned is no vote and not compared."""
+    if len(fl) < thresholds.min_updates or not fl:
+        return {}
+    j = output_layer(fl[0].delta, n_classes)
+    if j is None:
+        return {}
+    share = {}
+    for u in fl:
+        h = hists.get(u.device)
+        if h and len(h) <= n_classes and sum(h) > 0 and u.delta[j].shape == fl[0].delta[j].shape:
+            share[u.device] = np.pad(np.asarray(h, np.float64), (0, n_classes - len(h))) / sum(h)
+    ups = [u for u in fl if u.device in share]
+    if len(ups) < thresholds.class_holders:
+        return {}
+    cols = np.stack([u.delta[j] for u in ups]).astype(np.float64)            # (n, hidden, C)
+    held = np.stack([np.ones(u.delta[j].shape, bool) if u.mask is None else u.mask[j].astype(bool) for u in ups])
+    cols = np.where(held, cols, np.nan)
+    sh = np.stack([share[u.device] for u in ups])                             # (n, C)
+    holders = sh >= thresholds.class_share
+    ref = np.full(cols.shape[1:], np.nan)
+    for c in range(n_classes):
+        if holders[:, c].sum() >= thresholds.class_holders:
+            x = cols[holders[:, c], :, c]
+            ok = ~np.isnan(x).all(0)
+            ref[ok, c] = np.nanmedian(x[:, ok], axis=0)
+    out = {}
+    for k, u in enumerate(ups):
+        num = den = 0.0
+        for c in np.flatnonzero(holders[k]):
+            both = ~np.isnan(cols[k, :, c]) & ~np.isnan(ref[:, c])
+            if not both.any():
+                continue
+            a, b = cols[k, both, c], ref[both, c]
+            na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+            cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
+            num += sh[k, c] * cos
+            den += sh[k, c]
+        if den > 0:
+            out[u.device] = num / den
+    return out
+
+
+def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: dict | None = None,
+            n_classes: int = 0) -> dict[str, dict]:
     """Per device of this round's updates: {"norm_ratio": norm / the round's median norm, "cosine": to
     the round's coordinate-wise median (a reference no single update can steer; mask-aware),
-    "outlier": bool}. {} when there are fewer than `min_updates`."""
+    "class_cosine": its `class_scores` (when `hists`, the devices' reported label histograms, and
+    `n_classes` allow one), "outlier": bool}. {} when there are fewer than `min_updates`.
+    Where a device has a class score it replaces the whole-update cosine as the criterion: on non-IID
+    devices the whole update's cosine to the median is often negative for honest ones."""
     if len(fl) < thresholds.min_updates:
         return {}
     deltas = [u.delta for u in fl]
     n = norms(deltas)
     med = float(np.median(n))
     ref = coordinate_median(deltas, [u.mask for u in fl])
+    cls = class_scores(fl, hists, n_classes, thresholds) if hists and n_classes else {}
     out = {}
     for u, x in zip(fl, n):
         r = x / med if med > 0 else (0.0 if x == 0 else math.inf)
         c = cosine(u.delta, ref)
-        out[u.device] = {"norm_ratio": round(float(r), 4), "cosine": round(float(c), 4),
-                         "outlier": bool(r > thresholds.norm_hi or r < thresholds.norm_lo or c < thresholds.cos_min)}
+        out[u.device] = {"norm_ratio": round(float(r), 4), "cosine": round(float(c), 4)}
+        if u.device in cls:
+            out[u.device]["class_cosine"] = round(cls[u.device], 4)
+            off = cls[u.device] < thresholds.class_cos_min
+        else:
+            off = c < thresholds.cos_min
+        out[u.device]["outlier"] = bool(r > thresholds.norm_hi or r < thresholds.norm_lo or off)
     return out
 
 

@@ -424,7 +424,10 @@ class FederatedRound(Round):
     def screen(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch]):
         """Score this round's fresh updates, close the round's strikes, quarantine who has earned it
         (the strategy forgets it) and leave quarantined devices' contributions out of the merge."""
-        self.anomaly = robust.anomaly(self.to_score(sorted(fl, key=lambda u: u.device)))
+        devs = self.session.registry.devices   # the label histograms devices reported: the class score's key
+        self.anomaly = robust.anomaly(self.to_score(sorted(fl, key=lambda u: u.device)),
+                                      hists={d: (devs.get(d) or {}).get("hist") for d in {u.device for u in fl}},
+                                      n_classes=self.n_classes)
         for d, a in self.anomaly.items():
             (self.watch.strike(d, "update") if a["outlier"] else self.watch.clean(d))
         for d in self.watch.close(rnd):

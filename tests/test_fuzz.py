@@ -176,3 +176,13 @@ def test_node_on_message(msgs):
             if node.stopped:
                 assert json.loads(payload).get("stop") is True
                 node.stopped = False
+
+
+def test_a_spoilt_blob_stays_spoilt():
+    """Found by the fuzzer: a blob whose last chunk left it short raised `truncated`, and a duplicate of
+    that chunk then returned "complete" with the short buffer."""
+    asm = wire.Assembler(wire.KIND_UPDATE, 1, 1, 1)
+    for _ in range(2):
+        with pytest.raises(wire.WireError, match="truncated"):
+            asm.add(wire.KIND_UPDATE, 1, 0, 1, 1, 0, b"")
+    assert not asm.done()

@@ -303,6 +303,7 @@ class Assembler:
         self.pending = {}  # out-of-order chunks waiting for their turn
         self.pending_bytes = 0
         self.next_seq, self.offset, self.crc, self.blob_crc = 0, 0, 0, None
+        self.broken = None   # the WireError that spoilt this blob: it stays spoilt (a duplicate is no fix)
 
     def _fill(self, off, data):
         self.buf.extend(data)   # in order: off is always len(buf)
@@ -314,6 +315,8 @@ class Assembler:
     def add(self, kind, blob_id, seq, count, blob_len, bcrc, data):
         if (kind, blob_id, count, blob_len) != (self.kind, self.blob_id, self.count, self.blob_len):
             raise WireError("malformed", "chunk does not belong to blob %d" % self.blob_id)
+        if self.broken is not None:
+            raise self.broken
         if seq < self.next_seq or seq in self.pending:
             return self.done()  # a duplicate: QoS 1 delivers at least once
         if len(data) > blob_len:
@@ -331,9 +334,11 @@ class Assembler:
             self._take(d)
         if self.next_seq == self.count:
             if self.offset != self.blob_len:
-                raise WireError("truncated", "blob %d: %d of %d bytes" % (self.blob_id, self.offset, self.blob_len))
-            if self.crc != self.blob_crc:
-                raise WireError("crc", "blob %d" % self.blob_id)
+                self.broken = WireError("truncated", "blob %d: %d of %d bytes" % (self.blob_id, self.offset, self.blob_len))
+            elif self.crc != self.blob_crc:
+                self.broken = WireError("crc", "blob %d" % self.blob_id)
+            if self.broken is not None:
+                raise self.broken
         return self.done()
 
     def _take(self, d):
@@ -345,7 +350,7 @@ class Assembler:
         self.next_seq += 1
 
     def done(self):
-        return self.next_seq == self.count
+        return self.next_seq == self.count and self.broken is None
 
     def missing(self):
         return [s for s in range(self.next_seq, self.count) if s not in self.pending]

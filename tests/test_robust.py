@@ -107,6 +107,62 @@ def test_anomaly_scores_flag_a_scaled_a_flipped_and_a_zero_update():
     assert robust.anomaly(fl[:2]) == {}   # too few to compare
 
 
+def class_round(seed=0, hidden=6, C=4):
+    """Updates whose output columns push each held class towards a shared class prototype (as
+    cross-entropy does) and everything else is device-specific noise: non-IID as wholes."""
+    rng = np.random.default_rng(seed)
+    proto, base = rng.standard_normal((hidden, C)), rng.standard_normal((8, hidden))
+    hists = {"a": [50, 50, 0, 0], "b": [40, 0, 60, 0], "c": [0, 50, 50, 0], "d": [30, 30, 30, 10],
+             "e": [60, 40, 0, 0], "flip": [50, 0, 50, 0]}
+    fl = []
+    for dev, h in hists.items():
+        share = np.asarray(h, float) / sum(h)
+        col = proto * share + 0.2 * rng.standard_normal((hidden, C))
+        # the first layer dominates the whole update's direction; device c's data pulls it the other way
+        first = (-3.0 if dev == "c" else 3.0) * base + 0.5 * rng.standard_normal((8, hidden))
+        d = [first.astype(np.float32), col.astype(np.float32)]
+        if dev == "flip":
+            d = [-a for a in d]
+        fl.append(FLUpdate(dev, d, 10))
+    return fl, hists
+
+
+def test_class_scores_agree_per_class_and_a_flipped_update_disagrees():
+    fl, hists = class_round()
+    s = robust.class_scores(fl, hists, 4)
+    assert s["flip"] < -0.5 and min(v for d, v in s.items() if d != "flip") > 0.3
+    # brute force for one device: share-weighted cosine to the holders' median column
+    holders = {c: [u for u in fl if hists[u.device][c] / sum(hists[u.device]) >= 0.05] for c in range(4)}
+    num = den = 0.0
+    for c in range(4):
+        share = hists["b"][c] / 100
+        if share >= 0.05 and len(holders[c]) >= 3:
+            ref = np.median(np.stack([u.delta[1][:, c] for u in holders[c]]).astype(np.float64), axis=0)
+            a = fl[1].delta[1][:, c].astype(np.float64)
+            num += share * a @ ref / (np.linalg.norm(a) * np.linalg.norm(ref))
+            den += share
+    assert s["b"] == pytest.approx(num / den, rel=1e-9)
+    # class 3 has one holder (d): no reference, so it does not count; a device without a histogram has no score
+    assert "x" not in robust.class_scores(fl + [FLUpdate("x", fl[0].delta, 10)], hists, 4)
+    assert robust.class_scores(fl, hists, 7) == {}   # no layer with 7 columns: no score
+
+
+def test_anomaly_uses_the_class_score_where_there_is_one():
+    fl, hists = class_round(seed=1)
+    whole = robust.anomaly(fl)
+    # the whole-update cosine flags the honest non-IID device c (its first layer dominates it)
+    assert {d for d, a in whole.items() if a["outlier"]} == {"c", "flip"}
+    a = robust.anomaly(fl, hists=hists, n_classes=4)
+    assert {d for d, x in a.items() if x["outlier"]} == {"flip"}
+    assert all("class_cosine" in x for x in a.values())
+    # masks: a pruned entry is no vote and not compared (a device whose copy pruned a column is scored on the rest)
+    masks = [[np.ones_like(d[0], bool), np.ones_like(d[1], bool)] for d in (u.delta for u in fl)]
+    masks[0][1][:, 0] = False
+    fl_m = [FLUpdate(u.device, u.delta, u.n, m) for u, m in zip(fl, masks)]
+    am = robust.anomaly(fl_m, hists=hists, n_classes=4)
+    assert {d for d, x in am.items() if x["outlier"]} == {"flip"}
+
+
 def test_cl_check_catches_duplicates_and_a_label_histogram_that_is_not_the_devices():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (60, 784), dtype=np.uint8)
@@ -178,3 +234,18 @@ def test_quarantine_survives_a_restart(fashion, tmp_path):
     after = run(fashion, {"pi-05": "scale100"}, store=Store(path), rounds=6)
     assert [m["round"] for m in after] == [5, 6]
     assert all(m["quarantined"] == ["pi-05"] and "quarantined" in m["idle"]["pi-05"] for m in after)
+
+
+DIRICHLET20 = dict(strategy="fedavg", fl_devices=20, cl_devices=0, partition="dirichlet", alpha=0.5, fl_uploaders=10)
+
+
+@pytest.mark.parametrize("attack", [None, "sign_flip", "label_flip"])
+def test_non_iid_attackers_are_quarantined_by_the_class_score_and_honest_devices_are_not(fashion, attack):
+    # the bench's dirichlet20 workload at 20 % Byzantine (pi-16..19); pi-16 is the one that wins upload slots
+    bad = {d: attack for d in ("pi-16", "pi-17", "pi-18", "pi-19")} if attack else None
+    ms = run(fashion, bad, rounds=6, aggregation="norm_bound", **DIRICHLET20)
+    if attack is None:
+        assert all(m["quarantined"] == [] for m in ms)
+        return
+    assert ms[-1]["quarantined"] == ["pi-16"]
+    assert ms[2]["trust"]["anomaly"]["pi-16"]["class_cosine"] < -0.15

@@ -7,6 +7,7 @@ import struct
 import tempfile
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_trust_attacks import make_node

@@ -4,7 +4,6 @@ Writes the key "tls" of benchmarks/results/trust.json (other keys kept).
     python benchmarks/bench_trust_tls.py [--rounds 20]
 """
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -65,7 +64,9 @@ def main():
     from semifl.sim.fleet import BOARD_HEAP
     from semifl.transport import certs
     from semifl.transport.broker import EmbeddedBroker
-    from test_tls import mosquitto
+    from conftest import start_shipped_mosquitto
+
+    from semifl.transport.broker import free_port
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
@@ -82,18 +83,21 @@ def main():
         result["mcu_tls_heap_bytes"] = {"board": "esp32", "heapsize": BOARD_HEAP["esp32"],
                                         **mcu_heap({"tls": tls_b.port, "plain": plain_b.port}, c, BOARD_HEAP["esp32"])}
     result["mcu_tls_heap_bytes"]["tls_extra"] = result["mcu_tls_heap_bytes"]["tls"] - result["mcu_tls_heap_bytes"]["plain"]
-    with contextlib.suppress(Exception):
-        gen = mosquitto.__pytest_wrapped__.obj((c, other))
-        port = next(gen)
+    mosq = d / "mosq"
+    mosq.mkdir(mode=0o755)
+    port = free_port()   # the shipped config's TLS listener
+    proc = start_shipped_mosquitto(mosq, c.passwd, c.dir, free_port(), port)
+    try:
         result["mosquitto"] = refusals(port, c, other)
-        with contextlib.suppress(StopIteration):
-            next(gen)
+    finally:
+        proc.terminate()
+        proc.wait(10)
     plain_s, plain_acc = run_time(args.rounds, "0")
     tls_s, tls_acc = run_time(args.rounds, "1")
     result["run"] = {"rounds": args.rounds, "accounts_plain_s": round(plain_s, 2), "accounts_tls_s": round(tls_s, 2),
                      "run_overhead_s": round(tls_s - plain_s, 2), "accuracy_plain": plain_acc, "accuracy_tls": tls_acc,
-                     "note": "TLS on every link incl. the esp32 nodes (SEMIFL_RUN_TLS=1); the default run "
-                             "uses accounts in clear on loopback because the nodes' CL uploads run out of heap"}
+                     "note": "accounts in clear (SEMIFL_RUN_TLS=0) vs TLS on every link incl. the esp32 nodes, "
+                             "semifl run's default"}
     path = REPO / "benchmarks" / "results" / "trust.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {}

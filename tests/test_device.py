@@ -29,7 +29,7 @@ def statuses(sent):
 def test_caps_name_the_roles_the_device_plays():
     _, dev, sent = rig()
     caps = next(wire.decode_json(p) for t, p in sent if t.endswith("/caps"))
-    assert caps["roles"] == ["fl", "sl"] and caps["class"] == "pi" and caps["hist"] == [20, 20]
+    assert caps["roles"] == ["fl", "secagg", "sl"] and caps["class"] == "pi" and caps["hist"] == [20, 20]
 
 
 def test_nothing_the_host_sends_stops_the_device():

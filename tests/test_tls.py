@@ -203,3 +203,15 @@ def test_broker_beyond_loopback_without_certs_refuses_to_start():
     r = subprocess.run([sys.executable, "-m", "semifl.cli", "serve", "--broker", "mqtt://192.0.2.1:1883"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "in clear beyond loopback" in r.stderr
+
+
+def test_a_device_enrolled_while_the_embedded_broker_runs_can_connect(tmp_path):
+    """`semifl certs issue` (or `semifl fleet --certs`) while `semifl broker --certs` runs: the new account
+    works at once, without restarting the broker."""
+    c = certs.fleet_credentials(tmp_path / "certs", ["s-a"])
+    with EmbeddedBroker.secured(c.dir) as b:
+        new = certs.issue(c.dir, "s-late")
+        ok, why, _ = connect(b.port, c.ca, new.user, new.password)
+        assert why == "ok"
+        ok.disconnect()
+        assert connect(b.port, c.ca, new.user, "wrong")[1] != "ok"

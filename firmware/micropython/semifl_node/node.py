@@ -355,7 +355,12 @@ class Node:
         backoff = 1
         while not self.stopped:
             try:
-                self.connect()
+                try:
+                    self.connect()
+                except OSError:
+                    raise
+                except Exception as e:   # umqtt's MQTTException: the broker refused us (credentials); retry
+                    raise OSError("broker refused the connection: %s" % e)
                 backoff = 1
                 task = self.pending
                 if task is not None and task["round"] == self.round:

@@ -26,6 +26,7 @@ from semifl.protocol import wire
 from . import hardware
 
 FIRMWARE = "semifl-pi/0.1"
+log = logging.getLogger("semifl.agent")
 
 
 def _no_delay(client, userdata, sock):
@@ -80,6 +81,10 @@ class PiAgent:
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:   # paho tries again by itself (1 s to 2 min): an account enrolled later works
+            log.warning("%s: the broker refused us: %s (check the user and password in config.json's broker URL)",
+                        self.id, reason_code)
+            return
         client.subscribe([(wire.host_topic("round"), 1), (wire.dev_topic(self.id, wire.T_TASK), 1),
                           (wire.dev_topic(self.id, wire.T_DOWN), 1)])
         self.inbox.put(("_connected", b""))

@@ -95,10 +95,21 @@ class FleetAuthPlugin(BaseAuthPlugin):
 
     def __init__(self, context) -> None:
         super().__init__(context)
+        self.path = Path(self.config.password_file)
+        self._stamp = None
+        self._users = {}
+        self.refused: Counter = Counter()
+
+    @property
+    def users(self) -> dict[str, str]:
+        """The password file's accounts, read again when it changed: `semifl certs issue` (or a fleet's
+        --certs) enrols a device while the broker runs, without a restart (Mosquitto needs a SIGHUP)."""
         from .certs import read_passwd
 
-        self.users = read_passwd(Path(self.config.password_file))
-        self.refused: Counter = Counter()
+        st = self.path.stat()
+        if (st.st_mtime_ns, st.st_size) != self._stamp:
+            self._users, self._stamp = read_passwd(self.path), (st.st_mtime_ns, st.st_size)
+        return self._users
 
     def _refuse(self, reason: str, session) -> bool:
         self.refused[reason] += 1

@@ -130,7 +130,9 @@ def test_ctrl_c_stops_with_130_and_the_run_resumes(tmp_path, fashion, mosquitto)
     # each training task takes at least 0.5 s, so rounds 2..4 cannot all be over before the signal lands
     p = subprocess.Popen([sys.executable, "-m", "semifl.cli", "run", "--rounds", "4", "--broker", mosquitto,
                           "--out", str(out), "--pi-train-s", "0.5", *SMALL], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         # as from a terminal: a shell's background job (how CI may run us) ignores SIGINT
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     end = time.monotonic() + 120
     while completed_rounds(out / "state.db") < 1 and p.poll() is None and time.monotonic() < end:
         time.sleep(0.1)

@@ -249,3 +249,39 @@ def test_non_iid_attackers_are_quarantined_by_the_class_score_and_honest_devices
         return
     assert ms[-1]["quarantined"] == ["pi-16"]
     assert ms[2]["trust"]["anomaly"]["pi-16"]["class_cosine"] < -0.15
+
+
+def test_an_honest_single_class_update_always_raises_its_class_bias():
+    """Cross-entropy's bias gradient on samples of one class c is sum_i (p_c - 1) < 0 whatever the model:
+    an honest step raises b_c, a sign-flipped one or one trained on other labels lowers it."""
+    from semifl.device.fl import local_update
+    from semifl.learn import mlp
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (40, 784), dtype=np.uint8)
+    for seed in range(5):   # models from anywhere, even ones that already favour the class
+        params = mlp.init_params(seed=seed)
+        params[-1][4] += 0.5 * seed
+        task = {"seed": seed, "fraction": 1.0, "epochs": 2, "lr": 0.5}
+        honest, _, _ = local_update(params, x, np.full(40, 4, np.uint8), task)
+        flipped = [-d for d in honest]
+        other, _, _ = local_update(params, x, np.full(40, 7, np.uint8), task)   # trained on labels it does not hold
+        hist = [0] * 10
+        hist[4] = 40
+        fl = [FLUpdate("honest", honest, 40), FLUpdate("flip", flipped, 40), FLUpdate("other", other, 40)]
+        assert robust.bias_raised(fl, {d: hist for d in ("honest", "flip", "other")}, 10) == {
+            "honest": True, "flip": False, "other": False}
+    # not judged: a device of two classes, or a bias its pruned copy does not hold
+    assert robust.bias_raised(fl, {"honest": [20, 20] + [0] * 8}, 10) == {}
+    masks = [np.ones(a.shape, bool) for a in honest]
+    masks[-1][4] = False
+    assert robust.bias_raised([FLUpdate("honest", flipped, 40, masks)], {"honest": hist}, 10) == {}
+
+
+def test_a_sign_flipping_device_of_the_seed_fleet_is_never_merged_and_is_quarantined(fashion):
+    ms = run(fashion, {"pi-05": "sign_flip"}, rounds=30)   # the default rule (norm_bound)
+    assert not any("pi-05" in m["participants"]["fl"] for m in ms)
+    scored = [m["trust"]["anomaly"]["pi-05"]["bias_raised"] for m in ms if "pi-05" in m["trust"]["anomaly"]]
+    assert scored and not any(scored)             # caught each time its update came in
+    assert ms[-1]["quarantined"] == ["pi-05"]
+    assert all(a.get("bias_raised", True) for m in ms for d, a in m["trust"]["anomaly"].items() if d != "pi-05")

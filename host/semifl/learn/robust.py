@@ -241,6 +241,7 @@ class Thresholds:
     class_cos_min: float = -0.15
     class_share: float = 0.05   # a device holds a class when at least this share of its samples are of it
     class_holders: int = 3      # a class has a reference when at least this many of the round's updates hold it
+    bias_share: float = 1.0     # the bias check is exact for a device whose labels are all one class (the seed)
 
 
 def output_layer(delta: list[np.ndarray], n_classes: int) -> int | None:
@@ -306,16 +307,41 @@ def class_scores(fl: list[FLUpdate], hists: dict, n_classes: int,
     return out
 
 
+def bias_raised(fl: list[FLUpdate], hists: dict | None, n_classes: int, share: float = 0.9) -> dict[str, bool]:
+    """Per device whose reported labels are a share of at least `share` one class c (default 1.0: all of
+    them): whether its update did not lower the output bias of c. Every gradient step of cross-entropy on
+    samples of c raises it, whatever the model (the bias gradient is sum_i (p_c(x_i) - 1) < 0), so an
+    honest update never lowers it; a sign-flipped update, or one trained on other labels, does. Exact:
+    it needs no other device to compare with, which on a fleet of one class per device (the seed) nothing
+    else offers. Below a share of 1 it is not exact (a model that already gives c more than its share
+    turns the sign), so it is not the default. A bias its pruned copy does not hold is not judged."""
+    out = {}
+    for u in fl:
+        h = np.asarray((hists or {}).get(u.device) or [], np.float64)
+        if len(h) != n_classes or h.sum() <= 0 or h.max() < share * h.sum():
+            continue
+        w = output_layer(u.delta, n_classes)
+        if w is None or w + 1 >= len(u.delta) or u.delta[w + 1].shape != (n_classes,):
+            continue
+        c = int(h.argmax())
+        if u.mask is not None and not u.mask[w + 1][c]:
+            continue
+        out[u.device] = bool(u.delta[w + 1][c] >= 0)
+    return out
+
+
 def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: dict | None = None,
             n_classes: int = 0) -> dict[str, dict]:
     """Per device of this round's updates: {"norm_ratio": norm / the round's median norm, "cosine": to
     the round's coordinate-wise median (a reference no single update can steer; mask-aware),
     "class_cosine": its `class_scores` (when `hists`, the devices' reported label histograms, and
-    `n_classes` allow one), "outlier": bool}. {} when there are fewer than `min_updates`.
+    `n_classes` allow one), "bias_raised": `bias_raised`'s verdict where it applies, "outlier": bool}.
+    With fewer than `min_updates` updates only the exact bias check speaks.
     Where a device has a class score it replaces the whole-update cosine as the criterion: on non-IID
     devices the whole update's cosine to the median is often negative for honest ones."""
-    if len(fl) < thresholds.min_updates:
-        return {}
+    raised = bias_raised(fl, hists, n_classes, thresholds.bias_share) if hists and n_classes else {}
+    if len(fl) < thresholds.min_updates:   # no median to compare with: only the exact check
+        return {d: {"bias_raised": False, "outlier": True} for d, ok in raised.items() if not ok}
     deltas = [u.delta for u in fl]
     n = norms(deltas)
     med = float(np.median(n))
@@ -331,6 +357,9 @@ def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: di
             off = cls[u.device] < thresholds.class_cos_min
         else:
             off = c < thresholds.cos_min
+        if u.device in raised:
+            out[u.device]["bias_raised"] = raised[u.device]
+            off = off or not raised[u.device]
         out[u.device]["outlier"] = bool(r > thresholds.norm_hi or r < thresholds.norm_lo or off)
     return out
 

@@ -430,6 +430,11 @@ class FederatedRound(Round):
                                       n_classes=self.n_classes)
         for d, a in self.anomaly.items():
             (self.watch.strike(d, "update") if a["outlier"] else self.watch.clean(d))
+        # an update that provably did not train on its own labels (robust.bias_raised) is not merged at all
+        lowered = {d for d, a in self.anomaly.items() if a.get("bias_raised") is False}
+        if lowered:
+            log.warning("round %d: %s lowered the output bias of the class it holds: not merged", rnd, sorted(lowered))
+            fl = [u for u in fl if u.device not in lowered]
         for d in self.watch.close(rnd):
             self.strategy.forget(d)
             log.warning("round %d: %s quarantined after %d outlier rounds in a row (%s)", rnd, d, self.watch.after,

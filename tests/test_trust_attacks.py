@@ -15,7 +15,6 @@ from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays
 from semifl.service.session import Session
 from semifl.service.store import Store
-from semifl.transport.memory import MemoryBroker
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -388,8 +388,9 @@ class FederatedRound(Round):
             self.push_int8(rnd)
         meta, arrays = self.strategy.state()
         kept = {"strategy": self.strategy.name, "state": meta}
-        if self.trust_state():
-            kept["trust"] = self.trust_state()
+        trust_state = self.trust_state()
+        if trust_state:
+            kept["trust"] = trust_state
         trust = {"quarantined": sorted(self.watch.quarantined), "anomaly": self.anomaly}
         merge = getattr(self.strategy.fl_merge, "last", None)
         if merge:
@@ -466,24 +467,27 @@ class FederatedRound(Round):
         if self.dp is not None:
             self.dp.load_state(meta.get("dp", {}))
 
-    def _collect_trained(self, tasked: list[str], hard: float):
-        """Wait for the tasked clients' `trained` reports: all of them, or, once `deadline_s` has passed,
-        the quorum; never past the hard limit."""
+    def _collect_trained(self, tasked: list[str], hard: float, reported: dict | None = None):
+        """Wait for the tasked clients' `trained` reports (into `reported`, default the norms): all of
+        them, or, once `deadline_s` has passed, the quorum; never past the hard limit."""
         s, cfg = self.session, self.cfg
+        reported = self.norms if reported is None else reported
         need = cfg.quorum if 0 < cfg.quorum < len(tasked) else len(tasked)
-        everyone = lambda: all(d in self.norms or self.session.gone(d) for d in tasked)
+        everyone = lambda: all(d in reported or self.session.gone(d) for d in tasked)
         if not s.pump(everyone, min(cfg.deadline_s, hard - s.clock())):
-            if not s.wait(lambda: everyone() or len(self.norms) >= need, hard - s.clock(), "FL clients' training"):
+            if not s.wait(lambda: everyone() or len(reported) >= need, hard - s.clock(), "FL clients' training"):
                 return
             if not everyone():
                 log.info("round %d: quorum %d of %d tasked FL clients in; %s go on without the rest", s.round,
-                         len(self.norms), len(tasked), "the deadline passed, rounds" if cfg.deadline_s else "rounds")
+                         len(reported), len(tasked), "the deadline passed, rounds" if cfg.deadline_s else "rounds")
 
-    def payloads(self, rnd: int):
-        """(device, kind, n, meta, tensors) of what round `rnd` accepted: the durable record in the store,
-        the payloads from memory where this process holds them."""
+    def payloads(self, rnd: int, kinds: tuple | None = None):
+        """(device, kind, n, meta, tensors) of what round `rnd` accepted (of `kinds`, default all): the
+        durable record in the store, the payloads from memory where this process holds them."""
         store = self.session.store
         for dev, kind, n in store.contribution_keys(rnd):
+            if kinds is not None and kind not in kinds:
+                continue
             blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
             yield (dev, kind, n) + wire.decode_blob(blob)
 

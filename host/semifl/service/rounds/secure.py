@@ -38,7 +38,6 @@ import logging
 import numpy as np
 
 from semifl.fleet.planner import task_seed
-from semifl.learn import dp as client_dp
 from semifl.learn.secagg import (
     MIN_CLIENTS,
     SecAggError,
@@ -73,9 +72,7 @@ class SecureRound(FederatedRound):
         if not clip > 0:
             raise ValueError(f"secure aggregation: clip must be positive, got {clip}")
         super().__init__(session, strategy, cfg, init_params, evaluate, **kw)
-        self.clip = float(clip)
-        owner = getattr(strategy.fl_merge, "__self__", None)
-        self.dp = owner if isinstance(owner, client_dp.ClientDP) else None
+        self.clip = float(clip)   # (self.dp, client-level DP's merge if the strategy has one: FederatedRound's)
         self.sa: SecAggServer | None = None
         self.members: list[str] = []          # this round's SecAgg clients, index i -> members[i - 1]
         self.idx: dict[str, int] = {}
@@ -202,7 +199,7 @@ class SecureRound(FederatedRound):
                 self.asked[d] = s.clock()
                 s.send_task(d, {"round": rnd, "lr": self.lr, "role": "cl", "task": s.task_id(rnd, d),
                                 "seed": task_seed(self.seed, rnd, d), "fraction": cfg.cl_fraction})
-        self._collect_training(list(plan.fl), s.clock() + s.limits.collect_timeout_s)
+        self._collect_trained(list(plan.fl), s.clock() + s.limits.collect_timeout_s, self.trained)
         for d in plan.fl:
             if d not in self.trained and not s.gone(d):
                 self.zombies.missed(d, rnd)
@@ -234,14 +231,6 @@ class SecureRound(FederatedRound):
                 del self.strategy.fl_merge
             else:
                 self.strategy.fl_merge = merge
-
-    def _collect_training(self, tasked: list[str], hard: float):
-        """The tasked clients' `trained` reports: all of them or, after `deadline_s`, the quorum."""
-        s, cfg = self.session, self.cfg
-        need = cfg.quorum if 0 < cfg.quorum < len(tasked) else len(tasked)
-        everyone = lambda: all(d in self.trained or s.gone(d) for d in tasked)
-        if not s.pump(everyone, min(cfg.deadline_s, hard - s.clock())):
-            s.wait(lambda: everyone() or len(self.trained) >= need, hard - s.clock(), "FL clients' training")
 
     def _stage(self, stage: str, table, out: dict, send) -> None:
         """Send each client its message of `stage`, then wait for the answers of those still in."""
@@ -310,13 +299,9 @@ class SecureRound(FederatedRound):
         log.info("round %d: secure sum of %d FL clients (%d dropped)", rnd, len(surv), len(members) - len(surv))
         return [np.asarray(m, np.float32) for m in mean], n
 
-    def payloads(self, rnd: int):
+    def payloads(self, rnd: int, kinds=("samples",)):
         """Only CL samples are merged from the store: the masked vectors are not updates."""
-        store = self.session.store
-        for dev, kind, n in store.contribution_keys(rnd):
-            if kind == "samples":
-                blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
-                yield (dev, kind, n) + wire.decode_blob(blob)
+        return super().payloads(rnd, kinds)
 
     @staticmethod
     def to_score(fl):

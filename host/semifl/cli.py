@@ -142,18 +142,10 @@ def cmd_run(args):
     return _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_broker(args):
     from semifl.transport.broker import EmbeddedBroker
     from semifl.transport.certs import CertsError
+    from semifl.transport.mqtt import is_loopback_host
 
     if args.certs:
         try:
@@ -161,7 +153,7 @@ def cmd_broker(args):
                                        require_certificate=args.require_certificate)
         except CertsError as e:
             raise ConfigError(str(e)) from None
-    elif not _loopback(args.host) and not args.insecure:
+    elif not is_loopback_host(args.host) and not args.insecure:
         print(f"semifl broker: refusing to listen on {args.host} anonymous and in clear: anyone who reaches it "
               f"could read every upload and model and publish as any device. Give --certs DIR (`semifl certs "
               f"init --dir DIR --host NAME`), or --insecure if the network is trusted", file=sys.stderr)
@@ -211,6 +203,8 @@ def _external(args, command: str):
 
 
 def cmd_certs(args):
+    from pathlib import Path
+
     from semifl.transport import certs
 
     try:
@@ -224,7 +218,7 @@ def cmd_certs(args):
     except certs.CertsError as e:
         print(f"semifl certs: {e}", file=sys.stderr)
         return 2
-    c = certs.Certs(__import__("pathlib").Path(args.dir))
+    c = certs.Certs(Path(args.dir))
     print(f"{cred.user}: password in {c.dir / 'devices' / (cred.user + '.password')}, certificate {cred.cert}, "
           f"key {cred.key}; CA {c.ca} (PEM, the Pi agent's \"ca\") and {c.ca_der} (DER, the MicroPython node's)")
     print(f"broker URL: mqtts://{cred.user}:{cred.password}@{args.broker_host}:8883")

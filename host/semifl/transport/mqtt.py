@@ -44,9 +44,13 @@ def is_tls(url: str) -> bool:
 
 def is_loopback(url: str) -> bool:
     """Whether the broker in `url` is on this machine's loopback (nothing beyond it can listen in)."""
+    return is_loopback_host(parse_broker_url(url)[0])
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address to listen on or connect to) is this machine's loopback."""
     import ipaddress
 
-    host = parse_broker_url(url)[0]
     if host == "localhost":
         return True
     try:

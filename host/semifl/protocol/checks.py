@@ -4,7 +4,6 @@ and those the task's role needs. A task that fails raises `wire.WireError("schem
 it and ignores the task. The MCU node checks its own few fields with `report.check` (this table would
 cost its heap); both share `report.check` and `report.announcement`.
 """
-from semifl.protocol import wire
 from semifl.protocol.report import bad, check
 
 U32 = 0xFFFFFFFF
@@ -52,5 +51,3 @@ def blob_meta(meta: dict) -> dict:
         bad("kind", meta.get("kind"))
     return meta
 
-
-__all__ = ["task", "blob_meta", "wire"]

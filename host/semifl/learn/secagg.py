@@ -277,12 +277,17 @@ class SecAggClient:
         self.own = (b_sh[self.idx], sk_sh[self.idx])
         ct = {}
         for j in sorted(keys):
-            key = kdf(self.sk2.exchange(X25519PublicKey.from_public_bytes(keys[j][1])), b"share", self.round)
+            key = self._share_key(j)
             nonce = os.urandom(12)
             plain = struct.pack(">II", self.idx, j) + _i2b(b_sh[j], SHARE_BYTES) + _i2b(sk_sh[j], SHARE_BYTES)
             ct[str(j)] = b64(nonce + AESGCM(key).encrypt(nonce, plain, self._ad(self.idx, j)))
         self.stage = "shares"
         return {"stage": "shares", "idx": self.idx, "ct": ct}
+
+    def _share_key(self, j: int) -> bytes:
+        """The AES-GCM key of the shares between this client and neighbour j: X25519 of our second key
+        pairs, through the KDF, bound to the round."""
+        return kdf(self.sk2.exchange(X25519PublicKey.from_public_bytes(self.keys[j][1])), b"share", self.round)
 
     def _ad(self, src, dst):
         return f"{self.round}/{src}->{dst}".encode()
@@ -301,7 +306,7 @@ class SecAggClient:
             if j not in self.keys:
                 raise SecAggError("malformed", f"ciphertext from {j}, not a neighbour that sent keys")
             raw = unb64(c, "ciphertext")
-            key = kdf(self.sk2.exchange(X25519PublicKey.from_public_bytes(self.keys[j][1])), b"share", self.round)
+            key = self._share_key(j)
             try:
                 plain = AESGCM(key).decrypt(raw[:12], raw[12:], self._ad(j, self.idx))
             except (InvalidTag, ValueError):

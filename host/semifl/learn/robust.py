@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .aggregate import global_norm
+from .dp import clip as dp_clip
 from .strategy import FLUpdate, average_fl
 
 RULES = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "multi_krum")
@@ -40,17 +42,14 @@ RULES = ("mean", "norm_bound", "median", "trimmed_mean", "krum", "multi_krum")
 
 # --- pure functions over deltas --------------------------------------------------------------------
 def norms(deltas: list[list[np.ndarray]]) -> np.ndarray:
-    """L2 norm of each update over all its layers (float64)."""
-    return np.array([math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in d)) for d in deltas])
+    """L2 norm of each update over all its layers (float64; aggregate.global_norm of each)."""
+    return np.array([global_norm(d) for d in deltas])
 
 
 def clip(delta: list[np.ndarray], bound: float) -> list[np.ndarray]:
-    """`delta` scaled to norm `bound` if it is longer; else unchanged (the same arrays)."""
-    n = norms([delta])[0]
-    if n <= bound or n == 0:
-        return delta
-    c = np.float32(bound / n)
-    return [a * c for a in delta]
+    """`delta` scaled to norm `bound` if it is longer; else unchanged (the same arrays): client-level
+    DP's clip (learn/dp.py), without the norm it also returns."""
+    return dp_clip(delta, bound)[0]
 
 
 def _stack(deltas, masks, i):

@@ -1,5 +1,9 @@
 """Fleet registry: who is there (presence via last will), what each can do (capability reports, with
-history in the store), and what each said about its link this round."""
+history in the store), and what each said about its link this round.
+
+Every message costs O(1) here, whatever the fleet's size: who is online and who a round still waits for
+are sets kept as reports arrive, never recomputed over the fleet per message (10,000 devices answering an
+announcement would otherwise cost 10^8 set operations a round)."""
 from __future__ import annotations
 
 import logging
@@ -34,8 +38,13 @@ class Registry:
         self.store = store
         self.devices = {d: v["caps"] for d, v in store.devices().items()}
         self.present = {d for d, v in store.devices().items() if v["online"]}  # by presence messages
+        self.online: set[str] = self.present & set(self.devices)   # connected and reported: kept, not computed
         self.link: dict[str, dict] = {}      # device -> latest {"round", "rssi", "battery"}
         self.last_seen: dict[str, float] = {}
+        self.ready_round: int | None = None  # the round whose `ready` reports are being counted
+        self.ready: set[str] = set()         # who answered it (online or not since)
+        self.unready: set[str] = set()       # online devices it still waits for (`expect_ready`)
+        self._not_waited: frozenset = frozenset()
 
     def on_caps(self, dev_id: str, caps: dict) -> None:
         validate_caps(dev_id, caps)
@@ -46,6 +55,8 @@ class Registry:
         self.devices[dev_id] = caps
         self.last_seen[dev_id] = time.time()
         self.store.upsert_device(dev_id, caps)
+        if dev_id in self.present:
+            self._came_online(dev_id)
 
     def on_presence(self, dev_id: str, payload: bytes) -> None:
         if payload not in (b"online", b"offline"):
@@ -57,15 +68,36 @@ class Registry:
         (self.present.add if up else self.present.discard)(dev_id)
         if dev_id in self.devices:
             self.store.set_online(dev_id, up)
+            if up:
+                self._came_online(dev_id)
+            else:
+                self.online.discard(dev_id)
+                self.unready.discard(dev_id)   # gone: nothing to wait for
+
+    def _came_online(self, dev_id: str) -> None:
+        self.online.add(dev_id)
+        if self.ready_round is not None and dev_id not in self.ready and dev_id not in self._not_waited:
+            self.unready.add(dev_id)   # joined while a round waits: it gets the retained announcement too
 
     def on_ready(self, dev_id: str, msg: dict) -> None:
         self.link[dev_id] = {"round": msg["round"], "rssi": msg.get("rssi"), "battery": msg.get("battery", 1.0)}
         self.last_seen[dev_id] = time.time()
+        if msg["round"] != self.ready_round:
+            self.ready_round, self.ready, self.unready = msg["round"], set(), set()
+        self.ready.add(dev_id)
+        self.unready.discard(dev_id)
 
-    @property
-    def online(self) -> set[str]:
-        """Connected devices that have reported their capabilities."""
-        return self.present & set(self.devices)
+    def expect_ready(self, rnd: int, not_waited=()) -> None:
+        """Start waiting for round `rnd`'s `ready` reports from every online device but `not_waited`
+        (devices still busy with an earlier task); `unready` then says who is still missing."""
+        if rnd != self.ready_round:
+            self.ready_round, self.ready = rnd, set()
+        self._not_waited = frozenset(not_waited)
+        self.unready = self.online - self.ready - self._not_waited
+
+    def answered(self, rnd: int) -> set[str]:
+        """Online devices that answered round `rnd`'s announcement."""
+        return self.ready & self.online if rnd == self.ready_round else set()
 
     def known(self, dev_id: str) -> bool:
         return dev_id in self.devices

@@ -423,15 +423,17 @@ class Session:
     def announce(self, rnd: int, busy=()) -> list[str]:
         """Announce the round (retained) and wait for the devices' link reports, up to ready_timeout_s;
         devices still `busy` with an earlier round's task are not waited for. -> who answered."""
-        online = sorted(self.registry.online)
+        reg = self.registry
+        online = sorted(reg.online)
+        reg.expect_ready(rnd, busy)   # before the announcement: no answer can come before the wait counts it
         self.broadcast("round", online, wire.encode_json({"v": wire.VERSION, "round": rnd, "run": self.run_id}), retain=True)
-        answered = lambda: {d for d in self.registry.online if self.registry.link.get(d, {}).get("round") == rnd}
-        if not self.pump(lambda: self.registry.online - set(busy) <= answered(), self.limits.ready_timeout_s):
-            log.info("round %d: %d of %d online devices answered within %.1f s", rnd, len(answered()),
-                     len(self.registry.online), self.limits.ready_timeout_s)
+        if not self.pump(lambda: not reg.unready, self.limits.ready_timeout_s):   # O(1) per message
+            log.info("round %d: %d of %d online devices answered within %.1f s", rnd, len(reg.answered(rnd)),
+                     len(reg.online), self.limits.ready_timeout_s)
         self.rec.mark("ready")
-        self.progress(f"{len(answered())} of {len(online)} devices ready")
-        return sorted(answered())
+        answered = reg.answered(rnd)
+        self.progress(f"{len(answered)} of {len(online)} devices ready")
+        return sorted(answered)
 
     def finish(self, params: list, acc, loss, state: tuple[dict, dict] | None, **fields) -> dict:
         """The round's metrics (what every round kind records, plus `fields`), stored in one

@@ -124,6 +124,9 @@ class Session:
         self.handler = None                 # the round object messages go to
         self.rec = RoundRecord(0, time.time(), Counter(), Counter())
         self.rejected: Counter = Counter()   # reason -> messages refused in this process's run, between rounds too
+        self.rejected_by: Counter = Counter()   # (device, reason) -> the same, per device (a live view's fleet table)
+        self.taken: Counter = Counter()         # (device, topic leaf) -> messages dispatched without a rejection
+        self.on_tick = None                  # on_tick(): after each message (or idle wait) pump saw; cheap when unused
         self.bytes_up: Counter = Counter()
         self.bytes_down: Counter = Counter()
         self._asm: dict[str, dict] = defaultdict(dict)   # device -> {(kind, blob_id, count, blob_len): Assembler}
@@ -182,7 +185,10 @@ class Session:
                 if left <= 0:
                     return False
                 msg = self.link.get(min(left, 0.5))
-                if msg is None or self.dispatch(msg):
+                changed = msg is None or self.dispatch(msg)
+                if self.on_tick is not None:
+                    self.on_tick()
+                if changed:
                     break
         return True
 
@@ -215,6 +221,7 @@ class Session:
         logged with their detail, so a flood of junk costs counters, not disk and log lines."""
         self.rec.rejected[reason] += 1
         self.rejected[reason] += 1
+        self.rejected_by[(dev, reason)] += 1
         k = self.rec.rejected[reason]
         if k <= KEEP_REJECTIONS:
             self.store.reject(self.round, dev, reason, detail)
@@ -248,11 +255,14 @@ class Session:
             elif not self.registry.known(dev):
                 raise Rejected("unknown_device", f"{dev} sent {leaf} before any capability report")
             elif leaf == wire.T_UP:
-                return self._on_chunk(dev, payload)
+                done = self._on_chunk(dev, payload)
+                self.taken[(dev, leaf)] += 1
+                return done
             elif leaf == wire.T_STATUS:
                 self._on_status(dev, wire.decode_json(payload))
             elif leaf not in (wire.T_TASK, wire.T_DOWN):  # what we send a device echoes back through a wildcard
                 raise Rejected("malformed", f"unknown topic leaf {leaf!r}")
+            self.taken[(dev, leaf)] += 1
         except wire.WireError as e:
             self.reject(dev, e.reason, str(e))
         except Rejected as e:

@@ -93,11 +93,12 @@ def run_tls(fleet: VirtualFleet) -> bool:
 
 
 def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None,
-                  certs: Path | None = None):
+                  certs: Path | None = None, on_session=None):
     """One run: the broker (embedded, with this run's own credentials, unless cfg.broker), the host's
     store, link and session, the round object of the strategy, and the virtual fleet; stop(metrics)
     may end it before cfg.rounds. certs: with cfg.broker, a `semifl certs` folder that gives each
-    virtual device its own account (issued there if missing). -> (session, round object, metrics)."""
+    virtual device its own account (issued there if missing). on_session(session): told the session
+    before the fleet starts (a live view). -> (session, round object, metrics)."""
     with contextlib.ExitStack() as stack:
         fleet = VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, cfg.broker)
         if cfg.broker:
@@ -114,6 +115,8 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=No
         stack.callback(link.close)
         session = Session(link, store, limits(cfg))
         session.on_progress = on_progress
+        if on_session:
+            on_session(session)
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
         stack.enter_context(fleet)
         if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
@@ -190,7 +193,7 @@ def resume_config(folder: str, rounds: int | None = None) -> tuple[RunConfig, in
 
 def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None, *,
                    overwrite: bool = False, resume: bool = False, on_start=None, on_progress=None,
-                   certs: str | None = None) -> dict:
+                   certs: str | None = None, on_session=None) -> dict:
     """`semifl run`: the run `cfg` describes, its summary.json, plot and final model. stop(metrics):
     end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy).
     resume: go on in cfg.out from its last completed round (`resume_config`). on_start(folder): told
@@ -204,7 +207,7 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, sto
     specs = fleet_specs(cfg, data)
     try:
         session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop, on_progress,
-                                                    certs=Path(certs) if certs else None)
+                                                    certs=Path(certs) if certs else None, on_session=on_session)
     except BrokerError:
         if not resume:   # the run never began: take back what it wrote
             discard(out, new=cfg.out is None)
@@ -234,6 +237,14 @@ def common_summary(cfg: RunConfig, session: Session, rounds: list[dict]) -> dict
             "late": dict(sum((Counter(m.get("late", {})) for m in rounds), Counter()))}
 
 
+def device_role(cfg: RunConfig, device_class: str | None) -> str:
+    """A device's role in a run's summary: personalization and split learning name the strategy; otherwise
+    a Pi is an FL client and an MCU a CL uploader."""
+    if cfg.family == "personal" or cfg.family == "split" and device_class == "pi":
+        return cfg.strategy
+    return "fl" if device_class == "pi" else "cl"
+
+
 def device_entry(session: Session, spec, role: str, **extra) -> dict:
     caps = session.registry.devices.get(spec.id, {})
     # what the device itself reported: the interpreter it ran on and its board profile
@@ -245,7 +256,6 @@ def device_entry(session: Session, spec, role: str, **extra) -> dict:
 def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, rounds: list[dict],
                       partition: bool = True) -> dict:
     """partition: the run made the fleet (specs are DeviceSpecs), so its data split is known."""
-    pi_role = cfg.strategy if cfg.family == "split" else "fl"
     evals = {}   # each device's latest on-device evaluation of the int8 model
     for m in rounds:
         evals.update(m.get("device_evals", {}))
@@ -255,7 +265,7 @@ def federated_summary(cfg: RunConfig, ds: Dataset, specs, session: Session, roun
                       "devices": dict(zip((s.id for s in specs), describe(
                           [device_indices(ds, s) for s in specs], ds.y_train, ds.n_classes).values()))}
         if partition else None,
-        "devices": [device_entry(session, s, pi_role if s.device_class == "pi" else "cl",
+        "devices": [device_entry(session, s, device_role(cfg, s.device_class),
                                  **{"class": s.classes[0] if len(s.classes) == 1 else s.classes,
                                     "int8_eval": evals.get(s.id)}) for s in specs],
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
@@ -291,7 +301,7 @@ def personal_summary(cfg: RunConfig, specs, session: Session, rounds_obj, rounds
     return {
         **common_summary(cfg, session, rounds), "dataset": "wisdm-2019" if not cfg.data else cfg.data,
         "partition": {"kind": "subject", "devices": {s.id: {"n": len(s.data["y"]), "classes": s.classes} for s in specs}},
-        "devices": [device_entry(session, s, cfg.strategy, model=rounds_obj.models[s.id],
+        "devices": [device_entry(session, s, device_role(cfg, s.device_class), model=rounds_obj.models[s.id],
                                  personal_accuracy=last.get("personal", {}).get(s.id)) for s in specs],
         "final_accuracy": last.get("personal_mean"), "final_p10_accuracy": last.get("personal_p10"),
         "global_accuracy": rounds[-1].get("global_accuracy") if rounds else None,
@@ -333,7 +343,7 @@ def reported_specs(session: Session, rounds: list[dict]) -> list:
 
 
 def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
-          on_progress=None, on_start=None, state: str | None = None) -> dict:
+          on_progress=None, on_start=None, state: str | None = None, on_session=None) -> dict:
     """The host service alone against cfg.broker, in `serve_folder(cfg, state)`: resumes from its state at
     the last completed round; at the end the same summary.json, plot and final model as `run`.
     Waits for `wait_devices` (default: the fleet cfg describes) before round 1."""
@@ -349,6 +359,8 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
         stack.callback(link.close)
         session = Session(link, store, limits(cfg))
         session.on_progress = on_progress
+        if on_session:
+            on_session(session)
         specs = har_fleet(cfg, data) if cfg.family == "personal" else None
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs] if specs else None)
         if not session.wait_for_devices(want, timeout=wait_s):

@@ -20,7 +20,7 @@ apt_install() {
 }
 
 apt_pkgs="dataset-fashion-mnist"
-[ $dev = 1 ] && apt_pkgs="$apt_pkgs mosquitto"
+[ $dev = 1 ] && apt_pkgs="$apt_pkgs mosquitto chromium"
 apt_install $apt_pkgs
 
 if [ ! -x .venv/bin/python ]; then

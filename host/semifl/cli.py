@@ -24,6 +24,24 @@ def _common(p: argparse.ArgumentParser):
     _verbosity(p)
 
 
+def _ui_flags(p: argparse.ArgumentParser):
+    p.add_argument("--ui", metavar="[HOST:]PORT", help="serve a live page of the fleet and rounds, /api and /metrics "
+                   "(Prometheus) on this port (docs/ui.md); read-only; beyond loopback it requires a token, printed at start")
+    p.add_argument("--ui-linger", type=float, default=0.0, metavar="S", help="with --ui: keep the page up S seconds after "
+                   "the run is over (default 0)")
+
+
+def _live_ui(args, cfg):
+    """--ui: the page over the session of this run (semifl.ui); a no-op without it."""
+    from semifl.app.run import device_role
+    from semifl.ui.hosting import LiveUI
+
+    try:
+        return LiveUI(args.ui, role_of=lambda cls: device_role(cfg, cls), linger_s=args.ui_linger)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _verbosity(p: argparse.ArgumentParser):
     p.add_argument("-v", "--verbose", action="store_true", help="log what the host and the rounds do (INFO)")
     p.add_argument("--debug", action="store_true", help="log everything (DEBUG) and show the traceback of an error")
@@ -112,7 +130,7 @@ def cmd_run(args):
 
     if args.resume:
         given = {k for k, v in vars(args).items() if v not in (None, False) and k not in
-                 ("resume", "rounds", "fn", "cmd", "verbose", "debug")}
+                 ("resume", "rounds", "fn", "cmd", "verbose", "debug", "ui", "ui_linger")}
         if given:
             raise ConfigError(f"--resume takes the run's own config.json; only --rounds may change "
                               f"(also given: {', '.join('--' + g.replace('_', '-') for g in sorted(given))})")
@@ -129,17 +147,21 @@ def cmd_run(args):
         where["out"] = out
         print(f"{'resuming' if args.resume else 'writing'} {out}/ (strategy {cfg.strategy}, {_rounds(cfg.rounds)}"
               f"{f', from round {done + 1}' if args.resume else ''})", flush=True)
+    view = _live_ui(args, cfg)
     try:
-        with show.start(done):
+        with view, show.start(done):
             summary = run_experiment(cfg, on_round=show.on_round, overwrite=args.overwrite, resume=bool(args.resume),
-                                     on_start=started, on_progress=show.on_progress, certs=args.certs)
+                                     on_start=started, on_progress=show.on_progress, certs=args.certs,
+                                     on_session=view.hook)
     except KeyboardInterrupt:
         if "out" in where:
             print(f"\nstopped after {_rounds(show.last)}; go on with: semifl run --resume {where['out']}", file=sys.stderr)
         else:
             print("\nstopped before the run began", file=sys.stderr)
         return 130
-    return _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
+    rc = _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
+    view.linger()
+    return rc
 
 
 def cmd_broker(args):
@@ -237,14 +259,17 @@ def cmd_serve(args):
         where["out"] = out
         print(f"serving {cfg.strategy} on {cfg.broker}; results in {out}/ (a restart resumes from its state)",
               flush=True)
+    view = _live_ui(args, cfg)
     try:
-        with show.start(0):
+        with view, show.start(0):
             summary = serve(cfg, args.wait_devices, args.wait_s, on_round=show.on_round,
-                            on_progress=show.on_progress, on_start=started, state=args.state)
+                            on_progress=show.on_progress, on_start=started, state=args.state, on_session=view.hook)
     except KeyboardInterrupt:
         print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
         return 130
-    return _ended("serve", summary, where["out"], "the devices' logs")
+    rc = _ended("serve", summary, where["out"], "the devices' logs")
+    view.linger()
+    return rc
 
 
 def cmd_fleet(args):
@@ -375,6 +400,59 @@ def cmd_flash(args):
         return 2
 
 
+def cmd_ui(args):
+    """Finished runs' folders, read-only, in the page (two or more: compared)."""
+    import json
+    from pathlib import Path
+
+    from semifl.app.run import device_role
+    from semifl.config import RunConfig
+    from semifl.ui.folder import NotARunFolder, RunFolder
+    from semifl.ui.server import UIServer, parse_bind
+
+    sources = []
+    try:
+        host, port = parse_bind(args.bind)
+        for run in args.runs:
+            cfg_path = Path(run) / "config.json"   # the role rule of a run that ended before its summary
+            cfg = RunConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
+            sources.append(RunFolder(run, role_of=(lambda c, cfg=cfg: device_role(cfg, c)) if cfg else None))
+    except (NotARunFolder, ValueError) as e:
+        print(f"semifl ui: {e}", file=sys.stderr)
+        return 2
+    server = UIServer(sources, host, port)
+    server.start()
+    print(server.banner() + "; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def cmd_status(args):
+    """The fleet as a live table in the terminal, from a --ui's API or from the broker."""
+    from semifl.ui import status
+
+    if bool(args.ui) == bool(args.broker):
+        print("semifl status: give --ui URL (a `semifl run/serve --ui`) or --broker URL", file=sys.stderr)
+        return 2
+    if args.ui:
+        src = status.FromUI(args.ui, sort=args.sort, limit=args.limit, query=args.filter)
+    else:
+        _link_secrets(args)
+        src = status.FromBroker(args.broker, limit=args.limit).start()
+        time.sleep(args.listen_s)   # retained caps and presence arrive at once; statuses as devices speak
+    try:
+        return status.watch(src, args.interval, once=args.once)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as e:
+        print(f"semifl status: {e}", file=sys.stderr)
+        return 1
+
+
 def cmd_report(args):
     from pathlib import Path
 
@@ -449,6 +527,7 @@ def main(argv=None) -> int:
                                                             "replaced (other files are kept)")
     p.add_argument("--resume", metavar="DIR", help="go on with the interrupted run in DIR from its last completed "
                                                    "round (its own config; --rounds may extend it)")
+    _ui_flags(p)
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("broker", help="start the embedded MQTT broker")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1); beyond "
@@ -483,7 +562,27 @@ def main(argv=None) -> int:
     p.add_argument("--wait-s", type=float, default=300, help="how long to wait for them, seconds (default 300)")
     p.add_argument("--state", metavar="PATH", help="the SQLite state a restart resumes from (default: state.db "
                                                    "in the output folder, runs/serve-<name>)")
+    _ui_flags(p)
     p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("ui", help="finished runs' folders, read-only, in the web page (two or more: compared)")
+    p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl-20250101-120000 runs/fedavg-...")
+    p.add_argument("--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT",
+                   help="where to serve it (default 127.0.0.1:8080; beyond loopback it requires a token)")
+    p.set_defaults(fn=cmd_ui)
+    p = sub.add_parser("status", help="the fleet as a live table in the terminal (from --ui URL or --broker URL)")
+    p.add_argument("--ui", metavar="URL", help="a `semifl run/serve --ui`'s address (with ?token=... if it printed one)")
+    p.add_argument("--broker", help="listen on the broker instead (read-only; an account that may read semifl/v1/#)")
+    p.add_argument("--broker-password-file", metavar="PATH", help="the password of the --broker user")
+    p.add_argument("--broker-ca", metavar="PEM", help="mqtts: the CA that signed the broker's certificate")
+    p.add_argument("--broker-cert", metavar="PEM", help="mqtts: a client certificate to present")
+    p.add_argument("--broker-key", metavar="PEM", help="mqtts: its private key")
+    p.add_argument("--sort", default="id", help="--ui: the column to sort by (e.g. last_seen, battery; default id)")
+    p.add_argument("--filter", default="", help="--ui: the page's filter words (e.g. offline, role:cl)")
+    p.add_argument("--limit", type=_positive, default=40, help="rows shown (default 40)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
+    p.add_argument("--listen-s", type=float, default=2.0, help="--broker: seconds to listen before the first table")
+    p.add_argument("--once", action="store_true", help="print one table and exit")
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser("fleet", help="start virtual devices (real device code) against --broker")
     _run_flags(p)
     p.add_argument("--root", default="fleet", help="where each device's flash (data, config) and log go "

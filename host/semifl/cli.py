@@ -74,7 +74,12 @@ def _load_config(args):
     if getattr(args, "devices", None) is not None:
         over["fl_devices"] = over.get("fl_devices", round(args.devices * 0.6))
         over.setdefault("cl_devices", max(0, args.devices - over["fl_devices"]))
-    return RunConfig.load(args.config, over)
+    cfg = RunConfig.load(args.config, over)
+    if cfg.init:   # a file that does not fit is refused before a run folder or a broker exists
+        from semifl.learn import initial
+
+        initial.load(cfg.init)
+    return cfg
 
 
 class _Display:
@@ -303,6 +308,11 @@ def _fractions(upper_open: bool):
     return parse
 
 
+def _init_flag(p: argparse.ArgumentParser):
+    p.add_argument("--init", metavar="PATH", help="initial global model: the SemiFL seed's code/get_initial_model.mat "
+                   "(MATLAB v7.3) or an .npz (default: Glorot-uniform from --seed)")
+
+
 def _own_folder(out, marker: str, command: str) -> None:
     """`out` may be new, empty, or hold this command's own earlier results (its `marker` file)."""
     from pathlib import Path
@@ -333,7 +343,8 @@ def cmd_reproduce(args):
             if name not in tasks:
                 tasks[name] = prog.add_task(name, total=args.rounds)
             prog.update(tasks[name], completed=m["round"], description=f"{name} {100 * m['accuracy']:.2f}%")
-        reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round, lr=args.lr)
+        reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round, lr=args.lr, init=args.init,
+                  seed_curves=args.seed_curves)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.json, accuracy.png, table.md")
     return 0
@@ -356,7 +367,7 @@ def cmd_sweep(args):
             if cell not in tasks:
                 tasks[cell] = prog.add_task(f"S={cell[0]} P={cell[1]}", total=args.rounds)
             prog.update(tasks[cell], completed=m["round"], description=f"S={cell[0]} P={cell[1]} {100 * m['accuracy']:.2f}%")
-        sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0, on_round=on_round,
+        sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0, on_round=on_round, init=args.init,
               on_cell=lambda s, p, acc, up: prog.console.print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, "
                                                                f"uplink {up / 1e9:.2f} GB"))
     print(f"wrote {args.out}/sweep.json and sweep.png")
@@ -599,6 +610,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, help="seed of data, initialization and sampling (default 0)")
     p.add_argument("--lr", type=float, help="step size on our per-sample mean loss (default: the seed's 0.1 on "
                                             "MATLAB's sample-and-class mean, i.e. 0.01)")
+    _init_flag(p)
+    p.add_argument("--seed-curves", metavar="JSON", help="the seed's published curves ({name: {accuracy: [...]}}), "
+                   "drawn beside ours and set against ours in table.md")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("report", help="energy vs accuracy of finished runs (their summary.json)")
     p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl runs/fedavg")
@@ -639,6 +653,7 @@ def main(argv=None) -> int:
                    help="P values in [0, 1), comma-separated (default 0,0.3,0.6,0.8)")
     p.add_argument("--data", help="folder of IDX files (default: Debian's Fashion-MNIST)")
     p.add_argument("--seed", type=int, help="seed of data, initialization and sampling (default 0)")
+    _init_flag(p)
     p.set_defaults(fn=cmd_sweep)
     args = ap.parse_args(argv)
     debug = getattr(args, "debug", False)
@@ -649,6 +664,7 @@ def main(argv=None) -> int:
     # dp-accounting warns (through absl) for every RDP order it cannot evaluate and leaves out: not a fault
     logging.getLogger("absl").setLevel(max(level, logging.ERROR))
     from semifl.learn.data import DataNotFound
+    from semifl.learn.initial import InitError
     from semifl.transport.mqtt import BrokerError
 
     try:
@@ -656,7 +672,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:   # before a command had its own say
         print("\nstopped", file=sys.stderr)
         return 130
-    except (DataNotFound, ConfigError, BrokerError) as e:
+    except (DataNotFound, ConfigError, BrokerError, InitError) as e:
         if debug:
             raise
         print(f"semifl {args.cmd}: {e}", file=sys.stderr)

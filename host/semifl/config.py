@@ -181,6 +181,9 @@ class RunConfig:
     strategy: str = setting("semifl", _STRATEGY_HELP, choices=names())
     rounds: int = setting(20, "rounds to run", ge=1)
     seed: int = setting(0, "seed of data partition, initialization and sampling", ge=0)
+    init: str | None = setting(None, "initial global model: the SemiFL seed's code/get_initial_model.mat (MATLAB "
+                               "v7.3) or an .npz (W1..b4 as MATLAB's, or a run's final_model.npz); default: "
+                               "Glorot-uniform from --seed")
     # on the per-sample mean cross-entropy; the seed's lr 0.1 is on MATLAB's class-averaged one, i.e. 0.01
     # here (semifl.experiments.baselines.SEED_LR, used by `semifl reproduce`). 0.1 learns visibly in 20 rounds.
     lr: float = setting(0.1, "step size on the per-sample mean loss", gt=0)
@@ -268,6 +271,9 @@ class RunConfig:
         if (t.dp_noise > 0 or t.dp_adaptive) and t.aggregation not in SUM_RULES:
             raise ConfigError(f"trust.dp_noise: client-level DP clips and averages every update itself; it does "
                               f"not go with --aggregation {t.aggregation}")
+        if self.init is not None and self.family != "federated":
+            raise ConfigError(f"init: an initial model file is the federated strategies' MLP; strategy "
+                              f"{self.strategy!r} ({self.family}) builds its own model")
         if len(self.personal.arch) > 1 and self.strategy != "fd":
             raise ConfigError(f"personal.arch: more than one architecture only with strategy fd (its devices "
                               f"exchange logits, not weights), got {self.personal.arch} with {self.strategy!r}")

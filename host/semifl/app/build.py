@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from semifl.config import RunConfig
-from semifl.learn import dp, mlp, nn, perfit, registry, robust
+from semifl.learn import dp, initial, mlp, nn, perfit, registry, robust
 from semifl.learn.data import Dataset, to_float
 from semifl.learn.har import HARData, feature_view
 from semifl.models import get as get_model
@@ -32,10 +32,16 @@ def make_evaluator(ds: Dataset):
     return lambda params: mlp.evaluate(params, x, y)
 
 
+def initial_params(cfg: RunConfig) -> list[np.ndarray]:
+    """The global model a federated run starts from: the file `cfg.init` (the seed's .mat, an .npz), or
+    Glorot-uniform weights drawn from cfg.seed."""
+    return initial.load(cfg.init) if cfg.init else mlp.init_params(seed=cfg.seed)
+
+
 def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = None, strategy=None, init=None):
     """The round object of `cfg`'s strategy. data: a Dataset (federated, split) or HARData (personal,
     with `ids` the devices, one per subject); strategy: a federated strategy or a PerFit method
-    object instead of the one cfg describes; init: initial parameters instead of the seeded ones."""
+    object instead of the one cfg describes; init: initial parameters instead of `initial_params(cfg)`."""
     spec = registry.spec(cfg.strategy)
     if spec.family == "personal":
         return personal_round(cfg, session, data, ids, strategy)
@@ -51,7 +57,7 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
     elif cfg.trust.aggregation != "mean" and not cfg.trust.secagg:   # the robust rule (learn/robust.py)
         strategy.fl_merge = robust.from_trust(cfg.trust)
     kind = SecureRound if cfg.trust.secagg else BufferedRound if fed.mode == "async" else FederatedRound
-    return kind(session, strategy, fed, init or mlp.init_params(seed=cfg.seed), make_evaluator(data), seed=cfg.seed,
+    return kind(session, strategy, fed, init or initial_params(cfg), make_evaluator(data), seed=cfg.seed,
                 lr=cfg.lr, epochs=cfg.epochs, carries_late=spec.carries_late,
                 n_classes=data.n_classes, calib_x=data.x_train[::60][:1000],   # int8 ranges until CL uploads arrive
                 trust=cfg.trust)

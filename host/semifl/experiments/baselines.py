@@ -9,15 +9,19 @@ from __future__ import annotations
 
 SEED_LR = 0.1 / 10
 
+# the seed merges every selected update as it is: no robust rule, no outlier strikes or quarantine (our
+# defaults quarantine one-class FL clients whose update norms stray from the round's median)
+SEED_TRUST = dict(aggregation="mean", quarantine_after=0)
+
 BASELINES: dict[str, dict] = {
     # all 10 devices upload everything; one full-batch gradient on all 60,000 samples per round
-    "cl": dict(strategy="semifl", fl_devices=0, cl_devices=10, cl_uploaders=10, cl_fraction=1.0),
+    "cl": dict(strategy="semifl", fl_devices=0, cl_devices=10, cl_uploaders=10, cl_fraction=1.0, **SEED_TRUST),
     # the 6 computing-sufficient devices, all selected, pruned at 0.3, 30 % batches; classes 6-9 unseen
-    "fl": dict(strategy="fedavg", fl_devices=6, cl_devices=4, fl_uploaders=6, prune=0.3, fl_fraction=0.3),
+    "fl": dict(strategy="fedavg", fl_devices=6, cl_devices=4, fl_uploaders=6, prune=0.3, fl_fraction=0.3, **SEED_TRUST),
     # all 6 FL (no pruning) + all 4 CL devices' full data
-    "semifl-ideal": dict(strategy="semifl", fl_uploaders=6, cl_uploaders=4, prune=0.0, cl_fraction=1.0),
+    "semifl-ideal": dict(strategy="semifl", fl_uploaders=6, cl_uploaders=4, prune=0.0, cl_fraction=1.0, **SEED_TRUST),
     # 3 of 6 FL by norm, 2 of 4 CL by channel, 30 % batches and samples, P = 0.3
-    "semifl": dict(strategy="semifl", fl_uploaders=3, cl_uploaders=2, prune=0.3, cl_fraction=0.3),
+    "semifl": dict(strategy="semifl", fl_uploaders=3, cl_uploaders=2, prune=0.3, cl_fraction=0.3, **SEED_TRUST),
 }
 
 # ours: SemiFL's devices, fleet and traffic split, with the host-side ingredients of semifl+
@@ -26,3 +30,6 @@ BASELINES["semifl+"] = dict(BASELINES["semifl"], strategy="semifl+")
 # final test accuracy (%) after 1,000 rounds, from the seed repository's data/*.mat curves
 SEED_FINALS = {"cl": 82.07, "fl": 49.78, "semifl-ideal": 82.61, "semifl": 71.89}
 SEED_MAX = {"semifl": 77.44}
+# mean test accuracy (%) over rounds 951-1000 of the same curves: what a reproduction is held to, since one
+# round is noisy (the seed's SemiFL curve moves 1.5 points round to round over its last 50)
+SEED_LAST50 = {"cl": 82.06, "fl": 49.69, "semifl-ideal": 82.59, "semifl": 74.03}

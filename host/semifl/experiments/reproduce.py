@@ -1,5 +1,7 @@
 """`semifl reproduce semifl`: the seed's four baselines (and semifl+) in-process, with results.json,
-plots and a markdown table of the seed's numbers against ours."""
+plots and a markdown table of the seed's numbers against ours. `init`: the seed's initial weights
+(code/get_initial_model.mat) or another file, else Glorot-uniform; `seed_curves`: the seed's published
+curves (its data/*.mat as JSON), drawn beside ours and compared over the same rounds."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from semifl.app.inprocess import run_inprocess
-from semifl.config import RunConfig
-from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LR, SEED_MAX
-from semifl.learn import mlp
+from semifl.config import ConfigError, RunConfig
+from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LAST50, SEED_LR, SEED_MAX
+from semifl.learn import initial, mlp
 from semifl.learn.data import Dataset, to_float
 
 
@@ -50,55 +52,94 @@ def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=No
 
 
 def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = None, seed: int = 0, on_round=None,
-              lr: float | None = None) -> dict:
+              lr: float | None = None, init: str | None = None, seed_curves: str | None = None) -> dict:
+    """init: an initial-model file (`semifl.learn.initial`), else Glorot-uniform from `seed`; recorded
+    in results.json as "init". seed_curves: a JSON of the seed's curves ({name: {"accuracy": [...]}})."""
+    if init:
+        initial.load(init)   # a file that does not fit is refused before anything is written
+    curves = load_curves(seed_curves) if seed_curves else None
     out.mkdir(parents=True, exist_ok=True)
     names = names or list(BASELINES)
     lr = SEED_LR if lr is None else lr
-    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "lr": lr, "baselines": {}}
+    how = initial.describe(init, seed)
+    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "lr": lr, "init": how, "baselines": {}}
     old = out / "results.json"
     if old.exists():   # a run of some baselines adds to (or replaces) those of an earlier run of the same setup
         prev = json.loads(old.read_text())
-        if (prev.get("dataset"), prev.get("rounds"), prev.get("seed"), prev.get("lr", SEED_LR)) == (ds.name, rounds, seed, lr):
+        same = lambda r: (r.get("dataset"), r.get("rounds"), r.get("seed"), r.get("lr", SEED_LR),
+                          {k: v for k, v in r.get("init", initial.describe(None, r.get("seed"))).items() if k != "path"})
+        if same(prev) == same(results):
             results["baselines"] = prev["baselines"]
     for name in names:
-        results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round, lr=lr)
+        results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round, lr=lr, init=init)
         (out / "results.json").write_text(json.dumps(results))   # partial results survive an interrupt
-    plot(results, out)
-    (out / "table.md").write_text(table(results))
+    plot(results, out, curves)
+    (out / "table.md").write_text(table(results, curves))
     return results
+
+
+def load_curves(path: str) -> dict[str, list[float]]:
+    """The seed's published accuracy curves by baseline name, as fractions."""
+    try:
+        d = json.loads(Path(path).read_text())
+        return {name: [float(a) for a in c["accuracy"]] for name, c in d.items()}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"--seed-curves {path}: not a JSON of {{baseline: {{\"accuracy\": [...]}}}} ({e})") from None
+
+
+WINDOW = 50   # rounds a comparison averages over: one SemiFL round moves 1.5 points on the seed's own curve
+
+
+def last_mean(acc: list[float], n: int | None = None) -> float:
+    """Mean accuracy (%) over rounds n-49..n (n: the last round given)."""
+    n = len(acc) if n is None else n
+    return 100 * sum(acc[max(0, n - WINDOW):n]) / len(acc[max(0, n - WINDOW):n])
 
 
 SEED_ROUNDS = 1000   # the round SEED_FINALS (and SEED_MAX, over rounds 1..1000) were read at
 
 
-def table(results: dict) -> str:
-    """Ours at the last round against the seed's published accuracy, which is at round SEED_ROUNDS: a
-    column of the seed's numbers only when ours stopped at that same round, a sentence otherwise."""
+def seed_mean(name: str, n: int, curves: dict | None) -> float | None:
+    """The seed's mean accuracy (%) over rounds n-49..n: from its curve, or at round 1000 its known mean."""
+    if curves and name in curves and len(curves[name]) >= n:
+        return last_mean(curves[name], n)
+    return SEED_LAST50.get(name) if n == SEED_ROUNDS else None
+
+
+def init_text(how: dict | None) -> str:
+    if not how or how.get("kind") != "file":
+        return f"Glorot-uniform weights (seed {how.get('seed', 0) if how else 0})"
+    return f"the initial model in {Path(how['path']).name} (sha256 {how['sha256'][:12]})"
+
+
+def table(results: dict, curves: dict | None = None) -> str:
+    """Ours against the seed, each as the mean over the last 50 rounds (a single round is too noisy:
+    the seed's SemiFL curve moves 1.5 points round to round): against the seed's curve over the same
+    rounds, or without its curves at round SEED_ROUNDS against its known means; a sentence otherwise."""
     n = results["rounds"]
-    same = n == SEED_ROUNDS
-    if same:
-        rows = [f"| baseline | seed at round {n} | ours at round {n} | ours max (rounds 1-{n}) | Δ (points) | uplink total |",
-                "|---|---|---|---|---|---|"]
-    else:
-        rows = [f"| baseline | ours at round {n} | ours max (rounds 1-{n}) | uplink total |", "|---|---|---|---|"]
+    w = f"{max(1, n - WINDOW + 1)}–{n}"
+    rows = [f"| baseline | seed, mean of rounds {w} | ours, mean of rounds {w} | Δ (points) | ours at round {n} | "
+            f"ours max | uplink total |", "|---|---|---|---|---|---|---|"]
+    compared = False
     for name, c in results["baselines"].items():
-        ours = 100 * c["accuracy"][-1]
-        cells = [name, f"{ours:.2f} %", f"{100 * max(c['accuracy']):.2f} %", f"{sum(c['bytes_up']) / 1e9:.2f} GB"]
-        if same:
-            seed = SEED_FINALS.get(name)
-            cells[1:1] = [f"{f'{seed:.2f} %' if seed else '—'}"
-                          f"{f' (max {SEED_MAX[name]:.2f})' if name in SEED_MAX else ''}"]
-            cells.insert(4, f"{ours - seed:+.2f}" if seed else "—")
-        rows.append("| " + " | ".join(cells) + " |")
-    head = (f"Fashion-MNIST, {n} rounds, test accuracy on the official 10,000 images at round {n} "
-            f"(seed {results['seed']}, lr {results.get('lr', SEED_LR)} on the per-sample mean loss).")
-    if not same:
-        head += (f" The seed's published accuracies are at round {SEED_ROUNDS}, so they are not set against "
-                 f"round {n} here; `semifl reproduce semifl --rounds {SEED_ROUNDS}` compares them.")
+        ours, seed = last_mean(c["accuracy"]), seed_mean(name, n, curves)
+        compared |= seed is not None
+        at = SEED_FINALS.get(name) if n == SEED_ROUNDS else None
+        rows.append(f"| {name} | {f'{seed:.2f} %' if seed is not None else '—'} | {ours:.2f} % | "
+                    f"{f'{ours - seed:+.2f}' if seed is not None else '—'} | {100 * c['accuracy'][-1]:.2f} %"
+                    f"{f' (seed {at:.2f} %)' if at else ''} | {100 * max(c['accuracy']):.2f} % | "
+                    f"{sum(c['bytes_up']) / 1e9:.2f} GB |")
+    head = (f"Fashion-MNIST, {n} rounds from {init_text(results.get('init'))}, test accuracy on the official "
+            f"10,000 images (seed {results['seed']}, lr {results.get('lr', SEED_LR)} on the per-sample mean loss).")
+    if not compared:
+        head += (f" The seed's published means are over rounds {SEED_ROUNDS - WINDOW + 1}–{SEED_ROUNDS}; give "
+                 f"--seed-curves (its curves as JSON) to compare at round {n}, or run --rounds {SEED_ROUNDS}.")
     return head + "\n\n" + "\n".join(rows) + "\n"
 
 
-def plot(results: dict, out: Path) -> None:
+def plot(results: dict, out: Path, curves: dict | None = None) -> None:
+    """accuracy.png: ours per round and against cumulative uplink; with the seed's curves, also one
+    panel per baseline with the seed's curve beside ours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,21 +147,45 @@ def plot(results: dict, out: Path) -> None:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(results["baselines"])
+    paired = [n for n in names if curves and n in curves]
+    fig = plt.figure(figsize=(12, 8.5 if paired else 4.5))
+    grid = fig.add_gridspec(2 if paired else 1, max(len(paired), 2))
+    half = max(len(paired), 2) // 2
+    a1, a2 = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
+    colors = {}
     for name, c in results["baselines"].items():
         acc = 100 * np.array(c["accuracy"])
         line, = a1.plot(np.arange(1, len(acc) + 1), acc, label=name, lw=1)
-        if name in SEED_FINALS and len(acc) == SEED_ROUNDS:   # the seed's finals are at its round 1000
+        colors[name] = line.get_color()
+        if not curves and name in SEED_FINALS and len(acc) == SEED_ROUNDS:   # the seed's finals are at its round 1000
             a1.axhline(SEED_FINALS[name], color=line.get_color(), ls=":", lw=0.8)
         a2.plot(np.cumsum(c["bytes_up"]) / 1e6, acc, label=name, lw=1)
     same = any(len(c["accuracy"]) == SEED_ROUNDS for c in results["baselines"].values())
     a1.set(xlabel="round", ylabel="test accuracy (%)",
-           title=f"accuracy vs rounds (dotted: seed's finals at round {SEED_ROUNDS})" if same else "accuracy vs rounds")
-    a1.xaxis.set_major_locator(MaxNLocator(integer=True))   # rounds are whole: no tick at round 1.5
+           title=f"accuracy vs rounds (dotted: seed's finals at round {SEED_ROUNDS})" if same and not curves
+           else "accuracy vs rounds")
     a2.set(xlabel="cumulative uplink (MB)", ylabel="test accuracy (%)", xscale="log", title="accuracy vs uplink bytes")
+    for k, name in enumerate(paired):
+        ax = fig.add_subplot(grid[1, k], sharey=a1)
+        ours = 100 * np.array(results["baselines"][name]["accuracy"])
+        seed = 100 * np.array(curves[name][:len(ours)])
+        ax.plot(np.arange(1, len(seed) + 1), seed, color="0.55", lw=0.8, label="seed (published)")
+        ax.plot(np.arange(1, len(ours) + 1), ours, color=colors[name], lw=0.8, label="ours")
+        sm = seed_mean(name, len(ours), curves)
+        ax.set(xlabel="round", title=f"{name}: ours {last_mean(list(ours / 100)):.1f} %, seed "
+               f"{'—' if sm is None else f'{sm:.1f} %'}" if len(ours) >= WINDOW else name)
+        axes_extra(ax)
     for a in (a1, a2):
-        a.grid(alpha=0.3)
-        a.legend()
+        axes_extra(a)
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))   # rounds are whole: no tick at round 1.5
+    fig.suptitle(f"{results['dataset']}, from {init_text(results.get('init'))}"
+                 + (f"; bottom: mean of the last {WINDOW} rounds" if paired else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
     plt.close(fig)
+
+
+def axes_extra(ax) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

@@ -3,8 +3,10 @@ shallow copies of the registry's and the session's counters, made between two me
 times a second, from the hook `Session.on_tick`; the server's threads read only the latest snapshot and
 the state database (`history.History`), never the session's live dicts, so nothing they do can change
 the session's state or see it half-updated. A snapshot costs O(devices) dict copies (no Python loop):
-about a millisecond at 10,000 devices (benchmarks/results/ui.json); the interval grows so that
-publishing never takes more than 2 % of the session's time."""
+a few milliseconds at 10,000 devices (benchmarks/results/ui.json); the interval grows so that
+publishing never takes more than 2 % of the session's time. The server takes up a new snapshot (and
+builds the table's rows from it, O(devices) in Python, under the GIL the session needs too) at most
+every ten times what that build costs: 4 times a second at 1,000 devices, less often at 10,000."""
 from __future__ import annotations
 
 import threading
@@ -17,6 +19,7 @@ from .table import page
 
 MIN_INTERVAL_S = 0.25   # at most 4 snapshots a second
 MAX_SHARE = 0.02        # of the session's thread spent publishing
+VIEW_SHARE = 0.1        # of a core the server spends building the table (it shares the GIL with the session)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Live:
         self._rows, self._rows_seq, self._rows_rounds = [], -1, -1
         self._lock = threading.Lock()
         self._refreshed = 0.0
+        self.view: Snapshot | None = None   # the snapshot the server shows: the latest, adopted at most every
+        self._adopted, self._adopt_s = 0.0, MIN_INTERVAL_S   # _adopt_s (10x what its rows cost to build)
+        self._pages: dict = {}              # (view seq, rounds, query) -> a sorted page: the same page for every client
         self._progress = session.on_progress
         session.on_progress = self._on_progress
         session.on_tick = self.tick
@@ -119,6 +125,7 @@ class Live:
         self.publish()
         self.finished = True
         self.refresh(force=True)
+        self.current(force=True)
 
     # --- on the server's threads ------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -129,9 +136,17 @@ class Live:
             snap = self.snap
             self.history.refresh({d: c.get("board") for d, c in snap.devices.items() if c.get("board")})
 
+    def current(self, force: bool = False) -> Snapshot:
+        """The snapshot the server shows: the latest one, taken up at most every `_adopt_s` so that a fleet
+        of 10,000 costs the session's thread (with which it shares the GIL) at most VIEW_SHARE."""
+        now = time.monotonic()
+        if self.view is None or force or (self.snap is not self.view and now - self._adopted >= self._adopt_s):
+            self.view, self._adopted = self.snap, now
+        return self.view
+
     def state(self) -> dict:
         self.refresh()
-        snap, h = self.snap, self.history
+        snap, h = self.current(), self.history
         known, online = Counter(), Counter()
         for d, c in snap.devices.items():
             known[c.get("class", "?")] += 1
@@ -149,10 +164,11 @@ class Live:
     def rows(self) -> list[dict]:
         """Every device's row, built once per snapshot and finished round (O(devices))."""
         self.refresh()
-        snap, h = self.snap, self.history
+        snap, h = self.current(), self.history
         with self._lock:
             if self._rows_seq == snap.seq and self._rows_rounds == len(h.rounds):
                 return self._rows
+            t0 = time.perf_counter()
             rej: dict[str, dict] = {}
             for (d, reason), n in snap.rejected_by.items():
                 rej.setdefault(d, {})[reason] = n
@@ -172,10 +188,18 @@ class Live:
                     "values_down": vals[1] if vals else None, "rejected": rej.get(d, {}),
                     "failed": snap.failed.get(d)})
             self._rows, self._rows_seq, self._rows_rounds = rows, snap.seq, len(h.rounds)
+            self._adopt_s = max(MIN_INTERVAL_S, (time.perf_counter() - t0) / VIEW_SHARE)
             return rows
 
     def devices(self, **query) -> dict:
-        return page(self.rows(), **query)
+        rows = self.rows()
+        key = (self._rows_seq, self._rows_rounds, tuple(sorted(query.items())))
+        got = self._pages.get(key)
+        if got is None:
+            if len(self._pages) > 32 or any(k[:2] != key[:2] for k in self._pages):
+                self._pages.clear()
+            got = self._pages[key] = page(rows, **query)
+        return got
 
     def rounds(self, since: int = 0) -> list[dict]:
         self.refresh()
@@ -187,7 +211,7 @@ class Live:
 
     def rejections(self, limit: int = 200) -> dict:
         self.refresh()
-        snap = self.snap
+        snap = self.current()
         unattributed = {r: n for (d, r), n in snap.rejected_by.items() if d is None}
         return {"counts": snap.rejected, "unattributed": unattributed,
                 "latest": self.history.latest_rejections(limit)}
@@ -195,7 +219,7 @@ class Live:
     def counters(self) -> dict:
         """What /metrics exports (ui/metrics.py), as plain numbers."""
         self.refresh()
-        snap, h = self.snap, self.history
+        snap, h = self.current(), self.history
         cls = {d: c.get("class", "unknown") for d, c in snap.devices.items()}
         out = {"round": snap.round, "rounds": len(h.rounds), "phase_s": dict(h.phase_s), "late": dict(h.late),
                "last": h.rounds[-1] if h.rounds else None, "bytes": Counter(), "taken": Counter(),

@@ -39,7 +39,7 @@ from .metrics import CONTENT_TYPE, exposition, registry_for
 log = logging.getLogger("semifl.ui")
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "semifl_ui_token"
-EVENT_TICK_S = 0.2   # how often an open event stream looks for a new snapshot
+EVENT_TICK_S = 0.1   # how often an open event stream looks for a new snapshot
 
 
 def is_loopback_bind(host: str) -> bool:

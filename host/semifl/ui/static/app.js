@@ -111,20 +111,28 @@
 
   // --- rounds ------------------------------------------------------------------------------------
   const PHASE_COLORS = ["#2d5be3", "#e3862d", "#1f8a4c", "#b3261e", "#7b3fbf", "#6a7480", "#c2a000"];
+  const ROUND_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];   // rounds are whole: no tick at 1.5
+  const width = (el) => Math.max(360, (el.parentElement && el.parentElement.clientWidth - 20) || 520);
   function chart(el, series, opts = {}) {
-    const w = Math.max(360, el.clientWidth || 520);
-    return new uPlot({ width: w, height: 220, scales: { x: { time: false } }, axes: [{ label: "round" }, {}].concat(opts.axes || []),
+    const y = opts.yfmt ? { values: (u, vals) => vals.map(opts.yfmt), size: 70 } : {};
+    const scales = { x: { time: false } };
+    if (opts.zero) scales.y = { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] };
+    return new uPlot({ width: width(el), height: 220, scales, axes: [{ label: "round", incrs: ROUND_STEPS }, y].concat(opts.axes || []),
       series: [{ label: "round" }].concat(series), legend: { live: true } }, [[]].concat(series.map(() => [])), el);
   }
+  function resize() {
+    for (const [k, c] of Object.entries(ui.charts)) if (c && c.setSize && c.root) c.setSize({ width: width(c.root.parentElement), height: k === "compare" ? 300 : 220 });
+  }
+  window.addEventListener("resize", resize);
   function makeCharts() {
     const c = ui.charts;
     if (c.acc) return;
     c.acc = chart($("#chart-acc"), [{ label: "accuracy %", stroke: "#2d5be3", width: 2, points: { show: true } },
       { label: "loss", stroke: "#e3862d", scale: "loss" }], { axes: [{ side: 1, scale: "loss", grid: { show: false } }] });
     const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
-    c.bytes = chart($("#chart-bytes"), [{ label: "up", stroke: "#2d5be3", fill: "#2d5be355", paths: bars },
-      { label: "down", stroke: "#e3862d" }]);
-    c.joules = chart($("#chart-joules"), [{ label: "J", stroke: "#1f8a4c", fill: "#1f8a4c33", paths: bars }]);
+    c.bytes = chart($("#chart-bytes"), [{ label: "up", stroke: "#2d5be3", fill: "#2d5be355", paths: bars, value: (u, v) => bytes(v) },
+      { label: "down", stroke: "#e3862d", value: (u, v) => bytes(v) }], { yfmt: bytes, zero: true });
+    c.joules = chart($("#chart-joules"), [{ label: "J", stroke: "#1f8a4c", fill: "#1f8a4c33", paths: bars }], { zero: true });
   }
   function phaseChart(names) {
     const el = $("#chart-phases");
@@ -132,7 +140,7 @@
     if (ui.charts.phases && ui.charts.phasesKey === key) return ui.charts.phases;
     if (ui.charts.phases) ui.charts.phases.destroy();
     ui.charts.phasesKey = key;
-    ui.charts.phases = chart(el, names.map((n, i) => ({ label: n, stroke: PHASE_COLORS[i % PHASE_COLORS.length], width: 1.5 })));
+    ui.charts.phases = chart(el, names.map((n, i) => ({ label: n, stroke: PHASE_COLORS[i % PHASE_COLORS.length], width: 1.5 })), { zero: true });
     return ui.charts.phases;
   }
   function optChart(fig, el, name, series) {
@@ -205,7 +213,7 @@
         const series = all.map((_, i) => ({ label: ui.runs[i].name, stroke: COL[i % COL.length], width: 2 }));
         const data = [xs].concat(all.map(([rs]) => { const m = new Map(rs.map((r) => [r.round, r.accuracy == null ? null : 100 * r.accuracy])); return xs.map((x) => m.get(x) ?? null); }));
         ui.charts.compare = new uPlot({ width: Math.max(600, el.clientWidth), height: 300, scales: { x: { time: false } },
-          axes: [{ label: "round" }, { label: "accuracy %" }], series: [{ label: "round" }].concat(series) }, data, el);
+          axes: [{ label: "round", incrs: ROUND_STEPS }, { label: "accuracy %" }], series: [{ label: "round" }].concat(series) }, data, el);
         $("#compare tbody").innerHTML = all.map(([rs, st], i) => `<tr><td>${esc(ui.runs[i].name)}</td><td>${esc(st.strategy || "–")}</td>
           <td>${rs.length}</td><td>${pct(st.accuracy)}</td><td>${st.devices}</td><td>${bytes(st.bytes_up)}</td><td>${bytes(st.bytes_down)}</td>
           <td>${num(st.joules, 1)}</td><td>${esc(reasons(st.rejected) || "–")}</td></tr>`).join("");
@@ -218,7 +226,7 @@
     document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("on", b.dataset.view === v));
     document.querySelectorAll("section").forEach((s) => (s.hidden = s.id !== "view-" + v));
     if (v === "fleet") loadFleet();
-    if (v === "rounds") { makeCharts(); drawRounds(); }
+    if (v === "rounds") { makeCharts(); drawRounds(); resize(); }
     if (v === "rejections") loadRejections();
     if (v === "compare") loadCompare();
   }

@@ -176,7 +176,8 @@ def run_bench(dut, make_meter, url: str, ds, root: Path, rounds: int = 3, join_t
     try:
         session = Session(link, store, limits(cfg))
         rounds_obj = make_round(cfg, session, ds)
-        with VirtualFleet(root / "fleet", specs, ds, url, mcu_runtime="micropython") as fleet:
+        # every device its own process (none in a fleet worker): the DUT's meter reads its process
+        with VirtualFleet(root / "fleet", specs, ds, url, mcu_runtime="micropython", own_processes=True) as fleet:
             dut.fleet = fleet
             if not session.wait_for_devices(2, timeout=join_timeout):
                 raise TimeoutError(f"the DUT {dut.id} did not join within {join_timeout:.0f} s "

@@ -130,7 +130,8 @@ def test_a_device_that_drops_mid_epoch_is_skipped(tmp_path, fashion, embedded, m
 
     monkeypatch.setattr(SplitRound, "on_smashed", kill_after_second_batch)
     ds = small(fashion, 240)
-    summary = experiment.run_experiment(cfg(tmp_path, embedded, rounds=1, collect_timeout_s=30), ds=ds)
+    # each device in a process of its own (not in a fleet worker): the process the plug is pulled on
+    summary = experiment.run_experiment(cfg(tmp_path, embedded, rounds=1, collect_timeout_s=30, own_processes=True), ds=ds)
     r = summary["rounds"][0]
     assert r["participants"]["fl"] == ["pi-00", "pi-02"] and r["device_errors"] == {"pi-01": "offline"}
     assert r["sl_chain"]["pi-02"]["start"] == r["sl_chain"]["pi-00"]["end"]   # not pi-01's half-trained f_a

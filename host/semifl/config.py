@@ -132,6 +132,12 @@ class Sim:
                                 "long (before its slowdown); 0: as long as it takes here", ge=0)
     silent: list[str] = setting([], "device ids that answer each round's announcement but never do their "
                                 "tasks (a simulated fault)")
+    workers: int = setting(0, "processes the virtual devices that share one spread over, each device its own "
+                           "MQTT connection on the worker's loop (0: one per core)", ge=0)
+    mcu_processes: int = setting(16, "MCU devices (the first ones) that run as real MicroPython processes; the rest "
+                                 "run the same node code in the workers", ge=0)
+    own_processes: bool = setting(False, "every virtual device in a process of its own, none in workers (e.g. a "
+                                  "power meter per device process)")
 
 
 SUM_RULES = ("mean", "norm_bound")   # rules that only clip and sum: what SecAgg and client DP can do (devices clip)
@@ -167,7 +173,8 @@ class Host:
     ready_timeout_s: float = setting(10.0, "how long a round waits for devices' ready reports", gt=0)
     collect_timeout_s: float = setting(120.0, "the hard limit on any one wait for devices' work (training, "
                                        "uploads, generators, an epoch's silence)", gt=0)
-    startup_timeout_s: float = setting(120.0, "how long `semifl run` waits for the virtual fleet to come up", gt=0)
+    startup_timeout_s: float = setting(120.0, "how long `semifl run` waits for the next device of its virtual fleet "
+                                       "to come up: the wait goes on while devices keep arriving", gt=0)
     # the host's aggregates must not depend on how many cores the machine has
     threads: int = setting(1, "BLAS threads of the host's own arithmetic", ge=1)
 

@@ -4,7 +4,8 @@ MicroPython subset (runs on an ESP32 as flashed, and under CPython in the virtua
 client is umqtt.simple's MQTTClient (or anything with its interface); radio and battery are objects
 with rssi(round)/delay(n)/drops(round) and level()/transmit(n), real on a board, simulated in the fleet.
 Local samples live in flash as two files: samples.bin (n x 784 uint8) and labels.bin (n uint8), and are
-streamed from there in chunks, so a 1.4 MB upload fits a 110 KB heap.
+streamed from there in chunks, so a 1.4 MB upload fits a 110 KB heap. Config `first` and `rows` make them
+rows first..first + rows of bigger files (the virtual fleet writes a shard once for all who hold it).
 """
 import errno
 import gc
@@ -61,7 +62,8 @@ class Node:
         self.battery = battery
         self.samples_path = cfg["samples"]
         self.labels_path = cfg["labels"]
-        self.n = file_size(self.labels_path)
+        self.first = int(cfg.get("first", 0))
+        self.n = int(cfg["rows"]) if "rows" in cfg else file_size(self.labels_path) - self.first
         self.max_chunk = int(cfg.get("max_chunk", 4096))
         self.queue = []
         self.stopped = False
@@ -99,11 +101,14 @@ class Node:
 
     def histogram(self, n_classes=10):
         hist = [0] * n_classes
+        left = self.n
         with open(self.labels_path, "rb") as f:
-            while True:
-                block = f.read(512)
+            f.seek(self.first)
+            while left > 0:
+                block = f.read(min(512, left))
                 if not block:
                     break
+                left -= len(block)
                 for c, k in enumerate(report.histogram(block, n_classes)):
                     hist[c] += k
         return hist
@@ -245,9 +250,9 @@ class Node:
         with open(self.samples_path, "rb") as fs, open(self.labels_path, "rb") as fl:
             for j in range(n):
                 i = j * self.n // n
-                fs.seek(i * ROW)
+                fs.seek((self.first + i) * ROW)
                 fs.readinto(row)
-                fl.seek(i)
+                fl.seek(self.first + i)
                 if m.predict(row) == fl.read(1)[0]:
                     correct += 1
         ms = since_ms(t0)
@@ -287,12 +292,12 @@ class Node:
         w.write(wire.tensor_header("uint8", (k, ROW)))
         with open(self.samples_path, "rb") as f:
             for i in idx:
-                f.seek(i * ROW)
+                f.seek((self.first + i) * ROW)
                 w.write(f.read(ROW))
         w.write(wire.tensor_header("uint8", (k,)))
         with open(self.labels_path, "rb") as f:   # a label at a time: the whole file is n bytes of heap
             for i in idx:
-                f.seek(i)
+                f.seek(self.first + i)
                 w.write(f.read(1))
         w.close()
         self.pending = None
@@ -362,9 +367,7 @@ class Node:
                 except Exception as e:   # umqtt's MQTTException: the broker refused us (credentials); retry
                     raise OSError("broker refused the connection: %s" % e)
                 backoff = 1
-                task = self.pending
-                if task is not None and task["round"] == self.round:
-                    self.upload_samples(task)
+                self.resume()
                 self.serve()
             except OSError as e:
                 print("semifl-node: link lost (%s); reconnecting in %d s" % (e, backoff))
@@ -375,6 +378,16 @@ class Node:
                 self.queue = []
                 time.sleep(backoff)
                 backoff = min(2 * backoff, 30)
+        self.close()
+
+    def resume(self):
+        """Once connected: send again from the start an upload the link cut (the host keeps the chunks it has)."""
+        task = self.pending
+        if task is not None and task["round"] == self.round:
+            self.upload_samples(task)
+
+    def close(self):
+        """Offline (retained), then a clean disconnect: the last will is for a link that dies."""
         self.publish(self.topic(wire.T_PRESENCE), b"offline", retain=True)
         self.c.disconnect()
 

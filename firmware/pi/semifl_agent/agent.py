@@ -9,6 +9,7 @@ behind training.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -92,16 +93,28 @@ class PiAgent:
     def _send(self, topic: str, payload: bytes, retain: bool = False):
         self.client.publish(topic, payload, qos=1, retain=retain)
 
-    def run(self, timeout: float | None = None):
+    def open(self, tls_context=None):
+        """Its account, TLS and the CONNECT (CONNACK and the subscriptions follow in the network loop).
+        tls_context: an ssl.SSLContext to use instead of one made from config.json (a host that runs
+        many virtual Pis shares one)."""
         cfg = self.device.cfg
         url = urlparse(cfg["broker"])
         if url.username:   # an authenticated broker: the device's account (its username is its id)
             self.client.username_pw_set(url.username, url.password)
         tls = url.scheme in ("mqtts", "ssl")
-        if tls:   # the fleet's CA from config.json (`semifl certs issue`), and its client certificate if given
+        if tls and tls_context is not None:
+            self.client.tls_set_context(tls_context)
+        elif tls:   # the fleet's CA from config.json (`semifl certs issue`), and its client certificate if given
             self.client.tls_set(ca_certs=cfg.get("ca"), certfile=cfg.get("cert"),
                                 keyfile=cfg.get("key") if cfg.get("cert") else None)
         self.client.connect(url.hostname, url.port or (8883 if tls else 1883), keepalive=30)
+
+    def offline(self):
+        """Presence offline (retained) before a clean disconnect: the last will is for a link that dies."""
+        return self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True)
+
+    def run(self, timeout: float | None = None):
+        self.open()
         self.client.loop_start()
         deadline = time.monotonic() + timeout if timeout else None
         dev = self.device
@@ -113,9 +126,43 @@ class PiAgent:
                     continue
                 dev.serve(topic, payload)   # an error status tells the host to stop waiting for us this round
         finally:
-            self.client.publish(wire.dev_topic(self.id, wire.T_PRESENCE), b"offline", qos=1, retain=True).wait_for_publish(5)
+            self.offline().wait_for_publish(5)
             self.client.disconnect()
             self.client.loop_stop()
+
+
+@functools.lru_cache(maxsize=None)
+def _mapped(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def local_data(cfg: dict) -> tuple[np.ndarray, np.ndarray, PersonalClient | None]:
+    """(x, y, personalization client or None) from config.json: `data`, an .npz of its own (x, y, and
+    with x_test, y_test its test windows, which make it a personalization client), or `x` and `y`,
+    .npy files it holds rows `first`..`first + rows` of (the virtual fleet writes each shard once for
+    every device that holds it: memory-mapped, they are read in place and shared)."""
+    if "x" in cfg:
+        first = int(cfg.get("first", 0))
+        x, y = _mapped(cfg["x"]), _mapped(cfg["y"])
+        end = first + int(cfg.get("rows", len(y) - first))
+        return x[first:end], y[first:end], None
+    data = np.load(cfg["data"])
+    personal = None
+    if "x_test" in data:   # its own test windows: it can personalize and score its personal model
+        public = np.load(cfg["public"]) if cfg.get("public") else None
+        personal = PersonalClient(cfg["id"], data["x"], data["y"], data["x_test"], data["y_test"],
+                                  cfg.get("personal", cfg["data"] + ".personal.npz"), public, int(cfg.get("n_classes", 10)))
+    return data["x"], data["y"], personal
+
+
+def from_config(cfg: dict) -> PiAgent:
+    """The agent config.json describes: its data, and a virtual Pi's simulated radio and battery."""
+    x, y, personal = local_data(cfg)
+    radio = battery = None
+    if cfg.get("sim"):
+        from semifl.device.link import SimBattery, SimRadio  # only virtual devices need the simulator
+        radio, battery = SimRadio(cfg["sim"]), SimBattery(cfg["sim"])
+    return PiAgent(cfg, x, y, radio, battery, personal)
 
 
 def main(argv=None):
@@ -127,14 +174,4 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with open(args.config) as f:
         cfg = json.load(f)
-    data = np.load(cfg["data"])
-    radio = battery = None
-    if cfg.get("sim"):
-        from semifl.device.link import SimBattery, SimRadio  # only virtual devices need the simulator
-        radio, battery = SimRadio(cfg["sim"]), SimBattery(cfg["sim"])
-    personal = None
-    if "x_test" in data:   # its own test windows: it can personalize and score its personal model
-        public = np.load(cfg["public"]) if cfg.get("public") else None
-        personal = PersonalClient(cfg["id"], data["x"], data["y"], data["x_test"], data["y_test"],
-                                  cfg.get("personal", cfg["data"] + ".personal.npz"), public, int(cfg.get("n_classes", 10)))
-    PiAgent(cfg, data["x"], data["y"], radio, battery, personal).run()
+    from_config(cfg).run()

@@ -92,6 +92,27 @@ def run_tls(fleet: VirtualFleet) -> bool:
     return fleet.speaks_tls if want == "auto" else want == "1"
 
 
+def fleet_layout(cfg: RunConfig) -> dict:
+    """How the virtual fleet spreads over processes (config [sim]): VirtualFleet's keyword arguments."""
+    return {"workers": cfg.sim.workers, "mcu_processes": cfg.sim.mcu_processes, "own_processes": cfg.sim.own_processes}
+
+
+def wait_for_fleet(session: Session, n: int, stall_s: float) -> bool:
+    """Until n devices are online, for as long as devices keep coming: False once none more has come
+    for `stall_s`. (A fixed limit would be too short for 10,000 devices or needlessly long for 10.)"""
+    seen, since = -1, time.monotonic()
+    while True:
+        online = len(session.registry.online)
+        if online >= n:
+            return True
+        if online != seen:
+            seen, since = online, time.monotonic()
+        left = since + stall_s - time.monotonic()
+        if left <= 0:
+            return False
+        session.wait_for_devices(n, timeout=min(left, 1.0))
+
+
 def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None,
                   certs: Path | None = None, on_session=None):
     """One run: the broker (embedded, with this run's own credentials, unless cfg.broker), the host's
@@ -100,7 +121,8 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=No
     virtual device its own account (issued there if missing). on_session(session): told the session
     before the fleet starts (a live view). -> (session, round object, metrics)."""
     with contextlib.ExitStack() as stack:
-        fleet = VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, cfg.broker)
+        fleet = VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, cfg.broker,
+                             **fleet_layout(cfg))
         if cfg.broker:
             url, link = cfg.broker, HostLink(cfg.broker)
             if certs is not None:
@@ -119,9 +141,10 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=No
             on_session(session)
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
         stack.enter_context(fleet)
-        if not session.wait_for_devices(len(specs), timeout=cfg.host.startup_timeout_s):
-            raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up within "
-                               f"{cfg.host.startup_timeout_s:.0f} s; see {out}/fleet/*/device.log")
+        if not wait_for_fleet(session, len(specs), cfg.host.startup_timeout_s):
+            raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up, none more in "
+                               f"the last {cfg.host.startup_timeout_s:.0f} s; see {out}/fleet/_workers/*.log and "
+                               f"{out}/fleet/*/device.log")
         session.run(rounds_obj, cfg.rounds, on_round=on_round, stop=stop)
         session.stop_fleet()
         fleet.stop()
@@ -383,4 +406,5 @@ def start_fleet(cfg: RunConfig, root: Path, certs: str | None = None) -> Virtual
     data = load_data(cfg)
     specs = fleet_specs(cfg, data)
     own = fleet_credentials(certs, [s.id for s in specs], init_ca=False) if certs else None
-    return VirtualFleet(root, specs, None if cfg.family == "personal" else data, cfg.broker, certs=own).start()
+    return VirtualFleet(root, specs, None if cfg.family == "personal" else data, cfg.broker, certs=own,
+                        **fleet_layout(cfg)).start()

@@ -1,10 +1,15 @@
-"""The virtual fleet: writes each device's flash (its data shard and config.json) and starts the real
-device code as processes: the Pi agent (firmware/pi) and the MicroPython node (firmware/micropython).
+"""The virtual fleet: writes each device's flash (config.json naming its rows of the fleet's shared data
+files) and starts the real device code: the Pi agent (firmware/pi) and the MicroPython node
+(firmware/micropython). Most devices share worker processes (`sim/worker.py`: each device its own MQTT
+connection, many on one loop); MCUs up to a budget run as real MicroPython processes, and a device whose
+simulated link or compute waits (latency, bandwidth, slowdown, train_s) gets a process of its own, as
+does every device when asked (a power meter per process on the HIL bench).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +23,8 @@ from semifl.flash.build import tool
 from semifl.learn.data import Dataset
 from semifl.learn.partition import partition
 
+from .shards import write_public, write_shards
+
 REPO = Path(__file__).resolve().parents[3]
 MP_DIR = REPO / "firmware" / "micropython"
 # free MicroPython heap of each MCU board profile: the unix port runs with it (-X heapsize) so memory
@@ -26,6 +33,9 @@ BOARD_HEAP = {"esp32": 110_000, "esp32s3": 2_000_000, "rp2040w": 160_000}
 # the node's CL upload works in ~73 KB of heap (tests/test_mcu_node.py's, measured); TLS keeps ~5 KB more and
 # needs ~25 KB free when it connects: boards with at least this much speak TLS in the virtual fleet
 TLS_MIN_HEAP = 96_000
+MCU_PROCESSES = 16   # MCUs that run as real MicroPython processes by default: the 10-device seed fleet's all do
+# a simulated wait (time.sleep in the device code) would stall every device of a shared worker
+BLOCKING = ("latency_s", "bandwidth_bps", "train_s")
 
 
 @dataclass
@@ -157,34 +167,35 @@ def device_broker(broker: str, user: str, password: str) -> str:
     return f"{u.scheme}://{user}:{password}@{u.hostname}:{u.port}" if u.port else f"{u.scheme}://{user}:{password}@{u.hostname}"
 
 
-def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str, certs=None) -> Path:
-    """Lay out what the device would have in flash; returns its config.json path. certs (a
-    transport.certs.Certs holding this device's credentials): its own account in the broker URL, and
-    the fleet's CA (PEM for the Pi agent, DER for the node) and its client certificate for mqtts."""
+def write_device(root: Path, spec: DeviceSpec, ds: Dataset, broker: str, certs=None, shard: dict | None = None,
+                 public: str | None = None) -> Path:
+    """Lay out what the device would have in flash; returns its config.json path. shard: its config
+    keys for its rows of the fleet's data files (`shards.write_shards`); a spec with data of its own
+    (`spec.data`) gets its data.npz here instead, and `public` names FD's pool written once for all.
+    certs (a transport.certs.Certs holding this device's credentials): its own account in the broker
+    URL, and the fleet's CA (PEM for the Pi agent, DER for the node) and its client certificate for mqtts."""
     d = root / spec.id
     d.mkdir(parents=True, exist_ok=True)
-    arrays = dict(spec.data) if spec.data is not None else dict(zip(("x", "y"), shard(ds, spec)))
-    public = arrays.pop("public", None)
-    x, y = arrays["x"], arrays["y"]
     sim = dict(spec.sim)
     if "rssi" in sim:   # per-round RSSI as a file the device reads a value at a time (see SimRadio)
         (d / "rssi.bin").write_bytes(np.round(np.asarray(sim.pop("rssi")) * 100).astype("<i2").tobytes())
         sim["rssi_file"] = str(d / "rssi.bin")
     cfg = {"id": spec.id, "broker": broker, "raw_ok": spec.raw_ok, "n_classes": ds.n_classes if ds else None, "sim": sim,
            "board": spec.sim.get("board", "rpi4" if spec.device_class == "pi" else "esp32"), **spec.config}
-    if spec.device_class == "pi":
+    if spec.data is not None:   # its own arrays (a HAR subject's windows)
+        arrays = {k: v for k, v in spec.data.items() if k != "public"}
         np.savez(d / "data.npz", **arrays)
-        cfg.update(data=str(d / "data.npz"), max_chunk=65536)
-        if public is not None:   # FD's shared pool: every device holds the same unlabelled windows
-            np.save(d / "public.npy", public)
-            cfg["public"] = str(d / "public.npy")
+        cfg["data"] = str(d / "data.npz")
+        if spec.data.get("public") is not None:   # FD's shared pool: every device holds the same windows
+            cfg["public"] = public
+    else:
+        cfg.update(shard)
+    if spec.device_class == "pi":
+        cfg["max_chunk"] = 65536
         if "ram" in sim:
             cfg["ram"] = sim.pop("ram")   # a simulated board's memory, reported in its caps
     else:
-        (d / "samples.bin").write_bytes(x.tobytes())
-        (d / "labels.bin").write_bytes(y.astype(np.uint8).tobytes())
-        cfg.update(samples=str(d / "samples.bin"), labels=str(d / "labels.bin"), model=str(d / "model.bin"),
-                   max_chunk=4096)
+        cfg.update(model=str(d / "model.bin"), max_chunk=4096)
         cfg.setdefault("ram", 110_000)
     if certs is not None:
         own = certs.device(spec.id)
@@ -224,27 +235,45 @@ def device_command(spec: DeviceSpec, config: Path, mcu_runtime: str = "micropyth
     return [sys.executable, "-m", "semifl.sim.mcu_runner", "--config", str(config)]
 
 
+def blocks(spec: DeviceSpec) -> bool:
+    """Whether the device's simulated link or compute waits in its own code (it then needs a process)."""
+    return any(spec.sim.get(k) for k in BLOCKING) or float(spec.sim.get("slowdown", 1.0)) != 1.0
+
+
 class VirtualFleet:
-    """Starts and stops the device processes. Logs go to <root>/<id>/device.log."""
+    """Starts and stops the devices. Logs: <root>/<id>/device.log of a device with its own process,
+    <root>/_workers/worker-<k>.log of a worker (each line names its device)."""
 
     def __init__(self, root: Path, specs: list[DeviceSpec], ds: Dataset, broker: str, mcu_runtime: str = "auto",
-                 certs=None):
+                 certs=None, workers: int = 0, mcu_processes: int = MCU_PROCESSES, own_processes: bool = False):
         """mcu_runtime: "micropython" (the real interpreter, required), "cpython" (the same node code
         under CPython with an umqtt-compatible client) or "auto" (MicroPython when it is installed).
         certs: a transport.certs.Certs with an account per device id (each device its own username,
-        as Mosquitto's use_username_as_clientid needs: a shared one made them take over each other)."""
+        as Mosquitto's use_username_as_clientid needs: a shared one made them take over each other).
+        workers: processes the devices that share one spread over (0: one per core); mcu_processes:
+        MCUs (the first ones) that run as processes of their own (MicroPython's, or the CPython stand-in
+        where it is missing); own_processes: every device its own process, as before workers (a bench's
+        power meter per device process)."""
         self.root, self.specs, self.ds, self.broker, self.certs = Path(root), specs, ds, broker, certs
         why_not = micropython_ready()
         if mcu_runtime == "micropython" and why_not:
             raise RuntimeError(f"cannot run MCU devices under MicroPython: {why_not}")
         self.mcu_runtime = mcu_runtime if mcu_runtime != "auto" else ("cpython" if why_not else "micropython")
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.n_workers = workers or len(os.sched_getaffinity(0))
+        self.own = {s.id for s in self._own_process(specs, mcu_processes, own_processes)}
+        self.procs: dict[str, subprocess.Popen] = {}   # device id -> its process (devices of their own)
+        self.workers: list[tuple[subprocess.Popen, socket.socket]] = []
+        self.worker_of: dict[str, int] = {}
+
+    def _own_process(self, specs, mcu_processes: int, every: bool) -> list[DeviceSpec]:
+        mcus = {id(s) for s in [s for s in specs if s.device_class == "mcu"][:mcu_processes]}
+        return [s for s in specs if every or blocks(s) or id(s) in mcus]
 
     @property
     def speaks_tls(self) -> bool:
         """Whether every device runtime here connects over TLS (the CPython stand-in for the node
-        speaks umqtt's interface over paho without it)."""
-        mcus = [s for s in self.specs if s.device_class == "mcu"]
+        speaks umqtt's interface over paho without it in a process of its own; a worker's nodes do)."""
+        mcus = [s for s in self.specs if s.device_class == "mcu" and s.id in self.own]
         return not mcus or (self.mcu_runtime == "micropython" and
                             all(BOARD_HEAP[s.sim.get("board", "esp32")] >= TLS_MIN_HEAP for s in mcus))
 
@@ -255,35 +284,88 @@ class VirtualFleet:
         # comparison of it with the in-process run, whose devices the session pins) does not depend on it
         env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         app = None
-        if self.mcu_runtime == "micropython" and any(s.device_class == "mcu" for s in self.specs):
+        if self.mcu_runtime == "micropython" and any(s.device_class == "mcu" and s.id in self.own for s in self.specs):
             from semifl.flash.build import build_app
 
             app = self.root / "_mcu_app"   # what `semifl flash` would put on the board, plus the simulated link
             build_app(app, "unix", sim=True)
+        shards = write_shards(self.root, self.ds, self.specs)
+        pools = [s.data["public"] for s in self.specs if s.data is not None and s.data.get("public") is not None]
+        if any(p is not pools[0] for p in pools):
+            raise ValueError("the devices' public pools differ: FD's pool is one, the same on every device")
+        public = write_public(self.root, pools[0]) if pools else None
+        shared = []
         for spec in self.specs:
-            cfg = write_device(self.root, spec, self.ds, self.broker, self.certs)
+            cfg = write_device(self.root, spec, self.ds, self.broker, self.certs, shards.get(spec.id), public)
+            if spec.id not in self.own:
+                shared.append((spec, cfg))
+                continue
             mp = spec.device_class == "mcu" and self.mcu_runtime == "micropython"
             with open(self.root / spec.id / "device.log", "wb") as log:   # the child holds its own copy
                 self.procs[spec.id] = subprocess.Popen(device_command(spec, cfg, self.mcu_runtime, app), stdout=log,
                                                        stderr=subprocess.STDOUT, env=micropython_env(env, app) if mp else env)
+        self._start_workers(shared, env)
         return self
 
-    def kill(self, dev_id: str) -> None:
-        self.procs[dev_id].kill()
+    def _start_workers(self, shared: list, env: dict) -> None:
+        if not shared:
+            return
+        folder = self.root / "_workers"
+        folder.mkdir(exist_ok=True)
+        n = min(self.n_workers, len(shared))
+        for k in range(n):
+            mine = shared[k::n]   # round robin: each worker gets its share of Pis and of MCUs
+            (folder / f"worker-{k}.list").write_text("".join(f"{s.device_class} {cfg}\n" for s, cfg in mine))
+            ours, theirs = socket.socketpair()
+            with open(folder / f"worker-{k}.log", "wb") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "semifl.sim.worker", "--configs", str(folder / f"worker-{k}.list"),
+                                         "--control", str(theirs.fileno())], stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, pass_fds=(theirs.fileno(),))
+            theirs.close()
+            self.workers.append((proc, ours))
+            for s, _ in mine:
+                self.worker_of[s.id] = k
+
+    def processes(self) -> list[subprocess.Popen]:
+        """Every process of the fleet: devices of their own, then workers."""
+        return [*self.procs.values(), *(p for p, _ in self.workers)]
+
+    def kill(self, dev_id: str, timeout: float = 10.0) -> None:
+        """Cut a device off as a power cut would: its connection ends without a DISCONNECT, so the broker
+        publishes its last will. Returns once its worker has done it (or its process is killed)."""
+        if dev_id in self.procs:
+            self.procs[dev_id].kill()
+            return
+        proc, ctl = self.workers[self.worker_of[dev_id]]
+        ctl.settimeout(timeout)
+        ctl.sendall(f"kill {dev_id}\n".encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            got = ctl.recv(256)
+            if not got:
+                raise RuntimeError(f"the worker of {dev_id} ended (exit code {proc.poll()})")
+            answer += got
+        if answer.decode().split() != ["killed", dev_id]:
+            raise RuntimeError(f"the worker of {dev_id} answered {answer!r}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` for the devices to end by themselves (the host's stop), then end the rest;
+        every process is reaped."""
         end = time.monotonic() + timeout
-        for p in self.procs.values():
+        procs = self.processes()
+        for p in procs:
             try:
                 p.wait(max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.terminate()
-        for p in self.procs.values():
+        for p in procs:
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()   # reaped: no zombie, no "subprocess is still running"
+        for _, ctl in self.workers:
+            ctl.close()
 
     def __enter__(self):
         return self.start()

@@ -292,3 +292,36 @@ def test_beyond_loopback_a_token_is_required(tmp_path):
     finally:
         server.stop()
         fleet.stop()
+
+
+def test_status_from_the_broker(tmp_path):
+    """`semifl status --broker` lists devices from their retained reports and presence, read-only."""
+    import paho.mqtt.publish as publish
+    from bench_ui import caps
+    from conftest import start_mosquitto
+
+    from semifl.protocol import wire
+    from semifl.transport.broker import free_port
+
+    port = free_port()
+    broker = start_mosquitto(port, str(tmp_path))
+    try:
+        msgs = []
+        for i, up in ((0, b"online"), (6, b"offline")):
+            dev, c = caps(i)
+            msgs += [{"topic": wire.dev_topic(dev, wire.T_CAPS), "payload": json.dumps(c), "retain": True, "qos": 1},
+                     {"topic": wire.dev_topic(dev, wire.T_PRESENCE), "payload": up, "retain": True, "qos": 1}]
+        msgs.append({"topic": wire.host_topic("round"), "payload": json.dumps({"v": 1, "round": 7}), "retain": True,
+                     "qos": 1})
+        publish.multiple(msgs, hostname="127.0.0.1", port=port)
+        st = subprocess.run([sys.executable, "-m", "semifl.cli", "status", "--broker", f"mqtt://127.0.0.1:{port}",
+                             "--once", "--listen-s", "1"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, COLUMNS="200"))
+        assert st.returncode == 0, st.stderr
+        lines = {ln.split()[1]: ln for ln in st.stdout.splitlines() if ln.startswith("│ ")}
+        assert "online" in lines["pi-00000"] and "rpi4" in lines["pi-00000"]
+        assert "offline" in lines["mcu-00006"] and "micropython" in lines["mcu-00006"]
+        assert "round 7" in st.stdout and "1 of 2 devices online" in st.stdout
+    finally:
+        broker.terminate()
+        broker.wait(10)

@@ -30,7 +30,10 @@ ROUNDS = 12
 
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e .[dev] (playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright missing: pip install -e .[dev] (tools/install.sh --dev)")
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium missing: apt-get install chromium (tools/install.sh --dev)")
     with sync_api.sync_playwright() as p:

@@ -329,6 +329,31 @@ def bias_raised(fl: list[FLUpdate], hists: dict | None, n_classes: int, share: f
     return out
 
 
+def sketch(shapes: list[tuple], n_classes: int, k: int | None, seed: int = 0) -> list[np.ndarray | None]:
+    """What a score view keeps of each layer of updates of `shapes`: None (the whole layer) for the
+    output weights and their bias (`output_layer`: what the class score and the bias check read), and
+    of the other layers the flat indices of k coordinates drawn over all of them without replacement
+    (seeded), or None for every layer when k is None or they hold no more than k."""
+    j = output_layer([np.empty(s, np.bool_) for s in shapes], n_classes) if n_classes else None
+    whole = {j, j + 1} if j is not None and j + 1 < len(shapes) and tuple(shapes[j + 1]) == (n_classes,) else {j}
+    sizes = [int(np.prod(s)) if i not in whole else 0 for i, s in enumerate(shapes)]
+    if k is None or sum(sizes) <= k:
+        return [None] * len(shapes)
+    picked = np.sort(np.random.default_rng(seed).choice(sum(sizes), k, replace=False))
+    out, start = [], 0
+    for i, size in enumerate(sizes):
+        out.append(None if i in whole else picked[(picked >= start) & (picked < start + size)] - start)
+        start += size
+    return out
+
+
+def view(arrays: list[np.ndarray], index: list[np.ndarray | None]) -> list[np.ndarray]:
+    """An update's (or a mask's) score view by `sketch`'s index: whole layers copied, the others as the
+    1-D arrays of their kept coordinates (a layer that keeps none is left out)."""
+    return [np.array(a) if i is None else np.asarray(a).reshape(-1)[i] for a, i in zip(arrays, index)
+            if i is None or len(i)]
+
+
 def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: dict | None = None,
             n_classes: int = 0) -> dict[str, dict]:
     """Per device of this round's updates: {"norm_ratio": norm / the round's median norm, "cosine": to
@@ -337,12 +362,14 @@ def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: di
     `n_classes` allow one), "bias_raised": `bias_raised`'s verdict where it applies, "outlier": bool}.
     With fewer than `min_updates` updates only the exact bias check speaks.
     Where a device has a class score it replaces the whole-update cosine as the criterion: on non-IID
-    devices the whole update's cosine to the median is often negative for honest ones."""
+    devices the whole update's cosine to the median is often negative for honest ones.
+    An update given as its score view (`view`: the output layer and a sample of the other coordinates)
+    carries its whole norm (FLUpdate.norm); its cosine is then over the view."""
     raised = bias_raised(fl, hists, n_classes, thresholds.bias_share) if hists and n_classes else {}
     if len(fl) < thresholds.min_updates:   # no median to compare with: only the exact check
         return {d: {"bias_raised": False, "outlier": True} for d, ok in raised.items() if not ok}
     deltas = [u.delta for u in fl]
-    n = norms(deltas)
+    n = np.array([global_norm(u.delta) if u.norm is None else u.norm for u in fl])
     med = float(np.median(n))
     ref = coordinate_median(deltas, [u.mask for u in fl])
     cls = class_scores(fl, hists, n_classes, thresholds) if hists and n_classes else {}

@@ -22,6 +22,7 @@ class FLUpdate:
     mask: list[np.ndarray] | None = None   # entries its compressed copy kept (seed 001); None: all
     staleness: int = 0     # global-model versions between the one it trained on and the one it updates
     weight: float = 1.0    # the round kind's staleness weight (buffered rounds: FedBuff's 1/sqrt(1 + staleness))
+    norm: float | None = None   # its L2 norm, where delta is a view of less than the update (robust.view)
 
 
 def average_fl(fl: list[FLUpdate], weights: list[float]) -> list[np.ndarray]:
@@ -55,6 +56,9 @@ class Strategy:
     # The seam every FL merge goes through: merge(fl, weights) -> the FL part of the round. A robust
     # rule (learn/robust.py) or client-level DP (learn/dp.py) replaces it per instance.
     fl_merge = staticmethod(average_fl)
+    # whether `aggregate` sees the FL updates only through fl_merge(sorted by device, [u.n]) and
+    # sum(u.n): then a round may merge them itself (a folded sum, learn/fold.py) and hand over the result
+    folds = False
 
     def forget(self, device: str) -> None:
         """Drop whatever the strategy remembers of `device` (a quarantined device); stateless: nothing."""
@@ -65,6 +69,20 @@ class Strategy:
 
     def aggregate(self, params: list[np.ndarray], fl: list[FLUpdate], cl: list[CLBatch]) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def aggregate_merged(self, params: list[np.ndarray], part: list[np.ndarray], n: int,
+                         cl: list[CLBatch]) -> list[np.ndarray]:
+        """`aggregate` with the FL part merged already (a folded sum, a secure sum) over updates of n
+        samples in all: one update that carries it, merged as itself."""
+        own = self.__dict__.get("fl_merge")
+        self.fl_merge = lambda ups, weights: ups[0].delta
+        try:
+            return self.aggregate(params, [FLUpdate("merged", part, n)], cl)
+        finally:
+            if own is None:
+                del self.fl_merge
+            else:
+                self.fl_merge = own
 
     def state(self) -> tuple[dict, dict[str, list[np.ndarray]]]:
         """What must survive a host restart, as (JSON-able meta, named lists of arrays). The store
@@ -78,6 +96,7 @@ class Strategy:
 class FedAvg(Strategy):
     """McMahan et al.: the sample-weighted mean of the FL updates. CL uploads are not used."""
     name = "fedavg"
+    folds = True
 
     def aggregate(self, params, fl, cl):
         if not fl:
@@ -91,6 +110,7 @@ class SemiFL(Strategy):
     CL uploaders' samples, weighted by sample counts (seed code: gradient_combine)."""
     name = "semifl"
     uses_cl = True
+    folds = True
 
     def __init__(self, lr: float = 0.1):
         self.lr = lr

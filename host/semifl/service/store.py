@@ -1,8 +1,16 @@
 """The host's state in SQLite (WAL): devices, capability history, rounds, accepted contributions,
-checkpoints, rejections. A restarted host reads everything back from here and resumes."""
+checkpoints, rejections. A restarted host reads everything back from here and resumes.
+
+The payloads of accepted contributions (updates, sample batches) are not written through SQLite: they go
+to the spool (`service/spool.py`, append-only files next to the database, `<db>-spool/`), and the
+`contributions` table keeps the small row (round, device, kind, n, when). `accept` writes the spool
+record before the row, so a row always has its payload; after a power cut a row whose record did not
+reach the disk is dropped on open (the round asks that device again)."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
 import zlib
@@ -10,6 +18,10 @@ import zlib
 import numpy as np
 
 from semifl.protocol.tensors import decode_arrays, encode_arrays
+
+from .spool import Spool
+
+log = logging.getLogger("semifl.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,16 +44,37 @@ CREATE TABLE IF NOT EXISTS rejections (t REAL NOT NULL, round INTEGER, device TE
 
 class Store:
     def __init__(self, path: str, payloads: bool = True):
-        """payloads False: contributions are recorded without their blobs (an in-process run, whose
-        store lives in memory and dies with it, keeps them in the round object instead)."""
+        """payloads False (or path ":memory:"): nothing needs to outlive the process (an in-process
+        run): the payloads go to anonymous temporary files, never synced."""
         self.path, self.payloads = path, payloads
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses no committed round
         self.db.executescript(SCHEMA)
         self._digests = dict(self.db.execute("SELECT name, digest FROM strategy_state"))
+        token = self.get_meta("spool_token")
+        if token is None:   # names this store's spool files: another run's in the same folder are not ours
+            token = os.urandom(8).hex()
+            self.set_meta("spool_token", token)
+        durable = payloads and path != ":memory:"
+        self.spool = Spool(path + "-spool" if durable else None, token)
+        if durable:
+            self._drop_lost()
+
+    def _drop_lost(self) -> None:
+        """Rows of unfinished rounds whose payload is neither in the table (a store written before the
+        spool) nor in the spool: their record was lost with a power cut; the round asks for it again."""
+        open_rounds = [r for (r,) in self.db.execute("SELECT round FROM rounds WHERE state != 'done'")]
+        for rnd in open_rounds:
+            have = self.spool.keys(rnd)
+            lost = [(d, k) for d, k, b in self.db.execute(
+                "SELECT device, kind, length(blob) FROM contributions WHERE round=?", (rnd,)) if not b and (d, k) not in have]
+            for d, k in lost:
+                log.warning("round %d: %s's accepted %s is not in the spool (lost with a power cut): asked again", rnd, d, k)
+                self.db.execute("DELETE FROM contributions WHERE round=? AND device=? AND kind=?", (rnd, d, k))
 
     def close(self):
+        self.spool.close()
         self.db.close()
 
     # --- meta -------------------------------------------------------------------------------------
@@ -86,10 +119,11 @@ class Store:
     def set_uploaders(self, rnd: int, uploaders: list[str]) -> None:
         self.db.execute("UPDATE rounds SET uploaders=? WHERE round=?", (json.dumps(uploaders), rnd))
 
-    def accept(self, rnd: int, device: str, kind: str, n: int, blob: bytes) -> None:
-        """An accepted update or sample batch is durable before the device hears back."""
-        self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
-                        (rnd, device, kind, n, blob if self.payloads else b"", time.time()))
+    def accept(self, rnd: int, device: str, kind: str, n: int, blob, crc: int | None = None) -> None:
+        """An accepted update or sample batch is durable before the device hears back: its payload in
+        the spool (crc: the payload's CRC-32 where the caller has it), then its row."""
+        self.spool.append(rnd, (device, kind), blob, crc)
+        self.db.execute("INSERT INTO contributions VALUES (?, ?, ?, ?, x'', ?)", (rnd, device, kind, n, time.time()))
 
     def keep_artifact(self, device: str, kind: str, rnd: int, sha256: str, epsilon: float | None, delta: float | None,
                       blob: bytes) -> int:
@@ -108,8 +142,10 @@ class Store:
         return {r[0]: dict(zip(("version", "round", "sha256", "epsilon", "delta", "blob"), r[1:])) for r in rows}
 
     def contributions(self, rnd: int) -> list[tuple[str, str, int, bytes]]:
-        return self.db.execute("SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind",
-                               (rnd,)).fetchall()
+        """(device, kind, n, payload) of what round `rnd` accepted, payloads read back whole (b"" once
+        the round is done): for small payloads; updates are read one at a time (`contribution`)."""
+        return [(d, k, n, b or self.spool.get(rnd, (d, k)) or b"") for d, k, n, b in self.db.execute(
+                "SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind", (rnd,))]
 
     def contribution_keys(self, rnd: int) -> list[tuple[str, str, int]]:
         """(device, kind, n) of what round `rnd` accepted, without the payloads."""
@@ -117,6 +153,11 @@ class Store:
                                (rnd,)).fetchall()
 
     def contribution(self, rnd: int, device: str, kind: str) -> bytes:
+        """The payload of one accepted contribution (from the spool; a store written before it had
+        them in the table)."""
+        got = self.spool.get(rnd, (device, kind))
+        if got is not None:
+            return got
         return self.db.execute("SELECT blob FROM contributions WHERE round=? AND device=? AND kind=?",
                                (rnd, device, kind)).fetchone()[0]
 
@@ -130,6 +171,7 @@ class Store:
         transaction. Strategy arrays are rewritten only when their contents changed (a sample memory
         of megabytes that stopped growing costs a checksum per round, not a write)."""
         blob = encode_arrays({"round": rnd}, params)
+        self.spool.sync(rnd)   # what the round merged is on disk before the round counts as done
         writes, gone = [], []
         if strategy_state is not None:
             meta, arrays = strategy_state
@@ -155,6 +197,16 @@ class Store:
             self._digests[name] = digest
         for name in gone:
             self._digests.pop(name, None)
+        self._release_spool(rnd)
+
+    def _release_spool(self, rnd: int) -> None:
+        """The spool files of rounds up to `rnd`, once the commit that finished `rnd` is on disk: WAL +
+        NORMAL syncs at a checkpoint, so one that completes makes it so; else they wait for the next."""
+        if self.spool.folder is not None:
+            busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or frames != done:
+                return
+        self.spool.drop(rnd)
 
     def strategy_state(self) -> tuple[dict, dict[str, list[np.ndarray]]] | None:
         """(meta, arrays) as of the last completed round, or None if no strategy state was kept."""

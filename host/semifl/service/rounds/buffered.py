@@ -14,7 +14,6 @@ import logging
 import math
 
 from semifl.fleet.planner import cannot_run, drawn_order, is_capable, task_seed
-from semifl.learn.strategy import FLUpdate
 from semifl.protocol import wire
 from semifl.protocol.tensors import encode_arrays
 
@@ -59,7 +58,7 @@ class BufferedRound(FederatedRound):
             return "drop"
         return f"chunk of version {blob_id} during version {v}"
 
-    def on_blob(self, dev: str, kind: int, blob: bytes):
+    def on_blob(self, dev: str, kind: int, blob: bytes, crc: int | None = None):
         s = self.session
         what = self.blob_kind(kind)
         meta, tensors = wire.decode_blob(blob)
@@ -75,7 +74,7 @@ class BufferedRound(FederatedRound):
         if what == "update":
             if self.busy.get(dev, (None,))[0] != u and (dev, u) not in self.expired:
                 raise Rejected("unexpected", f"{dev} was not asked to train on version {u}")
-            self._check_update(dev, meta, tensors, ctx)
+            arrays, norm = self._check_update(dev, meta, tensors, ctx)
             if self.busy.get(dev, (None,))[0] == u:
                 del self.busy[dev]
             self.expired.discard((dev, u))
@@ -88,9 +87,19 @@ class BufferedRound(FederatedRound):
                 raise Rejected("unexpected", f"{dev} was not asked for samples of version {u}")
             self._check_samples(dev, meta, tensors)
             del self.cl_asked[dev]
-        s.store.accept(s.round, dev, f"{what}/{u}", meta["n"], blob)   # durable before it counts
+        self.keep(dev, f"{what}/{u}", meta, blob, crc)   # durable before it counts
         self.accepted.add((dev, f"{what}/{u}"))
-        self.blobs[(dev, f"{what}/{u}")] = blob
+        if what == "update":
+            self.take(dev, f"update/{u}", meta, arrays, norm, ctx)
+        else:
+            self.blobs[(dev, f"{what}/{u}")] = blob
+
+    def context(self, rnd: int) -> Context:
+        return self.contexts.get(rnd, Context(rnd, self.params, {}, {}))
+
+    @staticmethod
+    def staleness_weight(tau: int) -> float:
+        return staleness_weight(tau)
 
     # --- scheduling -------------------------------------------------------------------------------
     def eligible(self) -> list[str]:
@@ -180,6 +189,7 @@ class BufferedRound(FederatedRound):
         self.done_for = {(d, u) for d, u in self.done_for if u >= v - cfg.max_staleness}
         self.accepted = {(d, k) for d, k, _ in s.store.contribution_keys(v)}   # a restarted host keeps its buffer
         self.blobs = {}
+        self.open_ingest(v, cfg.buffer)
         blob = encode_arrays({"kind": "model", "round": v}, self.params)
         self._task_cl(v)
         fl_in = lambda: sum(k.startswith("update/") for _, k in self.accepted)   # noqa: E731
@@ -197,14 +207,6 @@ class BufferedRound(FederatedRound):
                 s.progress(f"{fl_in()}/{cfg.buffer} updates buffered")
         rec.mark("train")
 
-        fl, cl = [], []
-        for dev, kind, n, meta, ts in self.payloads(v):
-            if kind.startswith("update/"):
-                u = meta["round"]
-                ctx = self.contexts.get(u, Context(u, self.params, {}, {}))
-                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), self.expected_n(dev), staleness=v - u,
-                                   weight=staleness_weight(v - u)))
-            else:
-                cl.append(self.cl_batch(dev, ts))
-        return self.merge(v, fl, cl, trained=sorted(u.device for u in fl), staleness={u.device: u.staleness for u in fl},
-                          busy=sorted(self.busy), idle={})
+        fl, cl = self._contributions(v)   # the updates merge from the ingest: in the buffer's device order
+        return self.merge(v, fl, cl, self.ingest, trained=sorted(u.device for u in fl),
+                          staleness={u.device: u.staleness for u in fl}, busy=sorted(self.busy), idle={})

@@ -9,6 +9,10 @@
 What arrives after its round closed is late: counted, and merged into the next round by a strategy
 that carries late contributions (semifl+), dropped by the others.
 
+Accepted payloads go to the store (its spool, durable before they count); an FL update is validated on
+views of the bytes received (one norm pass also proves it finite) and folded into the round's running
+sum as it comes when the merge is a sum (`ingest.Ingest`): memory O(model), not O(updates x model).
+
 The host checks what devices claim (docs/trust.md): a reported norm must be the received update's, the
 sample count the task's share of what the device's caps say; an update is weighted by the count the
 host expects. Each round scores the updates it merges (`learn.robust.anomaly`) and the CL batches
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -31,24 +35,30 @@ from semifl.learn import compress, int8, mlp, nn, robust
 from semifl.learn.aggregate import global_norm
 from semifl.learn.data import to_float
 from semifl.learn.dp import ClientDP
+from semifl.learn.fold import Summand, sum_rule
 from semifl.learn.strategy import CLBatch, FLUpdate, Strategy
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction
 from semifl.protocol.tensors import dequantize, encode_arrays, from_wire
 
 from ..session import Rejected, Round, Session, expect_tensors
+from .ingest import Ingest, Taken
 
 log = logging.getLogger("semifl.federated")
+
+
+def is_update(kind: str) -> bool:
+    """Whether a stored contribution of `kind` is an FL update ("update", "late_update", "update/<version>")."""
+    return kind.endswith("update") or kind.startswith("update/")
 ROW = 784
 CALIBRATION = 1000   # samples that set the int8 activation ranges
 NORM_RTOL = {"float32": 1e-4, "float16": 2e-3, "int8": 1e-4}   # a claimed norm vs the received update's
 
 
-def claimed_norm_differs(claimed: float, tensors, arrays) -> str | None:
-    """Why a reported norm is not the norm of the update received, or None. The device computes it on
-    its float32 delta before encoding: fp16 rounding moves it by < 2^-11 relatively; int8's per-entry
-    error is at most scale/2, so the norms differ by at most sqrt(sum_i size_i (scale_i / 2)^2)."""
-    got = global_norm(arrays)
+def claimed_norm_differs(claimed: float, tensors, got: float) -> str | None:
+    """Why a reported norm is not `got`, the norm of the update received, or None. The device computes
+    it on its float32 delta before encoding: fp16 rounding moves it by < 2^-11 relatively; int8's
+    per-entry error is at most scale/2, so the norms differ by at most sqrt(sum_i size_i (scale_i / 2)^2)."""
     slack = sum(float(np.prod(t[1])) * (t[2] / 2) ** 2 if t[0] == "int8" else 0.0 for t in tensors) ** 0.5
     rtol = max((NORM_RTOL.get(t[0], 1e-4) for t in tensors), default=1e-4)
     if abs(got - claimed) <= rtol * max(got, claimed) + slack + 1e-9:
@@ -64,6 +74,7 @@ class Context:
     params: list
     assigned: dict          # FL client -> its Compression (None: the uniform `prune`)
     masks: dict             # prune rate -> keep-masks of this round's model
+    pruned: dict = field(default_factory=dict)   # prune rate -> float32 arrays, 1 where that copy has nothing
 
     def rate(self, dev: str, prune: float) -> float:
         c = self.assigned.get(dev)
@@ -73,6 +84,13 @@ class Context:
         if rate not in self.masks:
             self.masks[rate] = mlp.prune_mask(self.params, rate)
         return self.masks[rate]
+
+    def moves_pruned(self, arrays, rate: float) -> bool:
+        """Whether a (finite) update changes an entry its copy pruned at `rate` does not hold: one
+        multiply pass per layer (a boolean gather of the pruned entries costs eight)."""
+        if rate not in self.pruned:
+            self.pruned[rate] = [(~m).astype(np.float32) for m in self.mask(rate)]
+        return any(np.multiply(a, p).any() for a, p in zip(arrays, self.pruned[rate]))
 
 
 class FederatedRound(Round):
@@ -113,7 +131,8 @@ class FederatedRound(Round):
         self.norms: dict[str, float] = {}
         self.uploaders: list[str] | None = None
         self.accepted: set[tuple[str, str]] = set()
-        self.blobs: dict[tuple[str, str], bytes] = {}   # (device, kind) -> what this process accepted this round
+        self.blobs: dict[tuple[str, str], bytes] = {}   # (device, kind) -> CL samples this process accepted this round
+        self.ingest: Ingest | None = None               # the round's FL updates: views, norms, the running sum
         self.asked: dict[str, float] = {}
         self.train_closed = False
         self.calib: list[np.ndarray] = []     # CL samples the host holds anyway: the int8 calibration set
@@ -169,50 +188,73 @@ class FederatedRound(Round):
             raise Rejected("malformed", f"devices do not send blob kind {kind} in federated rounds")
         return what
 
-    def on_blob(self, dev: str, kind: int, blob: bytes):
+    def on_blob(self, dev: str, kind: int, blob: bytes, crc: int | None = None):
+        """A device's whole blob (crc: its CRC-32 where the wire already computed it: the spool's)."""
         s = self.session
         what = self.blob_kind(kind)
         meta, tensors = wire.decode_blob(blob)
         if self.prev is not None and meta.get("round") == self.prev.round and (dev, what) in self.missing:
-            return self._late(dev, what, meta, tensors, blob)
+            return self._late(dev, what, meta, tensors, blob, crc)
         s.check_blob(dev, meta)
         if meta.get("kind") != what:
             raise Rejected("schema", f"{what} chunk carrying a {meta.get('kind')!r} blob")
         if what == "update":
             if not self.uploaders or dev not in self.uploaders:
                 raise Rejected("unexpected", f"{dev} was not asked to upload in round {s.round}")
-            self._check_update(dev, meta, tensors, self.ctx)
+            arrays, norm = self._check_update(dev, meta, tensors, self.ctx)
         else:
             if self.plan is None or dev not in self.plan.cl:
                 raise Rejected("unexpected", f"{dev} is not a CL uploader in round {s.round}")
             self._check_samples(dev, meta, tensors)
         if (dev, what) in self.accepted:
             raise Rejected("replay", f"{dev} already delivered its round {s.round} {what}")
-        s.store.accept(s.round, dev, what, meta["n"], blob)   # durable before it counts
+        self.keep(dev, what, meta, blob, crc)   # durable before it counts
         self.accepted.add((dev, what))
-        self.blobs[(dev, what)] = blob
+        if what == "update":
+            self.take(dev, what, meta, arrays, norm, self.ctx)
+        else:
+            self.blobs[(dev, what)] = blob
         s.progress(f"{dev}'s {what} in ({len(self.accepted)} uploads)")
         if dev in self.asked:   # T_upload as the host sees it: from asking for the blob to holding all of it
             s.rec.took(dev, upload=s.clock() - self.asked[dev])
 
-    def _late(self, dev: str, what: str, meta: dict, tensors, blob: bytes):
+    def _late(self, dev: str, what: str, meta: dict, tensors, blob: bytes, crc: int | None = None):
         """An upload of the round before that came after it closed: carried into this round, or counted and dropped."""
         s = self.session
         self.missing.discard((dev, what))
         s.check_blob(dev, meta, rnd=self.prev.round)
         if what == "update":
-            self._check_update(dev, meta, tensors, self.prev)
+            arrays, norm = self._check_update(dev, meta, tensors, self.prev)
         else:
             self._check_samples(dev, meta, tensors)
         s.rec.late[what] += 1
         if not self.carries_late:
             log.info("round %d: dropped %s's late %s of round %d", s.round, dev, what, self.prev.round)
             return
-        s.store.accept(s.round, dev, "late_" + what, meta["n"], blob)
+        self.keep(dev, "late_" + what, meta, blob, crc)
         self.accepted.add((dev, "late_" + what))
-        self.blobs[(dev, "late_" + what)] = blob
+        if what == "update":
+            self.take(dev, "late_update", meta, arrays, norm, self.prev)
+        else:
+            self.blobs[(dev, "late_" + what)] = blob
 
-    def _check_update(self, dev, meta, tensors, ctx: Context):
+    def keep(self, dev: str, kind: str, meta: dict, blob, crc: int | None) -> None:
+        """A payload into the store (its spool), with the wire's CRC where there is one."""
+        s = self.session
+        s.store.accept(s.round, dev, kind, meta["n"], blob, *(() if crc is None else (crc,)))
+
+    def take(self, dev: str, kind: str, meta: dict, arrays, norm: float, ctx: Context):
+        """An accepted update into the round's ingest (its arrays may be views of the blob received)."""
+        rate = ctx.rate(dev, self.cfg.prune)
+        # mask-aware merging for per-device copies; the uniform setting keeps SemiFL's plain mean
+        mask = ctx.mask(rate) if ctx.assigned.get(dev) is not None and rate > 0 else None
+        if self.ingest is None or self.ingest.round != self.session.round:   # a round driven piece by piece
+            self.open_ingest(self.session.round, self.cfg.fl_uploaders, rebuild=False)
+        tau = self.session.round - meta["round"]
+        self.ingest.take(Taken(dev, kind, self.expected_n(dev), norm, tau, self.staleness_weight(tau), mask), arrays)
+
+    def _check_update(self, dev, meta, tensors, ctx: Context) -> tuple[list[np.ndarray], float]:
+        """An update's checks, on views of what was received. -> (its float32 arrays, its L2 norm)."""
         cfg = self.cfg
         c = ctx.assigned.get(dev)
         rate = ctx.rate(dev, cfg.prune)
@@ -220,22 +262,22 @@ class FederatedRound(Round):
         shapes = [(int(m.sum()),) for m in ctx.mask(rate)] if sparse else self.shapes
         expect_tensors(tensors, [(c.dtype if c is not None else "float32", tuple(sh)) for sh in shapes], "update")
         arrays = self.update_arrays(dev, tensors, ctx)
-        for a in arrays:
-            if not np.isfinite(a).all():
-                raise Rejected("nonfinite", "update contains NaN or Inf")
-        if rate > 0 and not sparse:   # a pruned copy cannot change what it does not have: not its own update
-            for a, m in zip(arrays, ctx.mask(rate)):
-                if np.any(a[~m] != 0):
-                    raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
+        norm = global_norm(arrays)   # finite iff every entry is: a float32 squared is finite in float64
+        if not math.isfinite(norm):
+            raise Rejected("nonfinite", "update contains NaN or Inf")
+        # a pruned copy cannot change what it does not have: not its own update
+        if rate > 0 and not sparse and ctx.moves_pruned(arrays, rate):
+            raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
         have = self.session.registry.devices[dev]["n_samples"]
         if meta["n"] > have:
             raise Rejected("schema", f"n={meta['n']} exceeds the device's {have} samples")
         self.check_n(dev, meta["n"])
         claimed = self.claimed.get((dev, ctx.round))
-        why = claimed is not None and claimed_norm_differs(claimed, tensors, arrays)
+        why = claimed is not None and claimed_norm_differs(claimed, tensors, norm)
         if why:
             self.watch.strike(dev, "claim")
             raise Rejected("claim", why)
+        return arrays, norm
 
     def expected_n(self, dev: str) -> int:
         """The samples an FL client trains on: its task's fraction of the samples its caps report,
@@ -265,9 +307,10 @@ class FederatedRound(Round):
         self.watch.clean(dev)
 
     def update_arrays(self, dev: str, tensors, ctx: Context) -> list[np.ndarray]:
-        """An update's tensors as float32 model-shaped deltas: fp16/int8 dequantized, a sparse update
-        scattered back through the mask of the copy the client trained."""
-        arrays = [dequantize(t) for t in tensors]
+        """An update's tensors as float32 model-shaped deltas: float32 as views of the bytes received
+        (no copy), fp16/int8 dequantized, a sparse update scattered back through the mask of the copy
+        the client trained."""
+        arrays = [from_wire(t) if t[0] == "float32" else dequantize(t) for t in tensors]
         rate = ctx.rate(dev, self.cfg.prune)
         if self.cfg.sparse_updates and rate > 0:
             arrays = compress.scatter(arrays, ctx.mask(rate))
@@ -303,6 +346,7 @@ class FederatedRound(Round):
         self.ctx = Context(rnd, self.params, {d: self.compression_for(d) for d in plan.fl}, {})
         self.accepted = {(d, k) for d, k, _ in s.store.contribution_keys(rnd)}
         self.blobs = {}
+        self.open_ingest(rnd, cfg.fl_uploaders)
 
         # stage 2: the model and tasks out, norms and samples in, then the top-K upload
         fl_todo = [d for d in plan.fl if self.uploaders is None]
@@ -334,6 +378,7 @@ class FederatedRound(Round):
                     self.zombies.missed(d, rnd)
             self.uploaders = select_fl_uploaders(self.ranked_norms(), cfg.fl_uploaders)
             s.store.set_uploaders(rnd, self.uploaders)
+        self.expect_uploads()
         self.train_closed = True
         rec.mark("train")
         for d in self.uploaders:
@@ -351,7 +396,7 @@ class FederatedRound(Round):
         self.claimed = {k: v for k, v in self.claimed.items() if k[1] >= rnd}   # the round before is no longer asked
         # from now on, what this round asked for and did not get is late
         self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not s.gone(w[0])}
-        return self.merge(rnd, fl, cl, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+        return self.merge(rnd, fl, cl, self.ingest, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
 
     def announce_and_plan(self, rnd: int, row) -> RoundPlan:
         """Stage 1 of every federated round: give up tasks not reported on within the hard limit, announce,
@@ -373,13 +418,18 @@ class FederatedRound(Round):
             self.refuse(dev, why)
         return self.plan
 
-    def merge(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch], **fields) -> dict:
+    def merge(self, rnd: int, fl: list[FLUpdate], cl: list[CLBatch], ingest: Ingest | None = None, **fields) -> dict:
         """The strategy's step on what came in, the new model evaluated, the int8 model pushed when it is
-        due (inside the round, so its bytes count towards it), the round finished with `fields`."""
+        due (inside the round, so its bytes count towards it), the round finished with `fields`.
+        ingest: where `fl` are the score views of the round's `Ingest`: it merges what screening keeps."""
         s, rec = self.session, self.session.rec
         fl, cl = self.screen(rnd, fl, cl)
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
-        self.params = self.strategy.aggregate(self.params, fl, cl)
+        if ingest is not None:
+            self.params = ingest.merged(self.strategy, self.params, {u.device for u in fl}, cl)
+        else:
+            self.params = self.strategy.aggregate(self.params, fl, cl)
+        self.ingest = None
         rec.mark("aggregate")
         s.progress(f"merged {len(fl)} updates and {len(cl)} sample batches; evaluating")
         acc, loss = self.evaluate(self.params)
@@ -482,14 +532,56 @@ class FederatedRound(Round):
                          len(reported), len(tasked), "the deadline passed, rounds" if cfg.deadline_s else "rounds")
 
     def payloads(self, rnd: int, kinds: tuple | None = None):
-        """(device, kind, n, meta, tensors) of what round `rnd` accepted (of `kinds`, default all): the
-        durable record in the store, the payloads from memory where this process holds them."""
+        """(device, kind, n, meta, tensors) of what round `rnd` accepted (of `kinds`, default all but
+        the FL updates, which the round's `Ingest` has): the durable record in the store, the payloads
+        from memory where this process holds them."""
         store = self.session.store
         for dev, kind, n in store.contribution_keys(rnd):
-            if kinds is not None and kind not in kinds:
+            if kinds is not None and kind not in kinds or kinds is None and is_update(kind):
                 continue
             blob = self.blobs.pop((dev, kind), None) or store.contribution(rnd, dev, kind)
             yield (dev, kind, n) + wire.decode_blob(blob)
+
+    # --- FL updates: the round's ingest -----------------------------------------------------------
+    def context(self, rnd: int) -> Context | None:
+        """What validating an update trained on round `rnd`'s model needs (None: a restart lost it)."""
+        return {c.round: c for c in (self.prev, self.ctx) if c is not None}.get(rnd)
+
+    def load_update(self, t: Taken) -> list[np.ndarray]:
+        """An accepted update's float32 arrays, read back from the store's spool."""
+        meta, ts = wire.decode_blob(self.session.store.contribution(self.ingest.round, t.device, t.kind))
+        return self.update_arrays(t.device, ts, self.context(meta["round"]))
+
+    def open_ingest(self, rnd: int, expected: int, rebuild: bool = True) -> Ingest:
+        """Round `rnd`'s ingest, folding when the strategy merges through a sum rule; a restarted host
+        takes into it the updates the store holds for the round (each read back from the spool once)."""
+        rule = sum_rule(self.strategy.fl_merge) if self.strategy.folds else None
+        self.ingest = Ingest(rnd, self.shapes, self.n_classes, expected, rule, self.load_update)
+        store = self.session.store
+        for dev, kind, _ in store.contribution_keys(rnd) if rebuild else ():
+            if not is_update(kind):
+                continue
+            meta, ts = wire.decode_blob(store.contribution(rnd, dev, kind))
+            ctx = self.context(meta["round"])
+            if ctx is None:
+                continue   # a carried update whose round's context a restart lost: not merged
+            arrays = self.update_arrays(dev, ts, ctx)
+            self.take(dev, kind, meta, arrays, global_norm(arrays), ctx)
+        return self.ingest
+
+    @staticmethod
+    def staleness_weight(tau: int) -> float:
+        """The weight of an update `tau` models old: 1 here (a carried update counts whole); FedBuff's in buffered rounds."""
+        return 1.0
+
+    def expect_uploads(self) -> None:
+        """The uploaders are known: plan the fold on them (their sample counts and reported norms), so
+        each update folds as it comes. Not with per-device masks (those merge from the list) nor when a
+        restart lost the reports."""
+        ups = self.uploaders or []
+        masked = any(self.ctx.assigned.get(d) is not None and self.ctx.rate(d, self.cfg.prune) > 0 for d in ups)
+        if ups and not masked and all(d in self.norms for d in ups):
+            self.ingest.expect([Summand(d, self.expected_n(d), self.norms[d]) for d in ups])
 
     def cl_batch(self, dev: str, tensors) -> CLBatch:
         """A CL upload's raw uint8 samples and labels; the first CALIBRATION samples the host holds also
@@ -500,21 +592,10 @@ class FederatedRound(Round):
         return CLBatch(dev, x, y)
 
     def _contributions(self, rnd: int) -> tuple[list[FLUpdate], list[CLBatch]]:
-        fl, cl = [], []
-        contexts = {c.round: c for c in (self.prev, self.ctx) if c is not None}
-        for dev, kind, n, meta, ts in self.payloads(rnd):
-            ctx = contexts.get(meta["round"])
-            if kind.endswith("update"):
-                if ctx is None:
-                    continue   # a carried update whose round's context a restart lost: not merged
-                # mask-aware merging for per-device copies; the uniform setting keeps SemiFL's plain mean
-                rate = ctx.rate(dev, self.cfg.prune)
-                mask = ctx.mask(rate) if ctx.assigned.get(dev) is not None and rate > 0 else None
-                fl.append(FLUpdate(dev, self.update_arrays(dev, ts, ctx), self.expected_n(dev), mask,
-                                   staleness=rnd - meta["round"]))
-            else:
-                cl.append(self.cl_batch(dev, ts))
-        return fl, cl
+        """Round `rnd`'s FL updates as scoring sees them (the ingest's views) and its CL batches."""
+        cl = [self.cl_batch(dev, ts) for dev, _, _, _, ts in self.payloads(rnd)]
+        ingest = self.ingest if self.ingest is not None and self.ingest.round == rnd else None
+        return (ingest.score() if ingest is not None else []), cl
 
     def push_int8(self, rnd: int) -> int:
         """Quantize the global model (TFLite's int8 scheme, calibrated on CL samples the host holds) and

@@ -133,9 +133,9 @@ class SecureRound(FederatedRound):
         except SecAggError as e:
             raise Rejected("malformed" if e.reason == "malformed" else "secagg", str(e)) from None
 
-    def on_blob(self, dev: str, kind: int, blob: bytes):
+    def on_blob(self, dev: str, kind: int, blob: bytes, crc: int | None = None):
         if kind != wire.KIND_UPDATE:
-            return super().on_blob(dev, kind, blob)   # CL samples, as in every federated round
+            return super().on_blob(dev, kind, blob, crc)   # CL samples, as in every federated round
         s = self.session
         meta, tensors = wire.decode_blob(blob)
         what = meta.get("kind")

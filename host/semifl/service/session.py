@@ -221,7 +221,8 @@ class Session:
         logged with their detail, so a flood of junk costs counters, not disk and log lines."""
         self.rec.rejected[reason] += 1
         self.rejected[reason] += 1
-        self.rejected_by[(dev, reason)] += 1
+        if (dev, reason) in self.rejected_by or len(self.rejected_by) < 1 << 16:   # bounded: made-up ids cannot grow it
+            self.rejected_by[(dev, reason)] += 1
         k = self.rec.rejected[reason]
         if k <= KEEP_REJECTIONS:
             self.store.reject(self.round, dev, reason, detail)

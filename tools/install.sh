@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs semifl on a fresh Debian/Ubuntu machine into the virtualenv .venv of this checkout (Debian's
 # own Python refuses system-wide pip installs): Debian's Fashion-MNIST (the main job's data), the
-# package, and with --dev Mosquitto (the tests' external broker) and the test tools. Uses sudo for
-# apt-get when not run as root. Run it again at any time: it installs only what is missing.
+# package, and with --dev Mosquitto (the tests' external broker), RabbitMQ (the clustered one) and the
+# test tools. Uses sudo for apt-get when not run as root. Run it again at any time: it installs only
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -20,7 +21,8 @@ apt_install() {
 }
 
 apt_pkgs="dataset-fashion-mnist"
-[ $dev = 1 ] && apt_pkgs="$apt_pkgs mosquitto chromium"
+# rabbitmq-server (~35 MB with Erlang): tests/test_rabbitmq.py's three-node cluster (tools/rabbitmq/cluster.py)
+[ $dev = 1 ] && apt_pkgs="$apt_pkgs mosquitto chromium rabbitmq-server"
 apt_install $apt_pkgs
 
 if [ ! -x .venv/bin/python ]; then

@@ -18,6 +18,7 @@ Output: one log for the worker, each line naming the device whose code wrote it.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import io
 import logging
@@ -42,13 +43,24 @@ START_BATCH = 64   # devices that connect between two passes of the loop: the fi
 log = logging.getLogger("semifl.worker")
 
 
+class _YoungGC:
+    """The node's `gc` in a worker. On a board gc.collect() frees its heap (MicroPython counts no
+    references); under CPython reference counting has freed the node's garbage already, and a full
+    collection would walk every device this worker hosts, at each upload: only the young objects."""
+
+    @staticmethod
+    def collect():
+        return gc.collect(0)
+
+
 def firmware():
     """(the Pi agent module, its hardware module, the node module), loaded from the firmware trees."""
     for sub in ("pi", "micropython"):
         if str(FIRMWARE / sub) not in sys.path:
             sys.path.insert(0, str(FIRMWARE / sub))
-    return (importlib.import_module("semifl_agent.agent"), importlib.import_module("semifl_agent.hardware"),
-            importlib.import_module("semifl_node.node"))
+    node = importlib.import_module("semifl_node.node")
+    node.gc = _YoungGC
+    return importlib.import_module("semifl_agent.agent"), importlib.import_module("semifl_agent.hardware"), node
 
 
 class Hosted(Owner):
@@ -251,6 +263,8 @@ class Worker:
                     self.add(line)
                 except Exception:
                     log.exception("cannot start the device %s", line)
+                if not self.pending:   # the devices' long-lived state out of the cyclic collector's walks
+                    gc.freeze()
             self.loop.once(1.0)
 
 

@@ -51,6 +51,7 @@ class Spool:
         self._unsynced = 0                                     # bytes appended since the last sync was asked for
         self._flusher: ThreadPoolExecutor | None = None        # the background sync (durable spools only)
         self._syncing = None                                   # its sync in flight
+        self._crc: ThreadPoolExecutor | None = None            # checksums computed beside the caller's work
 
     # --- files --------------------------------------------------------------------------------------
     def _name(self, rnd: int) -> str:
@@ -145,6 +146,13 @@ class Spool:
             self._wait()   # (done: only its error, if it had one)
             self._syncing, self._unsynced = self._flusher.submit(os.fdatasync, fd), 0
 
+    def checksum(self, data):
+        """A future of data's CRC-32, computed in a helper thread (zlib lets go of the GIL) while the
+        caller checks the data it is about to append: pass its result to `append`."""
+        if self._crc is None:
+            self._crc = ThreadPoolExecutor(1, thread_name_prefix="spool-crc")
+        return self._crc.submit(zlib.crc32, data)
+
     def _wait(self) -> None:
         """Until the background sync in flight is done (its error raised here)."""
         if self._syncing is not None:
@@ -197,6 +205,9 @@ class Spool:
         if self._flusher is not None:
             self._flusher.shutdown()
             self._flusher = None
+        if self._crc is not None:
+            self._crc.shutdown()
+            self._crc = None
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()

@@ -74,6 +74,9 @@ class Store:
                 self.db.execute("DELETE FROM contributions WHERE round=? AND device=? AND kind=?", (rnd, d, k))
 
     def close(self):
+        done = self.last_completed_round()
+        if done and self.spool.rounds() and min(self.spool.rounds()) <= done:
+            self._release_spool(done)   # what the last round's own release left behind
         self.spool.close()
         self.db.close()
 

@@ -74,6 +74,7 @@ class BufferedRound(FederatedRound):
         if what == "update":
             if self.busy.get(dev, (None,))[0] != u and (dev, u) not in self.expired:
                 raise Rejected("unexpected", f"{dev} was not asked to train on version {u}")
+            crc = self.checksum(blob, crc)
             arrays, norm = self._check_update(dev, meta, tensors, ctx)
             if self.busy.get(dev, (None,))[0] == u:
                 del self.busy[dev]

@@ -53,6 +53,7 @@ def is_update(kind: str) -> bool:
 ROW = 784
 CALIBRATION = 1000   # samples that set the int8 activation ranges
 NORM_RTOL = {"float32": 1e-4, "float16": 2e-3, "int8": 1e-4}   # a claimed norm vs the received update's
+CRC_BESIDE = 1 << 20   # an update this long has its spool CRC computed in a helper thread while it is checked
 
 
 def claimed_norm_differs(claimed: float, tensors, got: float) -> str | None:
@@ -201,6 +202,7 @@ class FederatedRound(Round):
         if what == "update":
             if not self.uploaders or dev not in self.uploaders:
                 raise Rejected("unexpected", f"{dev} was not asked to upload in round {s.round}")
+            crc = self.checksum(blob, crc)
             arrays, norm = self._check_update(dev, meta, tensors, self.ctx)
         else:
             if self.plan is None or dev not in self.plan.cl:
@@ -238,9 +240,14 @@ class FederatedRound(Round):
         else:
             self.blobs[(dev, "late_" + what)] = blob
 
-    def keep(self, dev: str, kind: str, meta: dict, blob, crc: int | None) -> None:
-        """A payload into the store (its spool), with the wire's CRC where there is one."""
+    def checksum(self, blob, crc: int | None):
+        """The CRC-32 the spool keeps with an update: the wire's, or one computed beside its checks."""
+        return crc if crc is not None or len(blob) < CRC_BESIDE else self.session.store.spool.checksum(blob)
+
+    def keep(self, dev: str, kind: str, meta: dict, blob, crc) -> None:
+        """A payload into the store (its spool), with its CRC where there is one (an int, or a future)."""
         s = self.session
+        crc = crc.result() if hasattr(crc, "result") else crc
         s.store.accept(s.round, dev, kind, meta["n"], blob, *(() if crc is None else (crc,)))
 
     def take(self, dev: str, kind: str, meta: dict, arrays, norm: float, ctx: Context):
@@ -425,10 +432,13 @@ class FederatedRound(Round):
         s, rec = self.session, self.session.rec
         fl, cl = self.screen(rnd, fl, cl)
         self.strategy.observe_fleet({d: c["n_samples"] for d, c in s.registry.devices.items()})
+        base = self.params
+        if self.cfg.prune_global and self.cfg.prune > 0:   # the step starts from the model the FL clients trained
+            base = [p * m for p, m in zip(base, mlp.prune_mask(base, self.cfg.prune))]
         if ingest is not None:
-            self.params = ingest.merged(self.strategy, self.params, {u.device for u in fl}, cl)
+            self.params = ingest.merged(self.strategy, base, {u.device for u in fl}, cl)
         else:
-            self.params = self.strategy.aggregate(self.params, fl, cl)
+            self.params = self.strategy.aggregate(base, fl, cl)
         self.ingest = None
         rec.mark("aggregate")
         s.progress(f"merged {len(fl)} updates and {len(cl)} sample batches; evaluating")

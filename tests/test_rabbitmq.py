@@ -6,6 +6,7 @@ import importlib.util
 import queue
 import secrets
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ def rabbit(tmp_path_factory):
     c.stop()
     left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"the cluster left processes behind: {left}"
+    for port in [c.epmd_port] + [p for n in c.nodes for p in (n.mqtt_port, n.dist_port)]:
+        with pytest.raises(OSError):   # nor an epmd or node that one of them started by itself
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 broker (docs/scale.md, "A clustered broker: RabbitMQ"). Debian's `rabbitmq-server` (3.10, MQTT 3.1.1).
 
     python tools/rabbitmq/cluster.py start DIR [--nodes 3]   # prints each node's MQTT URL
-    python tools/rabbitmq/cluster.py accounts DIR ACCOUNTS.json  # {"user": "password", ...}: semifl's ACL
+    python tools/rabbitmq/cluster.py accounts DIR --certs CERTS  # a `semifl certs` folder's, with semifl's ACL
+    python tools/rabbitmq/cluster.py accounts DIR ACCOUNTS.json  # or {"user": "password", ...}
     python tools/rabbitmq/cluster.py stop DIR
 
 Everything lives in DIR and runs as the current user: an Erlang cookie (HOME=DIR, which the CLI reads
@@ -51,10 +52,16 @@ def missing() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (all held open until every one is chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -133,7 +140,9 @@ class Cluster:
         try:
             self.ctl(node, "wait", str(self.folder(node) / "pid"), "--timeout", str(int(timeout)), timeout=timeout + 10)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
-            raise RuntimeError(f"{node.name} did not start ({e}); see {self.folder(node) / 'log'}") from None
+            logs = sorted((self.folder(node) / "log").glob("*.log")) + [self.folder(node) / "stdout.log"]
+            tail = "".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
+            raise RuntimeError(f"{node.name} did not start ({e}); its logs in {self.folder(node)} end:\n{tail}") from None
 
     def save(self) -> None:
         state = {"nodes": [asdict(n) for n in self.nodes], "epmd_port": self.epmd_port, "epmd_pid": self.epmd_pid,
@@ -237,6 +246,17 @@ def _wait_gone(pid: int, end: float) -> bool:
     return True
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"epmd did not listen on 127.0.0.1:{port} (exit code {proc.poll()})")
+
+
 def start(folder, n: int = 3, timeout: float = 180) -> Cluster:
     """Start an n-node cluster in `folder` (made if missing; must not hold an earlier one). -> the Cluster."""
     why = missing()
@@ -254,12 +274,16 @@ def start(folder, n: int = 3, timeout: float = 180) -> Cluster:
         os.chmod(cookie, 0o400)
     (d / "rabbitmq-env.conf").write_text("")   # instead of /etc/rabbitmq/rabbitmq-env.conf
     (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")   # offline plugin enabling
-    nodes = [Node(f"rabbit{i + 1}@localhost", free_port(), free_port()) for i in range(n)]
-    c = Cluster(d, nodes, free_port())
+    ports = free_ports(2 * n + 1)
+    nodes = [Node(f"rabbit{i + 1}@localhost", ports[2 * i], ports[2 * i + 1]) for i in range(n)]
+    c = Cluster(d, nodes, ports[-1])
     epmd = subprocess.Popen([shutil.which("epmd"), "-port", str(c.epmd_port), "-address", "127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     c.epmd_pid = epmd.pid
     try:
+        # before any node: a node or CLI that finds no epmd on its port starts one of its own, which
+        # would outlive stop()
+        _wait_listening(c.epmd_port, epmd)
         c.boot(nodes[0])
         for node in nodes[1:]:
             c.boot(node)
@@ -284,15 +308,25 @@ def stop(folder) -> None:
     Cluster.load(folder).stop()
 
 
+def certs_passwords(certs: Path) -> dict[str, str]:
+    """The accounts of a `semifl certs` folder (semifl.transport.certs' layout): the host's, each device's."""
+    out = {"semifl-host": (certs / "host.password").read_text().strip()}
+    for p in sorted((certs / "devices").glob("*.password")):
+        out[p.stem] = p.read_text().strip()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="cluster.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start the cluster in DIR; prints each node's MQTT URL")
     s.add_argument("dir")
     s.add_argument("--nodes", type=int, default=3)
-    a = sub.add_parser("accounts", help='create accounts from a JSON file {"user": "password"} (semifl-host: the host)')
+    a = sub.add_parser("accounts", help="create semifl's accounts: those of a `semifl certs` folder (--certs), or "
+                                         'a JSON file {"user": "password"} (semifl-host: the host)')
     a.add_argument("dir")
-    a.add_argument("passwords")
+    a.add_argument("passwords", nargs="?")
+    a.add_argument("--certs", metavar="CERTS", help="a `semifl certs` folder: host.password, devices/<id>.password")
     sub.add_parser("stop", help="stop the nodes and the epmd started in DIR").add_argument("dir")
     args = ap.parse_args(argv)
     if args.cmd == "start":
@@ -301,7 +335,10 @@ def main(argv=None) -> int:
             print(node.name, node.url)
         print(f"started in {c.start_s} s; stop with: {sys.argv[0]} stop {args.dir}", file=sys.stderr)
     elif args.cmd == "accounts":
-        Cluster.load(args.dir).accounts(json.loads(Path(args.passwords).read_text()))
+        if bool(args.certs) == bool(args.passwords):
+            ap.error("accounts: give a passwords JSON file or --certs, one of them")
+        Cluster.load(args.dir).accounts(certs_passwords(Path(args.certs)) if args.certs else
+                                        json.loads(Path(args.passwords).read_text()))
     else:
         stop(args.dir)
     return 0

@@ -37,6 +37,9 @@ class Federated:
     fl_uploaders: int = setting(3, "K: FL devices that upload per round, top by update norm", ge=0)
     cl_uploaders: int = setting(2, "N: CL devices that upload per round, top by channel", ge=0)
     prune: float = setting(0.3, "P: magnitude-pruning rate of the FL clients' copy of the model", ge=0, lt=1)
+    prune_global: bool = setting(False, "the host prunes its own model at P before each step too, not only the FL "
+                                 "clients' copy, so the entries they cannot see do not drift (the SemiFL seed's "
+                                 "published curves behave so; `semifl reproduce` runs its baselines this way)")
     fl_fraction: float = setting(0.3, "share of local data in an FL client's batch", gt=0, le=1)
     cl_fraction: float = setting(0.3, "S: share of a CL uploader's samples sent per round", gt=0, le=1)
     compression: str = setting("none", "none: FL clients prune at --prune; auto: each FL client's copy is "

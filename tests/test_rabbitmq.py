@@ -64,12 +64,13 @@ def url(rabbit, node: int, user: str, pw: dict) -> str:
 class Client:
     """A device-side MQTT client (paho, as the Pi agent) for the protocol checks."""
 
-    def __init__(self, rabbit, node: int, user: str, pw: dict):
+    def __init__(self, rabbit, node: int, user: str, pw: dict, client_id: str | None = None):
         import paho.mqtt.client as mqtt
 
         self.got, self.closed = queue.Queue(), []
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, clean_session=True)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or user, clean_session=True)
         self.c.username_pw_set(user, pw[user])
+        self.c.reconnect_delay_set(30, 60)   # a connection the broker closes stays closed while a test looks
         self.c.on_message = lambda c, u, m: self.got.put((m.topic, bytes(m.payload), bool(m.retain)))
         self.c.on_disconnect = lambda c, u, f, rc, p: self.closed.append(str(rc))
         self.c.connect("127.0.0.1", rabbit.nodes[node].mqtt_port, 30)
@@ -84,6 +85,12 @@ class Client:
             time.sleep(0.01)
         assert done, f"no SUBACK for {topic}"
         return self
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        end = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < end:
+            time.sleep(0.05)
+        return bool(self.closed)
 
     def messages(self, wait: float = 1.0) -> list:
         out, end = [], time.monotonic() + wait
@@ -196,10 +203,7 @@ def test_a_device_speaks_only_for_itself_and_within_4_mib(rabbit, passwords):
         forger = Client(rabbit, 1, "probe-a", passwords)
         time.sleep(0.3)
         forger.c.publish(wire.dev_topic("probe-b", wire.T_STATUS), b'{"v": 1}', qos=1)
-        end = time.monotonic() + 5
-        while not forger.closed and time.monotonic() < end:
-            time.sleep(0.05)
-        assert forger.closed, "the broker kept a device that spoke for another"
+        assert forger.wait_closed(), "the broker kept a device that spoke for another"
         forger.close()
         honest = Client(rabbit, 0, "probe-b", passwords)
         honest.c.publish(wire.dev_topic("probe-b", wire.T_PRESENCE), b"online", qos=1).wait_for_publish(5)
@@ -212,6 +216,20 @@ def test_a_device_speaks_only_for_itself_and_within_4_mib(rabbit, passwords):
         honest.close()
     finally:
         host.close()
+
+
+def test_another_account_with_a_device_client_id_takes_its_connection_but_not_its_topics(rabbit, passwords):
+    """RabbitMQ has no use_username_as_clientid: an account that connects with a device's client id ends
+    the device's connection (client ids are unique cluster-wide), but it may not subscribe in the
+    device's name: its queue and topics are the device's own (docs/scale.md says what that leaves)."""
+    device = Client(rabbit, 0, "probe-b", passwords)
+    time.sleep(0.3)
+    impostor = Client(rabbit, 1, "probe-a", passwords, client_id="probe-b")
+    assert device.wait_closed(), "the first connection of a client id survived a second one"
+    assert not impostor.closed
+    impostor.c.subscribe(wire.dev_topic("probe-b", wire.T_TASK), 1)
+    assert impostor.wait_closed(), "an account subscribed in another device's name"
+    device.close(), impostor.close()
 
 
 def test_no_shared_subscriptions(rabbit, passwords):

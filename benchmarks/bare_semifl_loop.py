@@ -2,7 +2,7 @@
 --baselines semifl` (same MLP functions, sample selection, channel ranking, pruning, mix), without
 the planner, strategies, fleet specs or byte accounting. The yardstick for what those cost.
 
-    python benchmarks/bare_semifl_loop.py --rounds 1000 --out JSON
+    python benchmarks/bare_semifl_loop.py --rounds 1000 --out JSON [--init get_initial_model.mat]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from semifl.fleet.channel import ChannelModel
-from semifl.learn import mlp
+from semifl.learn import initial, mlp
 from semifl.learn.data import load_idx_dataset, to_float
 from semifl.protocol.sampling import ceil_fraction, select
 
@@ -28,15 +28,17 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--init", help="initial model file (semifl.learn.initial); default: Glorot-uniform from --seed")
+    ap.add_argument("--lr", type=float, default=0.01)
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     ds = load_idx_dataset()
-    lr, prune, frac_fl, frac_cl, k_fl, n_cl = 0.01, 0.3, 0.3, 0.3, 3, 2
+    lr, prune, frac_fl, frac_cl, k_fl, n_cl = a.lr, 0.3, 0.3, 0.3, 3, 2
     fl_ids = [f"pi-{i:02d}" for i in range(6)]
     cl_ids = [f"mcu-{i:02d}" for i in range(6, 10)]
     data = {d: (ds.x_train[ds.y_train == c], ds.y_train[ds.y_train == c]) for c, d in enumerate(fl_ids + cl_ids)}
     channel = ChannelModel(10, a.seed)
-    params = mlp.init_params(seed=a.seed)
+    params = initial.load(a.init) if a.init else mlp.init_params(seed=a.seed)
     xt, yt = to_float(ds.x_test), ds.y_test.astype(np.int64)
     acc = []
     t1 = time.perf_counter()

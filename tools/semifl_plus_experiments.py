@@ -3,12 +3,17 @@ and named configurations for the ablation. One process, one core (set OPENBLAS_N
 
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=host:firmware/pi python tools/semifl_plus_experiments.py \
         --rounds 1000 --runs ablation          # or a comma list of RUNS names; --seed N for other seeds
+        [--init get_initial_model.mat] [--out DIR]
 
-Each run writes /tmp/splus/<run>_r<rounds>.json (per-round accuracy, loss, uplink bytes); a table of
-all finished runs is printed at the end (`--table` prints it without running anything).
+Each run writes DIR/<run>_r<rounds>.json (per-round accuracy, loss, uplink bytes, device joules; the
+command) and with --models its final model; a table of all finished runs in DIR is printed at the end (`--table` prints it without running
+anything, `--summary PATH` writes its rows as JSON). DIR: /tmp/splus unless --out.
 Uplink: FL bytes as they crossed the in-memory broker (updates in chunks, statuses); CL bytes as the
 wire size of the samples blobs sent (blob + 24-byte chunk headers: 785 bytes a sample plus a header per
 upload), so that the fresh-samples-only rule can be costed. CL baseline: 60000 x 785 bytes each round.
+Joules: the virtual meter's active energy (semifl.energy: training seconds the device measured, bytes
+at its board's radio rate and power; Pis as rpi4, MCUs as esp32), the MCUs' uploads under the run's rule;
+no idle energy, since in-process rounds take no simulated time.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ sys.path[:0] = [str(REPO / "host"), str(REPO / "firmware" / "pi")]
 
 from semifl.app.inprocess import run_inprocess  # noqa: E402
 from semifl.config import RunConfig  # noqa: E402
+from semifl.energy import VirtualMeter, load_profile  # noqa: E402
+from semifl.experiments.baselines import SEED_FLEET  # noqa: E402
+from semifl.learn import initial  # noqa: E402
 from semifl.fleet.planner import task_seed  # noqa: E402
 from semifl.learn.data import load_idx_dataset  # noqa: E402
 from semifl.learn.registry import SEMIFL_PLUS  # noqa: E402
@@ -36,7 +44,7 @@ from semifl.protocol import wire  # noqa: E402
 from semifl.protocol.sampling import ceil_fraction, select  # noqa: E402
 from semifl.sim.fleet import fleet_for, shard  # noqa: E402
 
-OUT = Path("/tmp/splus")
+OUT = Path("/tmp/splus")   # --out
 SAMPLE_BYTES = 785   # the CL baseline's cost of one sample (784 pixels + label)
 MCU_CHUNK = 4096     # an MCU's max_chunk
 
@@ -52,6 +60,7 @@ def wire_bytes(meta: dict, headers: list, chunk: int) -> int:
 PLUS = dict(SEMIFL_PLUS, prune="task")   # what `--strategy semifl+` runs
 RUNS = {
     "semifl": ({}, None, False),
+    "semifl-pruned-host": ({"prune_global": True}, None, False),   # the host's model pruned too (reproduce's)
     "semifl-fresh": ({}, None, True),     # same training; the host keeps samples, devices send only new ones
     "plus": ({}, PLUS, True),
     "plus-sgd": ({}, dict(PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),  # SemiFL's step
@@ -66,7 +75,7 @@ RUNS = {
     "plus-no-prune": ({}, dict(PLUS, prune=0.0), True),
     "plus-epochs3": ({"epochs": 3}, PLUS, True),
 }
-ABLATION = ["semifl", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
+ABLATION = ["semifl", "semifl-pruned-host", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
             "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
 CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
         "host/semifl/service/rounds/federated.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
@@ -95,20 +104,34 @@ def run(cfg: RunConfig, ds, kwargs, fresh_only: bool, log_every: int = 50) -> di
     sizes = {d: len(v[1]) for d, v in data.items()}
     strategy = make(cfg, kwargs, sizes)
     sent = {d: set() for d in data}
-    rec = {"accuracy": [], "loss": [], "fl_bytes": [], "cl_bytes": [], "cl_new_samples": [], "fl": [], "cl": []}
+    meters = {s.id: VirtualMeter(load_profile(s.sim.get("board", "rpi4" if s.device_class == "pi" else "esp32")))
+              for s in specs}
+    classes = {s.id: s.device_class for s in specs}
+    rec = {"accuracy": [], "loss": [], "fl_bytes": [], "cl_bytes": [], "cl_new_samples": [], "fl": [], "cl": [],
+           "joules": {"pi": [], "mcu": []}}
     t0 = time.time()
 
     def on_round(r):
-        rnd, new, cl_bytes = r["round"], 0, 0
+        rnd, new, cl_bytes, up = r["round"], 0, 0, {}
         for d in r["participants"]["cl"]:
             n = len(data[d][1])
             idx = select(n, ceil_fraction(n, cfg.federated.cl_fraction), task_seed(cfg.seed, rnd, d))
             k = sum(i not in sent[d] for i in idx) if fresh_only else len(idx)
             sent[d].update(idx)
             new += k
-            if k:
-                cl_bytes += wire_bytes({"kind": "samples", "round": rnd, "task": 10 ** 9, "device": d, "n": k},
-                                       [("uint8", (k, 784), 1.0, 0), ("uint8", (k,), 1.0, 0)], MCU_CHUNK)
+            up[d] = wire_bytes({"kind": "samples", "round": rnd, "task": 10 ** 9, "device": d, "n": k},
+                               [("uint8", (k, 784), 1.0, 0), ("uint8", (k,), 1.0, 0)], MCU_CHUNK) if k else 0
+            cl_bytes += up[d]
+        joules = {"pi": 0.0, "mcu": 0.0}
+        for d, (b_up, b_down) in r["device_bytes"].items():
+            if d not in meters:
+                continue
+            # a Pi's every byte as it crossed the broker; an MCU's samples as the run's rule sends them
+            j = meters[d].round_joules(0.0, train_s=r.get("device_times_s", {}).get(d, {}).get("local", 0.0),
+                                       bytes_up=b_up if classes[d] == "pi" else up.get(d, 0), bytes_down=b_down)
+            joules[classes[d]] += sum(j.values())
+        rec["joules"]["pi"].append(joules["pi"])
+        rec["joules"]["mcu"].append(joules["mcu"])
         rec["accuracy"].append(r["accuracy"])
         rec["loss"].append(r["loss"])
         rec["fl_bytes"].append(r["bytes_by_class"].get("pi", [0, 0])[0])
@@ -129,19 +152,29 @@ def summary(res: dict) -> dict:
     acc, rounds = res["accuracy"], len(res["accuracy"])
     up = sum(res["fl_bytes"]) + sum(res["cl_bytes"])
     cl_round = res["n_train"] * SAMPLE_BYTES
-    return {"run": res["run"], "rounds": rounds, "acc@300": acc[min(300, rounds) - 1], f"acc@{rounds}": acc[-1],
-            "best": max(acc), "last50": sum(acc[-50:]) / len(acc[-50:]), "uplink_bytes": up,
-            "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
-            "pct_cl_per_round": 100.0 * up / (cl_round * rounds), "pct_cl_once": 100.0 * up / cl_round,
-            "first_round_82": next((i + 1 for i, a in enumerate(acc) if a >= 0.82), None)}
+    first = next((i + 1 for i, a in enumerate(acc) if a >= 0.82), None)
+    out = {"run": res["run"], "rounds": rounds, "acc@300": acc[min(300, rounds) - 1], f"acc@{rounds}": acc[-1],
+           "best": max(acc), "last50": sum(acc[-50:]) / len(acc[-50:]), "uplink_bytes": up,
+           "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
+           "pct_cl_per_round": 100.0 * up / (cl_round * rounds), "pct_cl_once": 100.0 * up / cl_round,
+           "first_round_82": first, "init": res.get("init", initial.describe(None, res.get("config", {}).get("seed", 0)))}
+    if "joules" in res:
+        j = res["joules"]
+        out["joules"] = sum(j["pi"]) + sum(j["mcu"])
+        if first:   # what it took to get there: uplink under the run's rule, and the devices' active joules
+            out["to_82"] = {"round": first, "uplink_bytes": sum(res["fl_bytes"][:first]) + sum(res["cl_bytes"][:first]),
+                            "cl_uplink_bytes": cl_round * first, "joules": sum(j["pi"][:first]) + sum(j["mcu"][:first]),
+                            "joules_pi": sum(j["pi"][:first]), "joules_mcu": sum(j["mcu"][:first])}
+    return out
 
 
-def table(rounds: int, out: str | None = None) -> None:
+def table(rounds: int, out: str | None = None, command: str | None = None) -> None:
     rows = []
     for f in sorted(glob.glob(str(OUT / f"*_r{rounds}.json"))):
         rows.append(summary(json.load(open(f))))
     if out:   # the summaries docs/results.md renders (tools/results_md.py --ablation)
-        Path(out).write_text(json.dumps({"rounds": rounds, "runs": rows}, indent=1) + "\n")
+        Path(out).write_text(json.dumps({"rounds": rounds, "command": command, "folder": str(OUT),
+                                         "runs": rows}, indent=1) + "\n")
     print(f"{'run':22s} {'acc@300':>8s} {'acc@end':>8s} {'last50':>7s} {'best':>7s} {'r>=82%':>7s} {'uplink GB':>10s} "
           f"{'FL GB':>7s} {'CL MB':>8s} {'%CL/rnd':>8s} {'%CL once':>9s}")
     for s in rows:
@@ -152,6 +185,7 @@ def table(rounds: int, out: str | None = None) -> None:
 
 
 def main(argv=None):
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="semifl,plus", help=f"comma list of {sorted(RUNS)}, or 'ablation'")
     ap.add_argument("--rounds", type=int, default=300)
@@ -163,11 +197,19 @@ def main(argv=None):
     ap.add_argument("--tag", default="", help="suffix for the result name (with --set)")
     ap.add_argument("--table", action="store_true", help="print the table for --rounds and exit")
     ap.add_argument("--summary", help="with --table: also write the rows as JSON to this path")
+    ap.add_argument("--init", help="initial global model (the seed's get_initial_model.mat or an .npz); default: "
+                                   "Glorot-uniform from --seed")
+    ap.add_argument("--out", help=f"folder of the runs' JSON (default {OUT})")
+    ap.add_argument("--models", action="store_true", help="also write each run's final model (<run>_r<rounds>.npz)")
     a = ap.parse_args(argv)
+    OUT = Path(a.out) if a.out else OUT
     OUT.mkdir(parents=True, exist_ok=True)
+    command = "python tools/semifl_plus_experiments.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if a.table:
-        return table(a.rounds, a.summary)
+        return table(a.rounds, a.summary, command)
     digest = code_digest()   # the sources as this process imported them
+    if a.init:
+        initial.load(a.init)   # refused before any run
     ds = load_idx_dataset()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     for name in (ABLATION if a.runs == "ablation" else a.runs.split(",")):
@@ -175,12 +217,17 @@ def main(argv=None):
         if kwargs is not None and overrides:
             kwargs = dict(kwargs, **overrides)
         cfg_over = dict(cfg_over, **{k: json.loads(v) for k, v in (c.split("=", 1) for c in a.cfg)})
-        cfg = RunConfig.make(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, **cfg_over})
+        # the seed's fleet and merge (no robust rule, no quarantine, no batteries), as `semifl reproduce` runs
+        cfg = RunConfig.make(**{"rounds": a.rounds, "lr": a.lr, "epochs": a.epochs, "seed": a.seed, "init": a.init,
+                                **SEED_FLEET, **cfg_over})
         label = name + a.tag + (f".s{a.seed}" if a.seed else "")
         print(f"{label}: lr {cfg.lr} epochs {cfg.epochs} {kwargs}", flush=True)
         res = run(cfg, ds, kwargs, fresh)
-        res.update(run=label, config=cfg.to_dict(), strategy=kwargs, fresh_only=fresh, code=digest)
-        np.savez(OUT / f"{label}_r{a.rounds}.npz", *res.pop("params"))
+        res.update(run=label, config=cfg.to_dict(), strategy=kwargs, fresh_only=fresh, code=digest, command=command,
+                   init=initial.describe(a.init, a.seed))
+        params = res.pop("params")
+        if a.models:
+            np.savez(OUT / f"{label}_r{a.rounds}.npz", *params)
         (OUT / f"{label}_r{a.rounds}.json").write_text(json.dumps(res))
         s = summary(res)
         print(f"{label}: acc@300 {s['acc@300']:.4f} final {res['accuracy'][-1]:.4f} uplink {s['uplink_bytes'] / 1e9:.3f} GB "

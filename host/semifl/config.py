@@ -126,6 +126,9 @@ class Sim:
                                         "(0 or default: mains powered)", ge=0)
     pi_charge: list[float] = setting([], "the Pi-class devices' charge at start, cycled (default: full)",
                                      ge=0, le=1)
+    mcu_battery_j: float = setting(2000.0, "battery capacity of each MCU-class device, joules, drained by what it "
+                                   "sends (0: mains powered; at 2000 J an MCU that sends all 6,000 of its samples "
+                                   "every round runs flat after about 400 rounds)", ge=0)
     pi_battery_sleeps: bool = setting(False, "the Pis' batteries pay only for work, not idle time (a board "
                                       "that sleeps between tasks)")
     pi_slowdown: list[float] = setting([], "simulated stragglers, cycled over the Pi-class devices: a device "

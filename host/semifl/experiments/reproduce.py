@@ -12,7 +12,7 @@ import numpy as np
 
 from semifl.app.inprocess import run_inprocess
 from semifl.config import ConfigError, RunConfig
-from semifl.experiments.baselines import BASELINES, SEED_FINALS, SEED_LAST50, SEED_LR, SEED_MAX
+from semifl.experiments.baselines import BASELINES, SEED_CURVE, SEED_FINALS, SEED_LAST50, SEED_LR
 from semifl.learn import initial, mlp
 from semifl.learn.data import Dataset, to_float
 
@@ -96,11 +96,12 @@ def last_mean(acc: list[float], n: int | None = None) -> float:
     return 100 * sum(acc[max(0, n - WINDOW):n]) / len(acc[max(0, n - WINDOW):n])
 
 
-SEED_ROUNDS = 1000   # the round SEED_FINALS (and SEED_MAX, over rounds 1..1000) were read at
+SEED_ROUNDS = 1000   # the round SEED_FINALS and SEED_LAST50 were read at
 
 
 def seed_mean(name: str, n: int, curves: dict | None) -> float | None:
     """The seed's mean accuracy (%) over rounds n-49..n: from its curve, or at round 1000 its known mean."""
+    name = SEED_CURVE.get(name, name)
     if curves and name in curves and len(curves[name]) >= n:
         return last_mean(curves[name], n)
     return SEED_LAST50.get(name) if n == SEED_ROUNDS else None
@@ -124,7 +125,7 @@ def table(results: dict, curves: dict | None = None) -> str:
     for name, c in results["baselines"].items():
         ours, seed = last_mean(c["accuracy"]), seed_mean(name, n, curves)
         compared |= seed is not None
-        at = SEED_FINALS.get(name) if n == SEED_ROUNDS else None
+        at = SEED_FINALS.get(SEED_CURVE.get(name, name)) if n == SEED_ROUNDS else None
         rows.append(f"| {name} | {f'{seed:.2f} %' if seed is not None else '—'} | {ours:.2f} % | "
                     f"{f'{ours - seed:+.2f}' if seed is not None else '—'} | {100 * c['accuracy'][-1]:.2f} %"
                     f"{f' (seed {at:.2f} %)' if at else ''} | {100 * max(c['accuracy']):.2f} % | "
@@ -148,7 +149,7 @@ def plot(results: dict, out: Path, curves: dict | None = None) -> None:
     from matplotlib.ticker import MaxNLocator
 
     names = list(results["baselines"])
-    paired = [n for n in names if curves and n in curves]
+    paired = [n for n in names if curves and SEED_CURVE.get(n, n) in curves]
     fig = plt.figure(figsize=(12, 8.5 if paired else 4.5))
     grid = fig.add_gridspec(2 if paired else 1, max(len(paired), 2))
     half = max(len(paired), 2) // 2
@@ -169,7 +170,7 @@ def plot(results: dict, out: Path, curves: dict | None = None) -> None:
     for k, name in enumerate(paired):
         ax = fig.add_subplot(grid[1, k], sharey=a1)
         ours = 100 * np.array(results["baselines"][name]["accuracy"])
-        seed = 100 * np.array(curves[name][:len(ours)])
+        seed = 100 * np.array(curves[SEED_CURVE.get(name, name)][:len(ours)])
         ax.plot(np.arange(1, len(seed) + 1), seed, color="0.55", lw=0.8, label="seed (published)")
         ax.plot(np.arange(1, len(ours) + 1), ours, color=colors[name], lw=0.8, label="ours")
         sm = seed_mean(name, len(ours), curves)

@@ -92,6 +92,8 @@ def fleet_for(cfg, ds: Dataset) -> list[DeviceSpec]:
     for spec in specs:
         if spec.id in sim.silent:
             spec.config["silent"] = True
+        if spec.device_class == "mcu":
+            spec.sim["battery_j"] = float(sim.mcu_battery_j)
     if sim.partition != "class":
         params = {"k-classes": {"k": sim.k_classes}, "dirichlet": {"alpha": sim.alpha}}.get(sim.partition, {})
         parts = partition(sim.partition, ds.y_train, len(specs), cfg.seed, **params)

@@ -218,6 +218,24 @@ def test_a_device_speaks_only_for_itself_and_within_4_mib(rabbit, passwords):
         host.close()
 
 
+def test_anonymous_and_wrong_password_are_refused(rabbit, passwords):
+    import paho.mqtt.client as mqtt
+
+    for user, password in ((None, None), ("probe-a", "not-" + passwords["probe-a"])):
+        answers = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="probe-a", clean_session=True)
+        if user:
+            c.username_pw_set(user, password)
+        c.on_connect = lambda c_, u, f, rc, p, got=answers: got.append(rc)
+        c.connect("127.0.0.1", rabbit.nodes[1].mqtt_port, 30)
+        c.loop_start()
+        end = time.monotonic() + 5
+        while not answers and time.monotonic() < end:
+            time.sleep(0.05)
+        c.loop_stop()
+        assert answers and answers[0].is_failure, (user, answers)
+
+
 def test_another_account_with_a_device_client_id_takes_its_connection_but_not_its_topics(rabbit, passwords):
     """RabbitMQ has no use_username_as_clientid: an account that connects with a device's client id ends
     the device's connection (client ids are unique cluster-wide), but it may not subscribe in the

@@ -142,6 +142,7 @@ def test_reproduce_records_its_init_and_sets_ours_against_the_seed_curve(tmp_pat
                  "--seed-curves", str(tmp_path / "curves.json"), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["init"]["kind"] == "file" and res["init"]["format"] == "npz"
+    assert res["command"].startswith("semifl reproduce semifl --rounds 3 --baselines fl --init ")
     assert res["init"]["sha256"] == hashlib.sha256((tmp_path / "init.npz").read_bytes()).hexdigest()
     assert res["baselines"]["fl"]["config"]["init"] == str(tmp_path / "init.npz")
     ours = 100 * np.mean(res["baselines"]["fl"]["accuracy"])

@@ -308,6 +308,13 @@ def _fractions(upper_open: bool):
     return parse
 
 
+def _command(args) -> str:
+    """The command line that wrote an experiment's results, kept in its JSON."""
+    import shlex
+
+    return "semifl " + shlex.join(args.argv)
+
+
 def _init_flag(p: argparse.ArgumentParser):
     p.add_argument("--init", metavar="PATH", help="initial global model: the SemiFL seed's code/get_initial_model.mat "
                    "(MATLAB v7.3) or an .npz (default: Glorot-uniform from --seed)")
@@ -344,7 +351,7 @@ def cmd_reproduce(args):
                 tasks[name] = prog.add_task(name, total=args.rounds)
             prog.update(tasks[name], completed=m["round"], description=f"{name} {100 * m['accuracy']:.2f}%")
         reproduce(ds, args.rounds, Path(args.out), names, args.seed or 0, on_round, lr=args.lr, init=args.init,
-                  seed_curves=args.seed_curves)
+                  seed_curves=args.seed_curves, command=_command(args))
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.json, accuracy.png, table.md")
     return 0
@@ -368,6 +375,7 @@ def cmd_sweep(args):
                 tasks[cell] = prog.add_task(f"S={cell[0]} P={cell[1]}", total=args.rounds)
             prog.update(tasks[cell], completed=m["round"], description=f"S={cell[0]} P={cell[1]} {100 * m['accuracy']:.2f}%")
         sweep(ds, args.rounds, Path(args.out), args.s, args.p, args.seed or 0, on_round=on_round, init=args.init,
+              command=_command(args),
               on_cell=lambda s, p, acc, up: prog.console.print(f"S={s} P={p}: accuracy {100 * acc:.2f}%, "
                                                                f"uplink {up / 1e9:.2f} GB"))
     print(f"wrote {args.out}/sweep.json and sweep.png")
@@ -656,6 +664,7 @@ def main(argv=None) -> int:
     _init_flag(p)
     p.set_defaults(fn=cmd_sweep)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)
     level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)

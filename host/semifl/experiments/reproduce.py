@@ -52,9 +52,11 @@ def run_baseline(name: str, rounds: int, ds: Dataset, seed: int = 0, on_round=No
 
 
 def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = None, seed: int = 0, on_round=None,
-              lr: float | None = None, init: str | None = None, seed_curves: str | None = None) -> dict:
+              lr: float | None = None, init: str | None = None, seed_curves: str | None = None,
+              command: str | None = None) -> dict:
     """init: an initial-model file (`semifl.learn.initial`), else Glorot-uniform from `seed`; recorded
-    in results.json as "init". seed_curves: a JSON of the seed's curves ({name: {"accuracy": [...]}})."""
+    in results.json as "init". seed_curves: a JSON of the seed's curves ({name: {"accuracy": [...]}}).
+    command: the command line, kept in results.json."""
     if init:
         initial.load(init)   # a file that does not fit is refused before anything is written
     curves = load_curves(seed_curves) if seed_curves else None
@@ -62,7 +64,8 @@ def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = Non
     names = names or list(BASELINES)
     lr = SEED_LR if lr is None else lr
     how = initial.describe(init, seed)
-    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "lr": lr, "init": how, "baselines": {}}
+    results = {"dataset": ds.name, "rounds": rounds, "seed": seed, "lr": lr, "init": how, "command": command,
+               "baselines": {}}
     old = out / "results.json"
     if old.exists():   # a run of some baselines adds to (or replaces) those of an earlier run of the same setup
         prev = json.loads(old.read_text())

@@ -16,7 +16,7 @@ P_GRID = (0.0, 0.3, 0.6, 0.8)
 
 
 def sweep(ds: Dataset, rounds: int, out: Path, s_grid=S_GRID, p_grid=P_GRID, seed: int = 0, on_cell=None,
-          on_round=None, init: str | None = None) -> dict:
+          on_round=None, init: str | None = None, command: str | None = None) -> dict:
     """on_cell(s, p, accuracy, bytes up) after each cell; on_round((s, p), metrics) after each round;
     init: an initial-model file (`semifl.learn.initial`), else Glorot-uniform from `seed`."""
     if init:
@@ -35,6 +35,7 @@ def sweep(ds: Dataset, rounds: int, out: Path, s_grid=S_GRID, p_grid=P_GRID, see
             if on_cell:
                 on_cell(s, p, acc[i, j], up[i, j])
             result = {"dataset": ds.name, "rounds": rounds, "seed": seed, "init": initial.describe(init, seed),
+                      "command": command,
                       "S": list(s_grid), "P": list(p_grid), "final_accuracy": acc.tolist(),
                       "last50_accuracy": mean.tolist(), "bytes_up": up.tolist()}
             (out / "sweep.json").write_text(json.dumps(result))

@@ -89,7 +89,9 @@ class Cluster:
 
     def env(self, node: Node | None = None) -> dict:
         """The environment of a node (or of the CLI, node None): every path under DIR, none of the system's."""
-        env = dict(os.environ, HOME=str(self.dir), ERL_EPMD_PORT=str(self.epmd_port), ERL_EPMD_ADDRESS="127.0.0.1",
+        # none of the caller's RABBITMQ_* or ERL_* settings: they would point a node at other paths or ports
+        own = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env = dict(own, HOME=str(self.dir), ERL_EPMD_PORT=str(self.epmd_port), ERL_EPMD_ADDRESS="127.0.0.1",
                    RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
                    RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
                    RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}")
@@ -117,7 +119,7 @@ class Cluster:
         d = self.folder(node)
         for sub in ("mnesia", "log", "conf.d"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        (d / "rabbitmq.conf").write_text(
+        conf = (
             "listeners.tcp = none\n"                       # no AMQP listener: MQTT only
             f"mqtt.listeners.tcp.default = 127.0.0.1:{node.mqtt_port}\n"
             "mqtt.allow_anonymous = false\n"
@@ -127,7 +129,9 @@ class Cluster:
             "log.console = false\nlog.file.level = info\n"
             # the admin account the broker creates at first boot: a random password nobody uses
             f"default_user = semifl-admin\ndefault_pass = {secrets.token_hex(16)}\n")
-        os.chmod(d / "rabbitmq.conf", 0o600)
+        fd = os.open(d / "rabbitmq.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # that password
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
         with open(d / "stdout.log", "wb") as out:
             p = subprocess.Popen([str(BIN / "rabbitmq-server")], env=self.env(node), stdout=out,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

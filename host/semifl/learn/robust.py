@@ -128,10 +128,11 @@ def krum_select(deltas: list[list[np.ndarray]], f: int, m: int = 1) -> list[int]
     return sorted(sorted(range(len(deltas)), key=lambda i: (s[i], i))[:m])
 
 
-def cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """cos(a, b) over all layers; 0 when either is all zero."""
+def cosine(a: list[np.ndarray], b: list[np.ndarray], nb: float | None = None) -> float:
+    """cos(a, b) over all layers; 0 when either is all zero. nb: b's norm, where the caller scores many
+    updates against one reference."""
     dot = sum(float(np.dot(x.ravel().astype(np.float64), y.ravel().astype(np.float64))) for x, y in zip(a, b))
-    na, nb = norms([a, b])
+    na, nb = global_norm(a), global_norm(b) if nb is None else nb
     return dot / (na * nb) if na > 0 and nb > 0 else 0.0
 
 
@@ -290,14 +291,22 @@ def class_scores(fl: list[FLUpdate], hists: dict, n_classes: int,
             ok = ~np.isnan(x).all(0)
             ref[ok, c] = np.nanmedian(x[:, ok], axis=0)
     out = {}
+    plain, refs = not np.isnan(cols).any(), {}   # no pruned entries: each class's reference column is the same for all
     for k, u in enumerate(ups):
         num = den = 0.0
         for c in np.flatnonzero(holders[k]):
-            both = ~np.isnan(cols[k, :, c]) & ~np.isnan(ref[:, c])
+            if plain and c in refs:
+                both, b, nb = refs[c]
+            else:
+                both = ~np.isnan(cols[k, :, c]) & ~np.isnan(ref[:, c])
+                b = ref[both, c]
+                nb = float(np.linalg.norm(b))
+                if plain:
+                    refs[c] = both, b, nb
             if not both.any():
                 continue
-            a, b = cols[k, both, c], ref[both, c]
-            na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+            a = cols[k, both, c]
+            na = float(np.linalg.norm(a))
             cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
             num += sh[k, c] * cos
             den += sh[k, c]
@@ -373,10 +382,10 @@ def anomaly(fl: list[FLUpdate], thresholds: Thresholds = Thresholds(), hists: di
     med = float(np.median(n))
     ref = coordinate_median(deltas, [u.mask for u in fl])
     cls = class_scores(fl, hists, n_classes, thresholds) if hists and n_classes else {}
-    out = {}
+    out, nref = {}, global_norm(ref)
     for u, x in zip(fl, n):
         r = x / med if med > 0 else (0.0 if x == 0 else math.inf)
-        c = cosine(u.delta, ref)
+        c = cosine(u.delta, ref, nref)
         out[u.device] = {"norm_ratio": round(float(r), 4), "cosine": round(float(c), 4)}
         if u.device in cls:
             out[u.device]["class_cosine"] = round(cls[u.device], 4)

@@ -125,6 +125,36 @@ def test_stop_without_the_host_reaps_every_process(tmp_path, fashion, mosquitto)
         watch.close()
 
 
+def test_a_worker_s_devices_reconnect_after_the_broker_restarts(tmp_path, fashion):
+    import tempfile
+
+    from conftest import start_mosquitto
+    from semifl.transport.broker import free_port
+
+    port, d = free_port(), tempfile.mkdtemp()
+    url = f"mqtt://127.0.0.1:{port}"
+    broker = start_mosquitto(port, d)
+    specs = seed_fleet(2, 2, 10, seed=0, rounds=5)
+    fleet = VirtualFleet(tmp_path / "fleet", specs, fashion, url, mcu_processes=0, workers=1).start()
+    watch = Presence(url)
+    try:
+        assert watch.wait({s.id: "online" for s in specs}), watch.seen
+        watch.close()
+        broker.terminate()
+        broker.wait(10)
+        time.sleep(1.5)   # refused reconnects meanwhile: each device backs off
+        broker = start_mosquitto(port, d)   # no persistence: nothing retained, every device must report again
+        watch = Presence(url)
+        assert watch.wait({s.id: "online" for s in specs}, 60), watch.seen
+        log = (tmp_path / "fleet" / "_workers" / "worker-0.log").read_text()
+        assert all(f"{s.id} semifl.worker link lost" in log for s in specs), log
+    finally:
+        watch.close()
+        fleet.stop(timeout=0.5)
+        broker.terminate()
+        broker.wait(10)
+
+
 def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 

@@ -306,7 +306,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     sys.stdout = _Tagged(out, worker.loop)
     log.info("%d devices, pid %d", len(configs), os.getpid())
-    worker.run()
+    try:
+        worker.run()
+    except KeyboardInterrupt:   # Ctrl-C on `semifl run` reaches the whole process group: the links drop, wills fire
+        sys.exit(130)
     log.info("done: %d devices left", worker.alive)
 
 

@@ -83,7 +83,7 @@ class PersonalRound(Round):
             self.values.setdefault(dev, {"up": 0, "down": 0})["down"] += msg.values
 
     # --- inbound ----------------------------------------------------------------------------------
-    def on_blob(self, dev: str, kind: int, blob: bytes):
+    def on_blob(self, dev: str, kind: int, blob: bytes, crc: int | None = None):
         s = self.session
         meta, tensors = s.open_blob(dev, blob)
         rnd = s.round
@@ -108,7 +108,7 @@ class PersonalRound(Round):
             self.method.check(up)
         except ValueError as e:
             raise Rejected("shape", str(e)) from None
-        s.store.accept(rnd, dev, "upload", meta["n"], blob)   # durable before it counts
+        s.store.accept(rnd, dev, "upload", meta["n"], blob, crc)   # durable before it counts
         self._took(dev, meta, up)
 
     def _took(self, dev, meta, up):

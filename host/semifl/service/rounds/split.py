@@ -91,7 +91,7 @@ class SplitRound(Round):
             return True
         return False
 
-    def on_blob(self, dev: str, kind: int, blob: bytes):
+    def on_blob(self, dev: str, kind: int, blob: bytes, crc: int | None = None):   # (nothing of it is stored)
         meta, tensors = self.session.open_blob(dev, blob)
         if kind == wire.KIND_GENERATOR and meta.get("kind") == "generator":
             return self._on_generator(dev, meta, tensors)

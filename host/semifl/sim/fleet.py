@@ -261,7 +261,7 @@ class VirtualFleet:
         if mcu_runtime == "micropython" and why_not:
             raise RuntimeError(f"cannot run MCU devices under MicroPython: {why_not}")
         self.mcu_runtime = mcu_runtime if mcu_runtime != "auto" else ("cpython" if why_not else "micropython")
-        self.n_workers = workers or len(os.sched_getaffinity(0))
+        self.n_workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self.own = {s.id for s in self._own_process(specs, mcu_processes, own_processes)}
         self.procs: dict[str, subprocess.Popen] = {}   # device id -> its process (devices of their own)
         self.workers: list[tuple[subprocess.Popen, socket.socket]] = []

@@ -135,7 +135,7 @@ def cmd_run(args):
 
     if args.resume:
         given = {k for k, v in vars(args).items() if v not in (None, False) and k not in
-                 ("resume", "rounds", "fn", "cmd", "verbose", "debug", "ui", "ui_linger")}
+                 ("resume", "rounds", "fn", "cmd", "argv", "verbose", "debug", "ui", "ui_linger")}
         if given:
             raise ConfigError(f"--resume takes the run's own config.json; only --rounds may change "
                               f"(also given: {', '.join('--' + g.replace('_', '-') for g in sorted(given))})")

@@ -215,3 +215,14 @@ def test_a_device_enrolled_while_the_embedded_broker_runs_can_connect(tmp_path):
         assert why == "ok"
         ok.disconnect()
         assert connect(b.port, c.ca, new.user, "wrong")[1] != "ok"
+
+
+def test_fleet_credentials_issue_a_fleet_in_one_password_file_and_keep_earlier_accounts(tmp_path):
+    c = certs.fleet_credentials(tmp_path / "certs", [f"d-{i}" for i in range(50)])
+    before = certs.read_passwd(c.passwd)
+    certs.fleet_credentials(tmp_path / "certs", [f"d-{i}" for i in range(60)])   # ten more join
+    after = certs.read_passwd(c.passwd)
+    assert len(after) == 61 and all(after[u] == h for u, h in before.items())   # 60 devices and the host
+    for i in (0, 49, 59):
+        assert certs.verify_password(c.device(f"d-{i}").password, after[f"d-{i}"])
+    assert not certs.verify_password(c.device("d-1").password, after["d-0"])

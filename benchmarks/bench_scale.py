@@ -9,8 +9,8 @@ Mosquitto, its process tree's peak RSS.
 
 Each N runs in a process of its own under benchmarks/proctree.py (the peak is that process's tree,
 Mosquitto included). Accounts: one password per device, hashed for Mosquitto's password file with
-mosquitto_passwd's 101 PBKDF2 iterations (--iterations; `semifl certs` writes 10,000, which costs
-Mosquitto ~7 ms of one core per connection: 70 s for 10,000 devices).
+mosquitto_passwd's 101 PBKDF2 iterations (--iterations; as `semifl certs` now does: the 10,000 it
+wrote before cost Mosquitto ~7 ms of one core per connection, 70 s for 10,000 devices).
 Writes benchmarks/results/scale.json (merging the N it ran into what is there).
 """
 from __future__ import annotations

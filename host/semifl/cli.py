@@ -164,7 +164,7 @@ def cmd_run(args):
         else:
             print("\nstopped before the run began", file=sys.stderr)
         return 130
-    rc = _ended("run", summary, where["out"], f"{where['out']}/fleet/*/device.log")
+    rc = _ended("run", summary, where["out"], f"{where['out']}/fleet/_workers/*.log and fleet/*/device.log")
     view.linger()
     return rc
 
@@ -284,7 +284,7 @@ def cmd_fleet(args):
 
     cfg = _external(args, "fleet")
     fleet = start_fleet(cfg, Path(args.root), certs=args.certs)
-    print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/<id>/device.log "
+    print(f"{len(fleet.specs)} virtual devices running against {cfg.broker}; logs in {args.root}/_workers/ (devices sharing a process) and {args.root}/<id>/device.log (one of their own) "
           f"(Ctrl-C stops them)", flush=True)
     try:
         fleet.stop(timeout=10 ** 9)   # devices exit when the host ends the run

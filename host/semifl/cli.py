@@ -157,7 +157,7 @@ def cmd_run(args):
         with view, show.start(done):
             summary = run_experiment(cfg, on_round=show.on_round, overwrite=args.overwrite, resume=bool(args.resume),
                                      on_start=started, on_progress=show.on_progress, certs=args.certs,
-                                     on_session=view.hook)
+                                     on_session=view.hook, workers=args.host_workers)
     except KeyboardInterrupt:
         if "out" in where:
             print(f"\nstopped after {_rounds(show.last)}; go on with: semifl run --resume {where['out']}", file=sys.stderr)
@@ -268,13 +268,32 @@ def cmd_serve(args):
     try:
         with view, show.start(0):
             summary = serve(cfg, args.wait_devices, args.wait_s, on_round=show.on_round,
-                            on_progress=show.on_progress, on_start=started, state=args.state, on_session=view.hook)
+                            on_progress=show.on_progress, on_start=started, state=args.state, on_session=view.hook,
+                            workers=args.host_workers, spawn=not args.workers_elsewhere)
     except KeyboardInterrupt:
         print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
         return 130
     rc = _ended("serve", summary, where["out"], "the devices' logs")
     view.linger()
     return rc
+
+
+def cmd_worker(args):
+    """A host worker (service/aggregator.py) on --broker until Ctrl-C: folds its share of the FL uploads."""
+    from semifl.service.aggregator import run_aggregator
+
+    _link_secrets(args)
+    print(f"host worker {args.id} on {args.broker}; its spool in {args.dir} (Ctrl-C stops it)", flush=True)
+    return run_aggregator(args.broker, args.id, args.dir)
+
+
+def _host_workers(p: argparse.ArgumentParser, elsewhere: bool = False):
+    p.add_argument("--host-workers", type=int, default=0, metavar="N",
+                   help="N host worker processes fold the FL uploads, sharing them through MQTT v5 shared "
+                        "subscriptions (needs --broker of a Mosquitto 2; docs/scale.md)")
+    if elsewhere:
+        p.add_argument("--workers-elsewhere", action="store_true",
+                       help="with --host-workers N: start none here, wait for N `semifl worker`s")
 
 
 def cmd_fleet(args):
@@ -546,6 +565,7 @@ def main(argv=None) -> int:
                                                             "replaced (other files are kept)")
     p.add_argument("--resume", metavar="DIR", help="go on with the interrupted run in DIR from its last completed "
                                                    "round (its own config; --rounds may extend it)")
+    _host_workers(p)
     _ui_flags(p)
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("broker", help="start the embedded MQTT broker")
@@ -581,8 +601,17 @@ def main(argv=None) -> int:
     p.add_argument("--wait-s", type=float, default=300, help="how long to wait for them, seconds (default 300)")
     p.add_argument("--state", metavar="PATH", help="the SQLite state a restart resumes from (default: state.db "
                                                    "in the output folder, runs/serve-<name>)")
+    _host_workers(p, elsewhere=True)
     _ui_flags(p)
     p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("worker", help="a host worker: folds a share of the FL uploads for a `semifl serve "
+                                      "--host-workers N --workers-elsewhere` (Mosquitto 2)")
+    p.add_argument("--broker", required=True, type=_broker_url, help="mqtt[s]://[user@]host:port of the Mosquitto")
+    p.add_argument("--broker-password-file", metavar="PATH", help="the password of the --broker user")
+    p.add_argument("--id", required=True, type=_nonempty, help="this worker's name (unique among the workers)")
+    p.add_argument("--dir", required=True, help="its folder (the spool of the updates it takes)")
+    _verbosity(p)
+    p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("ui", help="finished runs' folders, read-only, in the web page (two or more: compared)")
     p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl-20250101-120000 runs/fedavg-...")
     p.add_argument("--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT",

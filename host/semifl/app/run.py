@@ -18,6 +18,7 @@ from semifl.energy import fleet_energy
 from semifl.learn.data import Dataset, load_idx_dataset
 from semifl.learn.har import HARData, load_har
 from semifl.learn.partition import describe
+from semifl.service.aggregator import Coordinator, Workers, coordinator_subs
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.session import Session
 from semifl.service.store import Store
@@ -29,6 +30,8 @@ from semifl.transport.mqtt import BrokerError, HostLink
 from .build import limits, make_round, public_set
 
 log = logging.getLogger("semifl.run")
+NO_SHARE = ("host workers share the devices' uploads through MQTT v5 shared subscriptions ($share/...): "
+            "the embedded broker has none; give --broker mqtt://... of a Mosquitto 2")
 
 
 def round_time_breakdown(rounds: list[dict], classes: dict[str, str]) -> dict:
@@ -114,17 +117,20 @@ def wait_for_fleet(session: Session, n: int, stall_s: float) -> bool:
 
 
 def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=None, on_progress=None,
-                  certs: Path | None = None, on_session=None):
+                  certs: Path | None = None, on_session=None, workers: int = 0):
     """One run: the broker (embedded, with this run's own credentials, unless cfg.broker), the host's
     store, link and session, the round object of the strategy, and the virtual fleet; stop(metrics)
     may end it before cfg.rounds. certs: with cfg.broker, a `semifl certs` folder that gives each
     virtual device its own account (issued there if missing). on_session(session): told the session
-    before the fleet starts (a live view). -> (session, round object, metrics)."""
+    before the fleet starts (a live view). workers: host workers that fold the FL uploads (service/
+    aggregator.py; needs cfg.broker, a Mosquitto 2). -> (session, round object, metrics)."""
+    if workers and not cfg.broker:
+        raise ConfigError(NO_SHARE)
     with contextlib.ExitStack() as stack:
         fleet = VirtualFleet(out / "fleet", specs, None if cfg.family == "personal" else data, cfg.broker,
                              **fleet_layout(cfg))
         if cfg.broker:
-            url, link = cfg.broker, HostLink(cfg.broker)
+            url, link = cfg.broker, HostLink(cfg.broker, **({"subs": coordinator_subs(False)} if workers else {}))
             if certs is not None:
                 fleet.certs = fleet_credentials(certs, [s.id for s in specs], init_ca=False)
         else:
@@ -135,11 +141,17 @@ def run_on_broker(cfg: RunConfig, out: Path, specs, data, on_round=None, stop=No
         stack.callback(store.close)
         link.connect()
         stack.callback(link.close)
-        session = Session(link, store, limits(cfg))
+        coord = Coordinator(link, workers) if workers else None
+        session = Session(coord or link, store, limits(cfg))
         session.on_progress = on_progress
         if on_session:
             on_session(session)
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs])
+        if coord:
+            coord.attach(rounds_obj)
+            stack.enter_context(Workers(url, workers, out / "workers"))
+            if not coord.wait(session, workers, cfg.host.startup_timeout_s):
+                raise TimeoutError(f"{len(coord.live)} of {workers} host workers came up; see {out}/workers/*.log")
         stack.enter_context(fleet)
         if not wait_for_fleet(session, len(specs), cfg.host.startup_timeout_s):
             raise TimeoutError(f"only {len(session.registry.online)} of {len(specs)} devices came up, none more in "
@@ -161,7 +173,7 @@ def add_energy(summary: dict) -> None:
 
 # what a run writes into its folder; `--overwrite` replaces these and nothing else
 OUTPUTS = ("summary.json", "rounds.png", "final_model.npz", "config.json", "state.db", "state.db-wal",
-           "state.db-shm", "fleet")
+           "state.db-shm", "fleet", "workers")
 
 
 def run_folder(cfg: RunConfig, overwrite: bool = False) -> Path:
@@ -216,11 +228,13 @@ def resume_config(folder: str, rounds: int | None = None) -> tuple[RunConfig, in
 
 def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, stop=None, *,
                    overwrite: bool = False, resume: bool = False, on_start=None, on_progress=None,
-                   certs: str | None = None, on_session=None) -> dict:
+                   certs: str | None = None, on_session=None, workers: int = 0) -> dict:
     """`semifl run`: the run `cfg` describes, its summary.json, plot and final model. stop(metrics):
     end the run after a round before cfg.rounds (e.g. at a time budget or a target accuracy).
     resume: go on in cfg.out from its last completed round (`resume_config`). on_start(folder): told
     the run's folder before the fleet starts; on_progress(round, text): what the open round is doing."""
+    if workers and not cfg.broker:   # before the output folder
+        raise ConfigError(NO_SHARE)
     data = ds if ds is not None and cfg.family != "personal" else load_data(cfg)   # before the output folder
     out = Path(cfg.out) if resume else run_folder(cfg, overwrite)
     if not resume:
@@ -230,7 +244,8 @@ def run_experiment(cfg: RunConfig, on_round=None, ds: Dataset | None = None, sto
     specs = fleet_specs(cfg, data)
     try:
         session, rounds_obj, rounds = run_on_broker(cfg, out, specs, data, on_round, stop, on_progress,
-                                                    certs=Path(certs) if certs else None, on_session=on_session)
+                                                    certs=Path(certs) if certs else None, on_session=on_session,
+                                                    workers=workers)
     except BrokerError:
         if not resume:   # the run never began: take back what it wrote
             discard(out, new=cfg.out is None)
@@ -366,10 +381,15 @@ def reported_specs(session: Session, rounds: list[dict]) -> list:
 
 
 def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
-          on_progress=None, on_start=None, state: str | None = None, on_session=None) -> dict:
+          on_progress=None, on_start=None, state: str | None = None, on_session=None, workers: int = 0,
+          spawn: bool = True) -> dict:
     """The host service alone against cfg.broker, in `serve_folder(cfg, state)`: resumes from its state at
     the last completed round; at the end the same summary.json, plot and final model as `run`.
-    Waits for `wait_devices` (default: the fleet cfg describes) before round 1."""
+    Waits for `wait_devices` (default: the fleet cfg describes) before round 1. workers: host workers
+    that fold the FL uploads (service/aggregator.py), started here (or, spawn False, elsewhere with
+    `semifl worker`), waited for before round 1."""
+    if workers and not cfg.broker:
+        raise ConfigError(NO_SHARE)
     data = load_data(cfg)
     out, db = serve_folder(cfg, state)
     if on_start:
@@ -378,14 +398,21 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
     with contextlib.ExitStack() as stack:
         store = Store(str(db))
         stack.callback(store.close)
-        link = HostLink(cfg.broker).connect()
+        link = HostLink(cfg.broker, **({"subs": coordinator_subs(False)} if workers else {})).connect()
         stack.callback(link.close)
-        session = Session(link, store, limits(cfg))
+        coord = Coordinator(link, workers) if workers else None
+        session = Session(coord or link, store, limits(cfg))
         session.on_progress = on_progress
         if on_session:
             on_session(session)
         specs = har_fleet(cfg, data) if cfg.family == "personal" else None
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs] if specs else None)
+        if coord:
+            coord.attach(rounds_obj)
+            if spawn:
+                stack.enter_context(Workers(cfg.broker, workers, out / "workers"))
+            if not coord.wait(session, workers, wait_s):
+                raise TimeoutError(f"{len(coord.live)} of {workers} host workers came up; see {out}/workers/*.log")
         if not session.wait_for_devices(want, timeout=wait_s):
             raise TimeoutError(f"{len(session.registry.online)} of {want} devices online after {wait_s:.0f} s "
                                f"(start them with `semifl fleet --broker {cfg.broker}` or give --wait-devices)")

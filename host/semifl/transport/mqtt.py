@@ -93,11 +93,14 @@ class HostLink(Link):
 
     def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
                  max_payload: int = 1 << 20, inbox_bytes: int = 256 << 20, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None, password: str | None = None):
+                 key: str | None = None, password: str | None = None, subs: list[str] | None = None,
+                 presence: str | None = None, v5: bool = False):
         """url: mqtt[s]://[user[:password]@]host:port; mqtts verifies the broker against `ca` (see
         tls_settings) and may present a client certificate; `password` overrides the URL's. The inbox
         holds at most `inbox_size` messages and `inbox_bytes` of payload: a flood waits in the broker
-        (or is dropped and counted), not in the host's memory."""
+        (or is dropped and counted), not in the host's memory. subs: the topics to take (default what
+        devices send); presence: where this client says online/offline (default the host's); v5: MQTT
+        v5 (shared subscriptions, `$share/...`) instead of v3.1.1."""
         self.host, self.port = parse_broker_url(url)
         self.url = url
         self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
@@ -108,7 +111,14 @@ class HostLink(Link):
         self.bytes_to = Counter()         # topic -> bytes published
         self._connected = threading.Event()
         self._refused: str | None = None     # the broker's reason when its CONNACK says no
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        # what devices send, and only that: tasks and per-device blobs the host publishes do not echo back
+        self.subs = subs if subs is not None else [wire.ROOT + "/dev/+/" + leaf for leaf in
+                                                   (wire.T_CAPS, wire.T_PRESENCE, wire.T_STATUS, wire.T_UP)]
+        self.presence = presence or wire.host_topic("presence")
+        if v5:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self.client.max_inflight_messages_set(256)
         self.client.max_queued_messages_set(0)
         user, url_password = broker_credentials(url)
@@ -117,20 +127,26 @@ class HostLink(Link):
         self.tls = tls_settings(url, ca, cert, key)
         if self.tls:
             self.client.tls_set(**self.tls)
-        self.client.will_set(wire.host_topic("presence"), b"offline", qos=1, retain=True)
+        self.client.will_set(self.presence, b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_socket_open = no_delay
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()   # the broker answered the subscription
+        self.sub_refused: list[str] = []      # the topics it refused (e.g. `$share/...` on a broker without it)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             self._refused = str(reason_code)
             self._connected.set()
             return
-        # what devices send, and only that: tasks and per-device blobs the host publishes do not echo back
-        client.subscribe([(wire.ROOT + "/dev/+/" + leaf, 1) for leaf in (wire.T_CAPS, wire.T_PRESENCE, wire.T_STATUS, wire.T_UP)])
-        client.publish(wire.host_topic("presence"), b"online", qos=1, retain=True)
+        client.subscribe([(t, 1) for t in self.subs])
+        client.publish(self.presence, b"online", qos=1, retain=True)
         self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        self.sub_refused = [t for t, rc in zip(self.subs, reason_codes) if rc.is_failure]
+        self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
         if len(msg.payload) > self.max_payload:
@@ -192,7 +208,7 @@ class HostLink(Link):
         return msg
 
     def close(self):
-        self.client.publish(wire.host_topic("presence"), b"offline", qos=1, retain=True)
+        self.client.publish(self.presence, b"offline", qos=1, retain=True)
         time.sleep(0.05)
         self.client.disconnect()
         self.client.loop_stop()

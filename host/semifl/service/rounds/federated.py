@@ -94,6 +94,51 @@ class Context:
         return any(np.multiply(a, p).any() for a, p in zip(arrays, self.pruned[rate]))
 
 
+@dataclass(frozen=True)
+class Expect:
+    """What one FL client's update must be: what the host holds of the client (the checks' inputs).
+    A host worker or an edge aggregator gets it in the round's context (service/aggregator.py)."""
+    dtype: str                # the tensors' dtype: its Compression's, else float32
+    rate: float               # the prune rate of the copy it trained
+    sparse: bool              # it sends only the entries its copy holds
+    have: int                 # the samples its caps report
+    n: int                    # the samples its task's share is (expected_n)
+    claimed: float | None     # the norm it reported (None: not reported to this host)
+
+
+def update_arrays(tensors, ctx: Context, rate: float, sparse: bool) -> list[np.ndarray]:
+    """An update's tensors as float32 model-shaped deltas: float32 as views of the bytes received
+    (no copy), fp16/int8 dequantized, a sparse update scattered back through the mask of the copy
+    the client trained."""
+    arrays = [from_wire(t) if t[0] == "float32" else dequantize(t) for t in tensors]
+    if sparse:
+        arrays = compress.scatter(arrays, ctx.mask(rate))
+    return arrays
+
+
+def check_update(meta: dict, tensors, ctx: Context, e: Expect, shapes) -> tuple[list[np.ndarray], float]:
+    """The one set of checks an FL update passes, wherever it is received (the host, a host worker, an
+    edge aggregator): its tensors' dtypes and shapes, finite, nothing moved that its pruned copy does
+    not hold, its sample count, its reported norm. Raises Rejected. -> (float32 arrays, L2 norm)."""
+    shapes = [(int(m.sum()),) for m in ctx.mask(e.rate)] if e.sparse else shapes
+    expect_tensors(tensors, [(e.dtype, tuple(sh)) for sh in shapes], "update")
+    arrays = update_arrays(tensors, ctx, e.rate, e.sparse)
+    norm = global_norm(arrays)   # finite iff every entry is: a float32 squared is finite in float64
+    if not math.isfinite(norm):
+        raise Rejected("nonfinite", "update contains NaN or Inf")
+    # a pruned copy cannot change what it does not have: not its own update
+    if e.rate > 0 and not e.sparse and ctx.moves_pruned(arrays, e.rate):
+        raise Rejected("mask", f"update changes entries its copy pruned at {e.rate} does not hold")
+    if meta["n"] > e.have:
+        raise Rejected("schema", f"n={meta['n']} exceeds the device's {e.have} samples")
+    if meta["n"] != e.n:
+        raise Rejected("claim", f"claims n={meta['n']}; its task's fraction of its {e.have} samples is {e.n}")
+    why = e.claimed is not None and claimed_norm_differs(e.claimed, tensors, norm)
+    if why:
+        raise Rejected("claim", why)
+    return arrays, norm
+
+
 class FederatedRound(Round):
     def __init__(self, session: Session, strategy: Strategy, cfg: Federated, init_params, evaluate, *, seed: int = 0,
                  lr: float = 0.1, epochs: int = 1, carries_late: bool = False, n_classes: int = 10, calib_x=None,
@@ -134,6 +179,7 @@ class FederatedRound(Round):
         self.accepted: set[tuple[str, str]] = set()
         self.blobs: dict[tuple[str, str], bytes] = {}   # (device, kind) -> CL samples this process accepted this round
         self.ingest: Ingest | None = None               # the round's FL updates: views, norms, the running sum
+        self.coord = None                               # aggregator.Coordinator: host workers or edges fold the updates
         self.asked: dict[str, float] = {}
         self.train_closed = False
         self.calib: list[np.ndarray] = []     # CL samples the host holds anyway: the int8 calibration set
@@ -261,30 +307,22 @@ class FederatedRound(Round):
         self.ingest.take(Taken(dev, kind, self.expected_n(dev), norm, tau, self.staleness_weight(tau), mask), arrays)
 
     def _check_update(self, dev, meta, tensors, ctx: Context) -> tuple[list[np.ndarray], float]:
-        """An update's checks, on views of what was received. -> (its float32 arrays, its L2 norm)."""
-        cfg = self.cfg
+        """An update's checks (`check_update`), on views of what was received; a false claim is a strike.
+        -> (its float32 arrays, its L2 norm)."""
+        try:
+            return check_update(meta, tensors, ctx, self.expect(dev, ctx), self.shapes)
+        except Rejected as e:
+            if e.reason == "claim":
+                self.watch.strike(dev, "claim")
+            raise
+
+    def expect(self, dev: str, ctx: Context) -> Expect:
+        """What `dev`'s update trained on `ctx`'s model must be, from what this host holds of it."""
         c = ctx.assigned.get(dev)
-        rate = ctx.rate(dev, cfg.prune)
-        sparse = cfg.sparse_updates and rate > 0
-        shapes = [(int(m.sum()),) for m in ctx.mask(rate)] if sparse else self.shapes
-        expect_tensors(tensors, [(c.dtype if c is not None else "float32", tuple(sh)) for sh in shapes], "update")
-        arrays = self.update_arrays(dev, tensors, ctx)
-        norm = global_norm(arrays)   # finite iff every entry is: a float32 squared is finite in float64
-        if not math.isfinite(norm):
-            raise Rejected("nonfinite", "update contains NaN or Inf")
-        # a pruned copy cannot change what it does not have: not its own update
-        if rate > 0 and not sparse and ctx.moves_pruned(arrays, rate):
-            raise Rejected("mask", f"update changes entries its copy pruned at {rate} does not hold")
-        have = self.session.registry.devices[dev]["n_samples"]
-        if meta["n"] > have:
-            raise Rejected("schema", f"n={meta['n']} exceeds the device's {have} samples")
-        self.check_n(dev, meta["n"])
-        claimed = self.claimed.get((dev, ctx.round))
-        why = claimed is not None and claimed_norm_differs(claimed, tensors, norm)
-        if why:
-            self.watch.strike(dev, "claim")
-            raise Rejected("claim", why)
-        return arrays, norm
+        rate = ctx.rate(dev, self.cfg.prune)
+        return Expect(c.dtype if c is not None else "float32", rate, self.cfg.sparse_updates and rate > 0,
+                      self.session.registry.devices[dev]["n_samples"], self.expected_n(dev),
+                      self.claimed.get((dev, ctx.round)))
 
     def expected_n(self, dev: str) -> int:
         """The samples an FL client trains on: its task's fraction of the samples its caps report,
@@ -314,14 +352,9 @@ class FederatedRound(Round):
         self.watch.clean(dev)
 
     def update_arrays(self, dev: str, tensors, ctx: Context) -> list[np.ndarray]:
-        """An update's tensors as float32 model-shaped deltas: float32 as views of the bytes received
-        (no copy), fp16/int8 dequantized, a sparse update scattered back through the mask of the copy
-        the client trained."""
-        arrays = [from_wire(t) if t[0] == "float32" else dequantize(t) for t in tensors]
+        """An update's tensors as float32 model-shaped deltas (`update_arrays`)."""
         rate = ctx.rate(dev, self.cfg.prune)
-        if self.cfg.sparse_updates and rate > 0:
-            arrays = compress.scatter(arrays, ctx.mask(rate))
-        return arrays
+        return update_arrays(tensors, ctx, rate, self.cfg.sparse_updates and rate > 0)
 
     def compression_for(self, dev: str):
         """The Compression this FL client trains with, or None for the uniform setting (`prune`)."""
@@ -376,8 +409,7 @@ class FederatedRound(Round):
         for d in plan.cl:
             if (d, "samples") not in self.accepted:
                 self.asked[d] = s.clock()
-                s.send_task(d, dict(common, role="cl", task=s.task_id(rnd, d), seed=task_seed(self.seed, rnd, d),
-                                    fraction=cfg.cl_fraction))
+                s.send_task(d, self.cl_task(rnd, d))
         if self.uploaders is None:
             self._collect_trained(plan.fl, s.clock() + s.limits.collect_timeout_s)
             for d in plan.fl:   # tasked, still online, no error, no report: one more undelivered task
@@ -404,6 +436,21 @@ class FederatedRound(Round):
         # from now on, what this round asked for and did not get is late
         self.prev, self.missing = self.ctx, {w for w in want if w not in self.accepted and not s.gone(w[0])}
         return self.merge(rnd, fl, cl, self.ingest, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
+
+    def cl_task(self, rnd: int, dev: str) -> dict:
+        return {"round": rnd, "lr": self.lr, "role": "cl", "task": self.session.task_id(rnd, dev),
+                "seed": task_seed(self.seed, rnd, dev), "fraction": self.cfg.cl_fraction}
+
+    def ask_again(self) -> None:
+        """Ask once more for every upload the open round still waits for (an aggregator died, and chunks
+        in flight with it): a device sends the same blob again, and its assembly goes on where it was."""
+        s = self.session
+        for d in self.uploaders if self.train_closed and self.uploaders else ():
+            if (d, "update") not in self.accepted and not s.gone(d):
+                s.send_task(d, {"round": s.round, "role": "upload", "task": s.task_id(s.round, d)})
+        for d in self.plan.cl if self.plan else ():
+            if (d, "samples") not in self.accepted and not s.gone(d):
+                s.send_task(d, self.cl_task(s.round, d))
 
     def announce_and_plan(self, rnd: int, row) -> RoundPlan:
         """Stage 1 of every federated round: give up tasks not reported on within the hard limit, announce,
@@ -437,6 +484,8 @@ class FederatedRound(Round):
             base = [p * m for p, m in zip(base, mlp.prune_mask(base, self.cfg.prune))]
         if ingest is not None:
             self.params = ingest.merged(self.strategy, base, {u.device for u in fl}, cl)
+            if ingest.merged_devices is not None:   # aggregators' sums: an update an aggregator lost for good is not in
+                fl = [u for u in fl if u.device in set(ingest.merged_devices)]
         else:
             self.params = self.strategy.aggregate(base, fl, cl)
         self.ingest = None
@@ -567,6 +616,8 @@ class FederatedRound(Round):
         takes into it the updates the store holds for the round (each read back from the spool once)."""
         rule = sum_rule(self.strategy.fl_merge) if self.strategy.folds else None
         self.ingest = Ingest(rnd, self.shapes, self.n_classes, expected, rule, self.load_update)
+        if self.coord is not None:
+            self.ingest.collect = self.coord.collect
         store = self.session.store
         for dev, kind, _ in store.contribution_keys(rnd) if rebuild else ():
             if not is_update(kind):
@@ -590,8 +641,34 @@ class FederatedRound(Round):
         restart lost the reports."""
         ups = self.uploaders or []
         masked = any(self.ctx.assigned.get(d) is not None and self.ctx.rate(d, self.cfg.prune) > 0 for d in ups)
-        if ups and not masked and all(d in self.norms for d in ups):
-            self.ingest.expect([Summand(d, self.expected_n(d), self.norms[d]) for d in ups])
+        known = not masked and all(d in self.norms for d in ups)
+        summands = [Summand(d, self.expected_n(d), self.norms[d]) for d in ups] if known else []
+        if self.coord is not None:   # aggregators fold: they get the plan and the uploaders in the round's context
+            self.coord.open(self, self.ingest.rule.plan(summands) if summands else None)
+        elif summands:
+            self.ingest.expect(summands)
+
+    def take_remote(self, src: str, dev: str, norm: float, view: list, nbytes: int) -> None:
+        """An update aggregator `src` accepted (its checks are `check_update`) and folds: counted as
+        accepted here, with the score view it sent."""
+        s = self.session
+        s.bytes_up[dev] += nbytes
+        if not self.uploaders or dev not in self.uploaders or (dev, "update") in self.accepted:
+            log.info("round %d: %s reported %s's update, which is not outstanding", s.round, src, dev)
+            return
+        self.accepted.add((dev, "update"))
+        self.ingest.take_remote(Taken(dev, "update", self.expected_n(dev), norm, view=view, source=src))
+        s.progress(f"{dev}'s update in at {src} ({len(self.accepted)} uploads)")
+        if dev in self.asked:
+            s.rec.took(dev, upload=s.clock() - self.asked[dev])
+
+    def remote_reject(self, dev: str, reason: str, detail: str, nbytes: int) -> None:
+        """An aggregator refused `dev`'s message: counted here as the host counts its own; a false
+        claim is a strike."""
+        self.session.bytes_up[dev] += nbytes
+        if reason == "claim":
+            self.watch.strike(dev, "claim")
+        self.session.reject(dev, reason, detail)
 
     def cl_batch(self, dev: str, tensors) -> CLBatch:
         """A CL upload's raw uint8 samples and labels; the first CALIBRATION samples the host holds also

@@ -44,6 +44,7 @@ class Taken:
     mask: list | None = None   # the keep-masks of its compressed copy (None: all)
     view: list | None = None   # its score view
     mask_view: list | None = None
+    source: str = ""           # the aggregator whose spool and partial sum hold it ("": this host's)
 
     def summand(self) -> Summand:
         return Summand(self.device, self.n, self.norm, self.weight)
@@ -58,12 +59,15 @@ class Ingest:
         size = sum(int(np.prod(s)) for s in shapes)
         whole = size <= SCORE_WHOLE and size * max(1, expected) <= SCORE_BUDGET
         k = None if whole else max(1024, min(SCORE_SAMPLE, SCORE_BUDGET // max(1, expected)))
+        self.k = k                        # an aggregator draws the same index from it (and the round)
         self.index = robust.sketch(shapes, n_classes, k, seed=rnd)
         self.taken: dict[tuple[str, str], Taken] = {}
         self.spec: Plan | None = None     # the fold planned from what the round expects
         self.sum: PartialSum | None = None
         self.folded = 0                   # how far along spec.order the sum is
-        self.how = ""                     # how `merged` merged: folded, refolded, at_close, list, none
+        self.how = ""                     # how `merged` merged: folded, refolded, at_close, list, none, partial
+        self.collect = None               # collect(plan, {source: [device]}) -> {source: PartialSum}: aggregators' sums
+        self.merged_devices: list[str] | None = None   # what a merge over aggregators' sums took in the end
 
     def __len__(self):
         return len(self.taken)
@@ -84,6 +88,18 @@ class Ingest:
         t.mask_view = None if t.mask is None else robust.view(t.mask, self.index)
         self.taken[(t.device, t.kind)] = t
         self._advance(t, arrays)
+
+    def take_remote(self, t: Taken) -> None:
+        """An update an aggregator (t.source) accepted and folds: the round keeps its numbers and the
+        score view the aggregator computed with this round's `index`."""
+        self.taken[(t.device, t.kind)] = t
+
+    def drop(self, source: str) -> list[str]:
+        """Forget what aggregator `source` took (it died with its spool). -> the devices it held."""
+        gone = [k for k, t in self.taken.items() if t.source == source]
+        for k in gone:
+            del self.taken[k]
+        return [d for d, _ in gone]
 
     def _advance(self, t: Taken | None, arrays) -> None:
         if self.sum is None:
@@ -113,6 +129,8 @@ class Ingest:
             self.how = "list"
             full = [FLUpdate(t.device, self.load(t), t.n, t.mask, t.staleness, t.weight) for t in ts]
             return strategy.aggregate(params, full, cl)
+        if any(t.source for t in ts):
+            return self._merged_partial(strategy, params, ts, cl)
         plan = self.rule.plan([t.summand() for t in ts])
         ps, self.how = self.sum, "folded"
         if ps is None or self.spec.key != plan.key or ps.keys != list(plan.order):
@@ -124,4 +142,37 @@ class Ingest:
             for d in plan.order:
                 plan.add(ps, by[d].summand(), self.load(by[d]))
         self.sum = None
+        return strategy.aggregate_merged(params, self.rule.finish(plan, ps), sum(t.n for t in ts), cl)
+
+    def _merged_partial(self, strategy, params, ts: list[Taken], cl) -> list[np.ndarray]:
+        """The merge over updates some aggregators hold: one plan over all of them, this host's own
+        folded from its spool, each aggregator's partial sum over its share under that plan, added in a
+        fixed order (this host's, then by aggregator id). An aggregator that does not answer (it died)
+        has its updates taken out; `collect` has them asked for again, and what came back elsewhere is
+        planned again with the rest."""
+        self.how = "partial"
+        kept = {t.device for t in ts}
+        while True:
+            ts = [self.taken[k] for k in sorted(self.taken) if k[0] in kept]
+            if not ts:
+                self.how, self.merged_devices = "none", []
+                return strategy.aggregate(params, [], cl)
+            plan = self.rule.plan([t.summand() for t in ts])
+            by = {t.device: t for t in ts}
+            shares: dict[str, list[str]] = {}
+            for d in plan.order:
+                if by[d].source:
+                    shares.setdefault(by[d].source, []).append(d)
+            got = self.collect(plan, shares) if shares else {}
+            if set(got) == set(shares):
+                break
+            for src in set(shares) - set(got):   # what did not come in elsewhere meanwhile is given up
+                kept -= {d for d in shares[src] if (d, "update") not in self.taken or self.taken[(d, "update")].source == src}
+        ps = plan.empty(self.shapes)
+        for d in plan.order:
+            if not by[d].source:
+                plan.add(ps, by[d].summand(), self.load(by[d]))
+        for src in sorted(got):
+            ps.merge(got[src])
+        self.sum, self.merged_devices = None, list(plan.order)
         return strategy.aggregate_merged(params, self.rule.finish(plan, ps), sum(t.n for t in ts), cl)

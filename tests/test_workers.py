@@ -1,0 +1,111 @@
+"""Host workers (issue 20): two aggregator processes share the devices' uploads through an MQTT v5 shared
+subscription on a real Mosquitto, each checks, spools and folds its share into a partial sum, and the host
+merges the partial sums: the same run as one host (same participants and accuracy every round, the model
+equal up to float32 regrouping). A worker killed mid-round: its updates are asked for again and the run
+ends on the same model. The embedded broker (no $share) and merges that are not sums are refused."""
+import os
+import signal
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+from semifl.app.build import make_round
+from semifl.app.run import fleet_specs, load_data, run_on_broker
+from semifl.config import ConfigError, RunConfig
+from semifl.service.aggregator import Coordinator, owner
+from semifl.service.session import Session
+from semifl.service.store import Store
+
+ROUNDS = 3
+
+
+def config(tmp_path, name, broker, **extra):
+    # 12 devices; 6 of the 8 Pis upload, so both workers hold updates in the middle of the fold's order
+    return RunConfig.make(rounds=ROUNDS, seed=3, out=str(tmp_path / name), broker=broker, plot=False, int8_every=0,
+                          fl_devices=8, cl_devices=4, fl_uploaders=6, **extra)
+
+
+def run(cfg, workers=0, on_progress=None):
+    from pathlib import Path
+
+    data = load_data(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True)
+    session, rounds_obj, metrics = run_on_broker(cfg, out, fleet_specs(cfg, data), data, workers=workers,
+                                                 on_progress=on_progress)
+    return rounds_obj.params, metrics
+
+
+def held(folder):
+    """(round, device) of the updates an aggregator's (or the host's) store accepted."""
+    db = sqlite3.connect(folder)
+    try:
+        return sorted(db.execute("SELECT round, device FROM contributions WHERE kind = 'update'").fetchall())
+    finally:
+        db.close()
+
+
+def same_run(one, many, tol):
+    """Same participants and accuracy every round; the models equal within `tol`."""
+    (p1, m1), (p2, m2) = one, many
+    assert [m["participants"] for m in m1] == [m["participants"] for m in m2]
+    assert [m["accuracy"] for m in m1] == [m["accuracy"] for m in m2]
+    for a, b in zip(p1, p2):
+        np.testing.assert_allclose(b, a, rtol=0, atol=tol)
+
+
+# The partial sums regroup float32 additions: (c4 x4 + c5 x5) + (c0 x0 + ... + c3 x3) instead of one
+# sum in device order, each regrouped sum off by a few ulps of the update (~1e-8 here), and the fleet
+# trains on from that model. Measured: max |diff| 3e-8 after 3 rounds; 1e-6 leaves room, while a lost or
+# doubled update (the smallest moves ~1e-3 of an entry) fails it.
+TOL = 1e-6
+
+
+def test_two_workers_fold_the_single_hosts_model(tmp_path, mosquitto, fashion):
+    one = run(config(tmp_path, "one", mosquitto))
+    many = run(config(tmp_path, "two", mosquitto), workers=2)
+    same_run(one, many, TOL)
+    # the host folded nothing itself: every update is in a worker's spool, the one its owner is
+    assert held(tmp_path / "two" / "state.db") == []
+    w = {f"w{i}": held(tmp_path / "two" / "workers" / f"w{i}" / "aggregator.db") for i in range(2)}
+    ups = {(m["round"], d) for m in many[1] for d in m["participants"]["fl"]}
+    assert set(w["w0"]) | set(w["w1"]) == ups and not set(w["w0"]) & set(w["w1"])
+    assert all(owner(d, ["w0", "w1"]) == k for k, rows in w.items() for _, d in rows)
+    assert w["w0"] and w["w1"]   # both folded: the merge regrouped
+    # chunks scattered over the two and went to their owner: each worker took relayed chunks
+    for i in range(2):
+        log = (tmp_path / "two" / "workers" / f"w{i}.log").read_text()
+        assert "'relayed_in'" in log and "'relayed_out'" in log, log[-500:]
+
+
+def test_a_worker_killed_mid_round_is_replaced_by_the_others(tmp_path, mosquitto, fashion):
+    one = run(config(tmp_path, "one", mosquitto))
+    killed = []
+
+    def progress(rnd, text):   # the first update w0 holds in round 2: w0 dies (SIGKILL, no goodbye)
+        if rnd == 2 and not killed and " in at w0 " in text:
+            pid = int((tmp_path / "two" / "workers" / "w0.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    many = run(config(tmp_path, "two", mosquitto), workers=2, on_progress=progress)
+    assert killed
+    same_run(one, many, TOL)
+    w1 = held(tmp_path / "two" / "workers" / "w1" / "aggregator.db")
+    # from the kill on, w1 held every update: round 2's and round 3's, those w0 had taken too
+    assert {d for r, d in w1 if r == ROUNDS} == set(many[1][-1]["participants"]["fl"])
+    assert {d for r, d in w1 if r == 2} == set(many[1][1]["participants"]["fl"])
+
+
+def test_workers_need_shared_subscriptions_and_a_sum(tmp_path, fashion):
+    cfg = config(tmp_path, "x", None)
+    with pytest.raises(ConfigError, match=r"shared subscriptions \(\$share"):
+        run(cfg, workers=2)
+    store = Store(":memory:")
+    session = Session(None, store)
+    for agg, why in (("median", "must be a sum"), ("krum", "must be a sum")):
+        rounds_obj = make_round(config(tmp_path, "y", None, aggregation=agg), session, fashion)
+        with pytest.raises(ValueError, match=why):
+            Coordinator(None, workers=2).attach(rounds_obj)
+    store.close()

@@ -241,6 +241,14 @@ def cmd_certs(args):
                   f"password in {c.dir / 'host.password'}")
             print(f"start a broker: semifl broker --host 0.0.0.0 --certs {c.dir}   (or Mosquitto: tools/mosquitto/semifl.conf)")
             return 0
+        if args.role != "device":
+            from semifl.app.edge import role_acl
+
+            cred = certs.issue_role(args.dir, args.device, args.role, overwrite=args.overwrite)
+            print(f"{cred.user}: password in {Path(args.dir) / (args.role + 's') / (args.device + '.password')} (added "
+                  f"to the passwd). Add to the core's ACL (/etc/mosquitto/semifl.acl) and reload Mosquitto:\n\n"
+                  f"{role_acl(args.role, args.device)}")
+            return 0
         cred = certs.issue(args.dir, args.device, overwrite=args.overwrite)
     except certs.CertsError as e:
         print(f"semifl certs: {e}", file=sys.stderr)
@@ -269,7 +277,7 @@ def cmd_serve(args):
         with view, show.start(0):
             summary = serve(cfg, args.wait_devices, args.wait_s, on_round=show.on_round,
                             on_progress=show.on_progress, on_start=started, state=args.state, on_session=view.hook,
-                            workers=args.host_workers, spawn=not args.workers_elsewhere)
+                            workers=args.host_workers, spawn=not args.workers_elsewhere, edges=args.edges)
     except KeyboardInterrupt:
         print(f"\nstopped after {_rounds(show.last)}; the same `semifl serve` command goes on from there", file=sys.stderr)
         return 130
@@ -280,11 +288,37 @@ def cmd_serve(args):
 
 def cmd_worker(args):
     """A host worker (service/aggregator.py) on --broker until Ctrl-C: folds its share of the FL uploads."""
-    from semifl.service.aggregator import run_aggregator
+    from semifl.app.aggregate import run_aggregator
 
     _link_secrets(args)
     print(f"host worker {args.id} on {args.broker}; its spool in {args.dir} (Ctrl-C stops it)", flush=True)
     return run_aggregator(args.broker, args.id, args.dir)
+
+
+def cmd_edge(args):
+    """An edge: its Mosquitto bridged to --core, and its aggregator, until Ctrl-C."""
+    import signal
+    import time
+
+    from semifl.app.edge import Edge
+
+    folder = args.dir or f"edge-{args.id}"
+    edge = Edge(args.id, args.core, args.listen, folder, bind=args.bind, certs=args.certs)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with edge:
+        print(f"edge {args.id}: devices connect to {args.bind}:{args.listen}; bridged to {args.core}; config and logs "
+              f"in {folder}/ (Ctrl-C stops it)", flush=True)
+        try:
+            while not stop and edge.broker.poll() is None and edge.aggregator.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 130
+        if not stop:
+            print(f"semifl edge: {'the broker' if edge.broker.poll() is not None else 'the aggregator'} ended; see "
+                  f"{folder}/*.log", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _host_workers(p: argparse.ArgumentParser, elsewhere: bool = False):
@@ -294,6 +328,8 @@ def _host_workers(p: argparse.ArgumentParser, elsewhere: bool = False):
     if elsewhere:
         p.add_argument("--workers-elsewhere", action="store_true",
                        help="with --host-workers N: start none here, wait for N `semifl worker`s")
+        p.add_argument("--edges", type=int, default=0, metavar="N",
+                       help="N edge aggregators (`semifl edge`) fold their devices' updates; waited for before round 1")
 
 
 def cmd_fleet(args):
@@ -592,6 +628,9 @@ def main(argv=None) -> int:
     c.add_argument("--dir", default="certs", help="the certs folder (default ./certs)")
     c.add_argument("--broker-host", default="BROKER_HOST", help="the broker's address in the printed URL")
     c.add_argument("--overwrite", action="store_true", help="new credentials even if the device has some")
+    c.add_argument("--role", choices=("device", "edge", "worker"), default="device",
+                   help="an account of the host's: an edge's bridge at the core (semifl-edge-<name>) or a host "
+                        "worker (semifl-worker-<name>); prints its ACL block")
     c.set_defaults(fn=cmd_certs)
     p = sub.add_parser("serve", help="the host service (its session and round object) against --broker")
     _run_flags(p)
@@ -612,6 +651,17 @@ def main(argv=None) -> int:
     p.add_argument("--dir", required=True, help="its folder (the spool of the updates it takes)")
     _verbosity(p)
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("edge", help="an edge aggregator: a local Mosquitto bridged to --core, folding the updates "
+                                    "of the devices that connect to it (seed 003's edge tier)")
+    p.add_argument("--core", required=True, type=_broker_url, help="mqtt[s]://host:port of the core broker")
+    p.add_argument("--listen", required=True, type=_positive, metavar="PORT", help="the port devices connect to")
+    p.add_argument("--bind", default="127.0.0.1", help="the address to listen on (beyond loopback: needs --certs)")
+    p.add_argument("--id", required=True, type=_nonempty, help="this edge's name (its core account: semifl-edge-<id>)")
+    p.add_argument("--certs", metavar="DIR", help="the fleet's `semifl certs` folder: devices' accounts, and this "
+                                                 "edge's (semifl certs issue <id> --role edge)")
+    p.add_argument("--dir", help="its folder: the broker's config, logs, the aggregator's spool (default edge-<id>)")
+    _verbosity(p)
+    p.set_defaults(fn=cmd_edge)
     p = sub.add_parser("ui", help="finished runs' folders, read-only, in the web page (two or more: compared)")
     p.add_argument("runs", nargs="+", help="run folders, e.g. runs/semifl-20250101-120000 runs/fedavg-...")
     p.add_argument("--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT",

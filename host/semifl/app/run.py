@@ -18,7 +18,7 @@ from semifl.energy import fleet_energy
 from semifl.learn.data import Dataset, load_idx_dataset
 from semifl.learn.har import HARData, load_har
 from semifl.learn.partition import describe
-from semifl.service.aggregator import Coordinator, Workers, coordinator_subs
+from semifl.service.aggregator import Coordinator, coordinator_subs
 from semifl.service.report import plot_rounds, write_summary
 from semifl.service.session import Session
 from semifl.service.store import Store
@@ -27,6 +27,7 @@ from semifl.transport.broker import EmbeddedBroker
 from semifl.transport.certs import Certs, fleet_credentials
 from semifl.transport.mqtt import BrokerError, HostLink
 
+from .aggregate import Workers
 from .build import limits, make_round, public_set
 
 log = logging.getLogger("semifl.run")
@@ -382,12 +383,13 @@ def reported_specs(session: Session, rounds: list[dict]) -> list:
 
 def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, on_round=None,
           on_progress=None, on_start=None, state: str | None = None, on_session=None, workers: int = 0,
-          spawn: bool = True) -> dict:
+          spawn: bool = True, edges: int = 0) -> dict:
     """The host service alone against cfg.broker, in `serve_folder(cfg, state)`: resumes from its state at
     the last completed round; at the end the same summary.json, plot and final model as `run`.
     Waits for `wait_devices` (default: the fleet cfg describes) before round 1. workers: host workers
     that fold the FL uploads (service/aggregator.py), started here (or, spawn False, elsewhere with
-    `semifl worker`), waited for before round 1."""
+    `semifl worker`), waited for before round 1; edges: edge aggregators (`semifl edge`) to wait for, whose
+    devices' updates they fold (devices on this broker upload to the host as before)."""
     if workers and not cfg.broker:
         raise ConfigError(NO_SHARE)
     data = load_data(cfg)
@@ -398,9 +400,10 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
     with contextlib.ExitStack() as stack:
         store = Store(str(db))
         stack.callback(store.close)
-        link = HostLink(cfg.broker, **({"subs": coordinator_subs(False)} if workers else {})).connect()
+        aggs = workers or edges
+        link = HostLink(cfg.broker, **({"subs": coordinator_subs(own_uploads=not workers)} if aggs else {})).connect()
         stack.callback(link.close)
-        coord = Coordinator(link, workers) if workers else None
+        coord = Coordinator(link, workers) if aggs else None
         session = Session(coord or link, store, limits(cfg))
         session.on_progress = on_progress
         if on_session:
@@ -409,10 +412,11 @@ def serve(cfg: RunConfig, wait_devices: int | None = None, wait_s: float = 300, 
         rounds_obj = make_round(cfg, session, data, [s.id for s in specs] if specs else None)
         if coord:
             coord.attach(rounds_obj)
-            if spawn:
+            if spawn and workers:
                 stack.enter_context(Workers(cfg.broker, workers, out / "workers"))
-            if not coord.wait(session, workers, wait_s):
-                raise TimeoutError(f"{len(coord.live)} of {workers} host workers came up; see {out}/workers/*.log")
+            if not coord.wait(session, aggs, wait_s):
+                raise TimeoutError(f"{len(coord.live)} of {aggs} {'host workers' if workers else 'edges'} came up "
+                                   f"({sorted(coord.live)}); see their logs")
         if not session.wait_for_devices(want, timeout=wait_s):
             raise TimeoutError(f"{len(session.registry.online)} of {want} devices online after {wait_s:.0f} s "
                                f"(start them with `semifl fleet --broker {cfg.broker}` or give --wait-devices)")

@@ -1,7 +1,7 @@
 """Partial aggregators (issue 20): a share of the devices' FL uploads validated, spooled and folded into a
 partial sum away from the host, which merges the partial sums. One component, two placements:
 
-- host workers (`semifl worker`, or `semifl serve/run --workers N`): processes that share the devices'
+- host workers (`semifl worker`, or `semifl serve/run --host-workers N`): processes that share the devices'
   upload topic through an MQTT v5 shared subscription (`$share/semifl-agg/semifl/v1/dev/+/up`,
   Mosquitto 2); the host, the coordinator, then does not subscribe to it. Mosquitto hands a shared
   subscription's messages out one by one, so the chunks of one blob scatter over the workers: each
@@ -9,6 +9,7 @@ partial sum away from the host, which merges the partial sums. One component, tw
   passes a chunk it does not own to the owner, on agg/<owner>/relay/<device>.
 - an edge aggregator (`semifl edge`): on a gateway's own Mosquitto, bridged to the core, it takes the
   uploads of the devices behind it (docs/scale.md).
+The processes, their links and stores are app/aggregate.py's and app/edge.py's.
 
 An aggregator checks an update with the host's own `check_update` (shapes, finite, mask, n, reported
 norm) and its task id from the context, spools it (`Store`), reports the acceptance to the coordinator
@@ -29,12 +30,9 @@ the uploaders' task ids, the relay their updates: neither may reach another devi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import signal
 import struct
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -48,7 +46,6 @@ from semifl.protocol.tensors import decode_arrays, encode_arrays
 
 from .rounds.federated import Context, Expect, check_update
 from .session import Rejected, Round, Session
-from .store import Store
 
 log = logging.getLogger("semifl.aggregator")
 
@@ -336,21 +333,21 @@ class Share(Round):
         return ps
 
 
+def subscriptions(agg_id: str, shared: bool) -> list[str]:
+    """What aggregator `agg_id` subscribes to: the devices' uploads (shared among the host workers, or all
+    of them on an edge's broker, with the caps that say who is behind it), the round's context, what
+    the coordinator and the other workers send it."""
+    up = f"$share/{GROUP}/{wire.ROOT}/dev/+/{wire.T_UP}" if shared else f"{wire.ROOT}/dev/+/{wire.T_UP}"
+    subs = [up, CTX, agg_topic(agg_id, "collect"), agg_topic(agg_id, "relay/+")]
+    return subs + ([] if shared else [f"{wire.ROOT}/dev/+/{wire.T_CAPS}"])
+
+
 class Aggregator:
-    """One aggregator process's state: its link, store and session, the round's share, the relay."""
+    """One aggregator's state: its link (subscribed to `subscriptions`), store and session, the round's
+    share, the relay. shared: a host worker (else an edge's aggregator)."""
 
-    def __init__(self, url: str, agg_id: str, folder: str, shared: bool = True, limits=None, **link_kw):
-        from semifl.transport.mqtt import HostLink
-
-        self.id, self.shared = agg_id, shared
-        up = f"$share/{GROUP}/{wire.ROOT}/dev/+/{wire.T_UP}" if shared else f"{wire.ROOT}/dev/+/{wire.T_UP}"
-        subs = [up, CTX, agg_topic(agg_id, "collect"), agg_topic(agg_id, "relay/+")]
-        if not shared:   # an edge: the devices behind it are those whose caps its own broker holds
-            subs.append(f"{wire.ROOT}/dev/+/{wire.T_CAPS}")
-        self.link = HostLink(url, client_id=f"semifl-agg-{agg_id}", subs=subs,
-                             presence=agg_topic(agg_id, "presence"), v5=shared, **link_kw)
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        self.store = Store(str(Path(folder) / "aggregator.db"))
+    def __init__(self, link, store, agg_id: str, shared: bool = True, limits=None):
+        self.id, self.shared, self.link, self.store = agg_id, shared, link, store
         self.session = AggSession(self.link, self.store, limits, report=self.report)
         self.share = Share(self)
         self.session.handler = self.share
@@ -359,16 +356,7 @@ class Aggregator:
         self.pending: list[tuple[str, bytes]] = []
         self.reported = Counter()           # device -> bytes of its chunks already reported
         self.relayed = 0                    # bytes of chunks passed to their owner since the last report
-        self.stats = Counter()              # chunks: own, relayed_out, relayed_in, samples
-
-    def connect(self, timeout: float = 30.0) -> Aggregator:
-        self.link.connect(timeout)
-        if not self.link.subscribed.wait(timeout) or self.link.sub_refused:
-            self.link.close()
-            raise ConnectionError(f"the broker at {self.link.host}:{self.link.port} refused the subscriptions "
-                                  f"{self.link.sub_refused or '(no answer)'}: host workers need MQTT v5 shared "
-                                  f"subscriptions (Mosquitto 2; the embedded broker has none)")
-        return self
+        self.stats = Counter()              # chunks (and their bytes): own, relayed_out, relayed_in, samples
 
     def holds(self, dev: str, meta: dict) -> bool:
         """Whether `dev`'s update is this aggregator's to fold: its owner (workers), behind it (edges)."""
@@ -400,7 +388,7 @@ class Aggregator:
             if leaf == "collect":
                 self.collect(json.loads(payload))
             elif leaf == "relay" and rest:
-                self.stats["relayed_in"] += 1
+                self.count("relayed_in", payload)
                 self.take(wire.dev_topic(rest[0], wire.T_UP), payload)
         else:
             try:
@@ -415,7 +403,7 @@ class Aggregator:
     def route(self, dev: str, topic: str, payload) -> None:
         """A device's chunk: CL samples on to the coordinator; an update's to its owner, or taken here."""
         if len(payload) >= wire.CHUNK_HEADER_LEN and payload[3] == wire.KIND_SAMPLES:
-            self.stats["samples"] += 1
+            self.count("samples", payload)
             self.link.publish(agg_topic(self.id, f"up/{dev}"), payload)
             return
         if self.shared:
@@ -426,12 +414,16 @@ class Aggregator:
                 return
             to = owner(dev, self.workers) if self.workers else self.id
             if to != self.id:
-                self.stats["relayed_out"] += 1
+                self.count("relayed_out", payload)
                 self.relayed += len(payload)
                 self.link.publish(agg_topic(to, f"relay/{dev}"), payload)
                 return
-        self.stats["own"] += 1
+        self.count("own", payload)
         self.take(topic, payload)
+
+    def count(self, what: str, payload) -> None:
+        self.stats[what] += 1
+        self.stats[what + "_bytes"] += len(payload)
 
     def take(self, topic: str, payload) -> None:
         self.session.dispatch((topic, payload))
@@ -453,79 +445,3 @@ class Aggregator:
             ps = PartialSum(self.share.shapes or [(0,)])
         self.link.publish_blob(agg_topic(self.id, "sum"), wire.KIND_UPDATE, self.session.round,
                                ps.encode({"round": self.session.round, "aggregator": self.id}), SUM_CHUNK)
-
-    def close(self) -> None:
-        self.link.close()
-        self.store.close()
-
-
-class Workers:
-    """N host workers as processes of this machine (`semifl serve/run --workers N`), each with its folder
-    and log under `folder`; ended by their pids on exit (SIGTERM: they say offline and close)."""
-
-    def __init__(self, url: str, n: int, folder: Path):
-        self.url, self.n, self.folder, self.procs = url, n, Path(folder), []
-
-    def __enter__(self) -> Workers:
-        import subprocess
-        import sys
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for i in range(self.n):
-            log_f = open(self.folder / f"w{i}.log", "ab")
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "semifl.service.aggregator", "--broker", self.url,
-                                                "--id", f"w{i}", "--dir", str(self.folder / f"w{i}"), "-v"],
-                                               stdout=log_f, stderr=subprocess.STDOUT))
-            log_f.close()
-            (self.folder / f"w{i}.pid").write_text(str(self.procs[-1].pid))   # who to signal, for an operator or a test
-        return self
-
-    def kill(self, i: int) -> None:
-        """Worker i dies (SIGKILL: no goodbye; the broker publishes its last will)."""
-        self.procs[i].kill()
-        self.procs[i].wait(10)
-
-    def __exit__(self, *exc) -> None:
-        import subprocess
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-
-def main(argv=None) -> int:
-    """`python -m semifl.service.aggregator --broker URL --id NAME --dir DIR [--edge]`: one aggregator
-    until SIGTERM/SIGINT (`semifl worker` and `semifl edge` run it)."""
-    p = argparse.ArgumentParser(prog="semifl worker", description=__doc__.split("\n")[0])
-    p.add_argument("--broker", required=True)
-    p.add_argument("--id", required=True)
-    p.add_argument("--dir", required=True)
-    p.add_argument("--edge", action="store_true", help="take every upload on the broker (no shared subscription)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format=f"%(asctime)s {a.id} %(levelname)s %(message)s")
-    return run_aggregator(a.broker, a.id, a.dir, shared=not a.edge)
-
-
-def run_aggregator(url: str, agg_id: str, folder: str, shared: bool = True) -> int:
-    stop = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.append(1))
-    agg = Aggregator(url, agg_id, folder, shared=shared).connect()
-    try:
-        agg.serve(lambda: bool(stop))
-    finally:
-        log.info("%s: chunks %s", agg_id, dict(agg.stats))
-        agg.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,8 @@ Layout of a certs folder (private keys and passwords 0600; nothing existing is o
     host.password             the host service's password (user `semifl-host`)
     devices/<id>.pem|.key     a device's client certificate (CN = its id, which is its MQTT username)
     devices/<id>.password     its password
+    edges/<name>.password     an edge's bridge account at the core (user semifl-edge-<name>; `--role edge`)
+    workers/<name>.password   a host worker's account (user semifl-worker-<name>; `--role worker`)
     passwd                    user:$7$... lines, the format of `mosquitto_passwd` (PBKDF2-SHA512), read by
                               Mosquitto (`password_file`) and by the embedded broker alike
 
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST_USER = "semifl-host"
+ROLE_PREFIX = "semifl-"        # accounts of the host's roles; no device id starts so
+EDGE_PREFIX = "semifl-edge-"   # an edge's bridge account: semifl-edge-<name> (`semifl certs issue <name> --role edge`)
+ROLES = {"edge": EDGE_PREFIX, "worker": "semifl-worker-"}   # role -> its accounts' prefix
 # PBKDF2 rounds of a $7$ line (Mosquitto reads the count from the line; mosquitto_passwd writes 101).
 # Every password this module makes is a random 128-bit token, which stretching cannot make harder to
 # guess; what rounds do cost is every connect's check on the broker (10,000 rounds: ~7 ms of broker CPU
@@ -258,8 +263,9 @@ def issue(folder: str | Path, dev_id: str, certificate: bool = True, overwrite: 
     """A device's credentials: a random password (added to `passwd`) and, with `certificate`, a
     client certificate whose CN is its id. An existing device's are returned unchanged unless `overwrite`.
     (_batch: collects the new passwords for one rewrite of `passwd` by the caller: `fleet_credentials`.)"""
-    if not dev_id or not set(dev_id) <= _ID_OK or dev_id == HOST_USER:
-        raise CertsError(f"device id {dev_id!r}: letters, digits, '-', '_', '.' only, and not {HOST_USER}")
+    if not dev_id or not set(dev_id) <= _ID_OK or dev_id.startswith(ROLE_PREFIX):
+        raise CertsError(f"device id {dev_id!r}: letters, digits, '-', '_', '.' only, and not {ROLE_PREFIX}... "
+                         f"(the host's roles: {HOST_USER}, {EDGE_PREFIX}<name>)")
     certs = Certs(Path(folder)).check()
     d = certs.dir / "devices"
     d.mkdir(exist_ok=True)
@@ -278,6 +284,27 @@ def issue(folder: str | Path, dev_id: str, certificate: bool = True, overwrite: 
         _write_private(d / f"{dev_id}.key", _pem_key(key), replace=True)
         (d / f"{dev_id}.pem").write_bytes(_pem(_sign(dev_id, key, ca_cert, ca_key, 825, client=True)))
     return certs.device(dev_id)
+
+
+def issue_role(folder: str | Path, name: str, role: str, overwrite: bool = False) -> Credentials:
+    """An account of one of the host's roles (ROLES): an edge's bridge at the core (`semifl edge`) or a
+    host worker (`semifl worker`): user semifl-<role>-<name>, a random password in <role>s/<name>.password,
+    added to `passwd`. Its topics: the ACL block `semifl certs issue --role` prints (service/edge.py).
+    An existing one is returned unchanged unless `overwrite`."""
+    if role not in ROLES:
+        raise CertsError(f"role {role!r}: one of {', '.join(ROLES)}")
+    if not name or not set(name) <= _ID_OK:
+        raise CertsError(f"{role} name {name!r}: letters, digits, '-', '_', '.' only")
+    certs = Certs(Path(folder)).check()
+    d = certs.dir / f"{role}s"
+    d.mkdir(exist_ok=True)
+    pw_file, user = d / f"{name}.password", ROLES[role] + name
+    if pw_file.exists() and not overwrite:
+        return Credentials(user, pw_file.read_text().strip())
+    password = secrets.token_urlsafe(16)
+    _write_private(pw_file, password.encode() + b"\n", replace=True)
+    set_password(certs.passwd, user, password)
+    return Credentials(user, password)
 
 
 def fleet_credentials(folder: str | Path, device_ids, certificates: bool = False, init_ca: bool = True) -> Certs:

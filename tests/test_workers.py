@@ -110,3 +110,46 @@ def test_workers_need_shared_subscriptions_and_a_sum(tmp_path, fashion):
         with pytest.raises(ValueError, match=why):
             Coordinator(None, workers=2).attach(rounds_obj)
     store.close()
+
+
+def test_a_merge_over_partial_sums_takes_back_what_a_dead_aggregator_held():
+    """Ingest's merge over aggregators' partial sums (transport-free): w0 dies at collect time; of its two
+    updates one came in again at w1 (asked anew), the other never did. The merge is the list merge of
+    what is left, its sum the coordinator's plan over w1's share alone, and it says what it took."""
+    from semifl.learn.fold import Summand, sum_rule
+    from semifl.learn.strategy import FedAvg, FLUpdate, average_fl
+    from semifl.service.rounds.ingest import Ingest, Taken
+
+    shapes = [(6, 4), (4,)]
+    rng = np.random.default_rng(2)
+    ups = {f"pi-{i}": [rng.standard_normal(s).astype(np.float32) for s in shapes] for i in range(5)}
+    n = {d: 50 + 10 * i for i, d in enumerate(ups)}
+    ing = Ingest(1, shapes, 0, 5, sum_rule(average_fl), load=None)
+    src = {"pi-0": "w0", "pi-1": "w1", "pi-2": "w0", "pi-3": "w1", "pi-4": "w1"}
+    for d, s in src.items():
+        ing.take_remote(Taken(d, "update", n[d], 1.0, source=s))
+    calls = []
+
+    def collect(plan, shares):   # what the workers would send: their share folded under `plan`
+        calls.append({k: list(v) for k, v in shares.items()})
+        if len(calls) == 1:   # w0 is gone; pi-0 comes in again at w1, pi-2 does not
+            del ing.taken[("pi-0", "update")], ing.taken[("pi-2", "update")]
+            ing.take_remote(Taken("pi-0", "update", n["pi-0"], 1.0, source="w1"))
+        out = {}
+        for s, devs in shares.items():
+            if s == "w0" and len(calls) == 1:
+                continue
+            ps = plan.empty(shapes)
+            for d in devs:
+                plan.add(ps, Summand(d, n[d], 1.0), ups[d])
+            out[s] = ps
+        return out
+
+    ing.collect = collect
+    params = [np.zeros(s, np.float32) for s in shapes]
+    got = ing.merged(FedAvg(), params, set(src), [])
+    assert calls == [{"w0": ["pi-0", "pi-2"], "w1": ["pi-1", "pi-3", "pi-4"]}, {"w1": ["pi-0", "pi-1", "pi-3", "pi-4"]}]
+    assert ing.merged_devices == ["pi-0", "pi-1", "pi-3", "pi-4"] and ing.how == "partial"
+    kept = [FLUpdate(d, ups[d], n[d]) for d in ing.merged_devices]
+    want = FedAvg().aggregate(params, kept, [])
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))   # one share, in order: the list merge's bits

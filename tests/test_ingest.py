@@ -123,8 +123,10 @@ def test_the_spool_rebuilds_its_index_and_a_torn_tail_is_cut_off(tmp_path):
     theirs = Spool(folder, "8899aabbccddeeff")   # another store's spool in the same folder sees none of it
     assert theirs.keys(7) == set()
     theirs.drop(7)
+    theirs.close()
     assert os.path.exists(path)
     sp.drop(7)
+    sp.close()   # (the removal runs in the spool's background thread; close waits for it)
     assert not os.path.exists(folder)
 
 
@@ -150,8 +152,8 @@ def test_the_store_keeps_payloads_out_of_sqlite_and_drops_rows_whose_payload_was
     store = Store(db)
     assert [(d, k) for d, k, _ in store.contribution_keys(1)] == [("pi-00", "update"), ("pi-01", "update")]
     store.finish_round(1, [np.zeros(3, np.float32)], {"round": 1})
-    assert sorted(os.listdir(folder)) == ["not-ours.spool"]   # its own file gone once the round is done; others kept
     store.close()
+    assert sorted(os.listdir(folder)) == ["not-ours.spool"]   # its own file gone once the round is done; others kept
 
 
 def test_score_views_stay_within_their_budget():

@@ -49,7 +49,7 @@ class Spool:
         self._index: dict[int, dict[tuple[str, str], tuple[int, int, int]]] = {}   # key -> (offset, length, crc)
         self._end: dict[int, int] = {}                         # round -> offset after the last whole record
         self._unsynced = 0                                     # bytes appended since the last sync was asked for
-        self._flusher: ThreadPoolExecutor | None = None        # the background sync (durable spools only)
+        self._flusher: ThreadPoolExecutor | None = None        # the background thread: syncs, removals
         self._syncing = None                                   # its sync in flight
         self._crc: ThreadPoolExecutor | None = None            # checksums computed beside the caller's work
 
@@ -141,10 +141,8 @@ class Spool:
         self._end[rnd] = at + total
         self._unsynced += total
         if self.folder is not None and self._unsynced >= SYNC_BYTES and (self._syncing is None or self._syncing.done()):
-            if self._flusher is None:
-                self._flusher = ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
             self._wait()   # (done: only its error, if it had one)
-            self._syncing, self._unsynced = self._flusher.submit(os.fdatasync, fd), 0
+            self._syncing, self._unsynced = self._background().submit(os.fdatasync, fd), 0
 
     def checksum(self, data):
         """A future of data's CRC-32, computed in a helper thread (zlib lets go of the GIL) while the
@@ -181,24 +179,26 @@ class Spool:
             self._unsynced = 0
 
     def drop(self, upto: int) -> None:
-        """Remove the files of rounds <= `upto` (this spool's only), and the folder once it is empty."""
+        """Remove the files of rounds <= `upto` (this spool's only), and the folder once it is empty. The
+        removal itself runs in the background thread: freeing a file of gigabytes takes the file system
+        a second, which the next round need not wait for (`close` waits for it)."""
         self._wait()
+        fds, paths = [], []
         for rnd in [r for r in set(self._files) | set(self.rounds()) if r <= upto]:
             fd = self._files.pop(rnd, None)
             if fd is not None:
-                os.close(fd)
+                fds.append(fd)
             self._index.pop(rnd, None)
             self._end.pop(rnd, None)
             if self.folder is not None:
-                try:
-                    os.unlink(self._name(rnd))
-                except FileNotFoundError:
-                    pass
-        if self.folder is not None:
-            try:
-                os.rmdir(self.folder)   # only if empty: another store's files, or anyone's, stay
-            except OSError:
-                pass
+                paths.append(self._name(rnd))
+        if fds or paths:
+            self._background().submit(_remove, fds, paths, self.folder)
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        return self._flusher
 
     def close(self) -> None:
         self._wait()
@@ -213,3 +213,19 @@ class Spool:
         self._files.clear()
         self._index.clear()
         self._end.clear()
+
+
+def _remove(fds: list[int], paths: list[str], folder: str | None) -> None:
+    """Close and remove a dropped round's files (closing the last descriptor of an anonymous one frees it)."""
+    for fd in fds:
+        os.close(fd)
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if folder is not None:
+        try:
+            os.rmdir(folder)   # only if empty: another store's files, or anyone's, stay
+        except OSError:
+            pass

@@ -53,7 +53,7 @@ AGG = wire.ROOT + "/agg"
 CTX = AGG + "/ctx"
 GROUP = "semifl-agg"          # the workers' shared-subscription group
 SUM_CHUNK = 256 << 10         # a partial sum travels in chunks of this many bytes
-PENDING = 100_000             # chunks held while the round they belong to has no context yet
+PENDING, PENDING_BYTES = 10_000, 64 << 20   # chunks held while the round they belong to has no context yet
 
 
 def agg_topic(agg_id: str, leaf: str) -> str:
@@ -353,7 +353,8 @@ class Aggregator:
         self.session.handler = self.share
         self.workers: list[str] = []
         self.local: set[str] = set()        # an edge's devices
-        self.pending: list[tuple[str, bytes]] = []
+        self.pending: list[tuple[str, bytes]] = []   # chunks that came before their round's context
+        self.pending_bytes = 0
         self.reported = Counter()           # device -> bytes of its chunks already reported
         self.relayed = 0                    # bytes of chunks passed to their owner since the last report
         self.stats = Counter()              # chunks (and their bytes): own, relayed_out, relayed_in, samples
@@ -387,7 +388,7 @@ class Aggregator:
             _, leaf, *rest = topic[len(AGG) + 1:].split("/")
             if leaf == "collect":
                 self.collect(json.loads(payload))
-            elif leaf == "relay" and rest:
+            elif leaf == "relay" and rest and not self.early(topic, payload):
                 self.count("relayed_in", payload)
                 self.take(wire.dev_topic(rest[0], wire.T_UP), payload)
         else:
@@ -406,12 +407,9 @@ class Aggregator:
             self.count("samples", payload)
             self.link.publish(agg_topic(self.id, f"up/{dev}"), payload)
             return
+        if self.early(topic, payload):
+            return
         if self.shared:
-            blob_id = struct.unpack_from("<I", payload, 4)[0] if len(payload) >= wire.CHUNK_HEADER_LEN else -1
-            if self.share.ctx is None or blob_id > self.session.round:   # its round's context is not here yet
-                if len(self.pending) < PENDING:
-                    self.pending.append((topic, payload))
-                return
             to = owner(dev, self.workers) if self.workers else self.id
             if to != self.id:
                 self.count("relayed_out", payload)
@@ -420,6 +418,20 @@ class Aggregator:
                 return
         self.count("own", payload)
         self.take(topic, payload)
+
+    def early(self, topic: str, payload) -> bool:
+        """Whether a chunk is of the next round, whose context is not here yet (or of any, before the
+        first): then it waits for it (within PENDING chunks and PENDING_BYTES; beyond, it is dropped and
+        counted). Others go on to the session, which takes the open round's and refuses the rest."""
+        blob_id = struct.unpack_from("<I", payload, 4)[0] if len(payload) >= wire.CHUNK_HEADER_LEN else -1
+        if self.share.ctx is not None and blob_id != self.session.round + 1:
+            return False
+        if len(self.pending) < PENDING and self.pending_bytes + len(payload) <= PENDING_BYTES:
+            self.pending.append((topic, payload))
+            self.pending_bytes += len(payload)
+        else:
+            self.stats["early_dropped"] += 1
+        return True
 
     def count(self, what: str, payload) -> None:
         self.stats[what] += 1
@@ -434,9 +446,9 @@ class Aggregator:
         self.share.open(meta, params)
         log.info("%s: round %d context, %d uploaders, workers %s", self.id, meta["round"], len(meta["uploaders"]),
                  self.workers)
-        held, self.pending = self.pending, []
+        held, self.pending, self.pending_bytes = self.pending, [], 0
         for topic, payload in held:
-            self.route(wire.parse_dev_topic(topic)[0], topic, payload)
+            self.on_message(topic, payload)
 
     def collect(self, req: dict) -> None:
         ps = self.share.collect(req)

@@ -153,3 +153,41 @@ def test_a_merge_over_partial_sums_takes_back_what_a_dead_aggregator_held():
     kept = [FLUpdate(d, ups[d], n[d]) for d in ing.merged_devices]
     want = FedAvg().aggregate(params, kept, [])
     assert all(np.array_equal(a, b) for a, b in zip(got, want))   # one share, in order: the list merge's bits
+
+
+def test_a_host_killed_mid_round_resumes_with_new_workers(tmp_path, fashion, mosquitto):
+    """`semifl serve --host-workers 2` SIGKILLed in a round that has accepted work: its workers end with
+    it (they watch their parent), the restarted host starts two more on the same spools, asks its
+    uploaders again (their acceptances were the workers', not in its store) and ends on the model of an
+    uninterrupted run, up to the partial sums' regrouping."""
+    import subprocess
+    import sys
+
+    from conftest import kill_mid_round_and_restart
+    from semifl.app.inprocess import run_inprocess
+    from semifl.sim.fleet import LinkProfile, VirtualFleet, seed_fleet
+
+    rounds, seed = 5, 3
+    state = tmp_path / "state.db"
+
+    def serve(log):
+        return subprocess.Popen([sys.executable, "-m", "semifl.cli", "serve", "--broker", mosquitto, "--rounds",
+                                 str(rounds), "--seed", str(seed), "--state", str(state), "--wait-devices", "10",
+                                 "--wait-s", "60", "--host-workers", "2", "--no-plot"], stdout=log, stderr=subprocess.STDOUT)
+
+    with VirtualFleet(tmp_path / "fleet", seed_fleet(6, 4, 10, seed, rounds, LinkProfile(latency_s=0.002)), fashion,
+                      mosquitto):
+        before = kill_mid_round_and_restart(serve, state, tmp_path / "host.log")
+    assert before
+    store = Store(str(state))
+    metrics = {m["round"]: m for m in store.round_metrics()}
+    assert sorted(metrics) == list(range(1, rounds + 1))
+    assert all(len(m["participants"]["fl"]) == 3 for m in metrics.values())
+    final = store.checkpoint(rounds)
+    store.close()
+    acc = []
+    expected = run_inprocess(RunConfig.make(rounds=rounds, seed=seed), fashion, on_round=lambda m: acc.append(m["accuracy"]))
+    assert acc == [metrics[r]["accuracy"] for r in sorted(metrics)]
+    for a, b in zip(final, expected.params):
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
+    assert (tmp_path / "workers" / "w0" / "stats.json").exists()   # the second w0 ended cleanly

@@ -19,8 +19,11 @@ log = logging.getLogger("semifl.aggregator")
 def open_aggregator(url: str, agg_id: str, folder: str | Path, shared: bool = True, timeout: float = 30.0) -> Aggregator:
     """Aggregator `agg_id` connected to the broker at `url` (MQTT v5 for a shared subscription), its
     spool in `folder`. A broker that refuses the shared subscription (the embedded one) is said so."""
+    import os
+
     link = HostLink(url, client_id=f"semifl-agg-{agg_id}", subs=subscriptions(agg_id, shared),
-                    presence=agg_topic(agg_id, "presence"), v5=shared).connect(timeout)
+                    presence=agg_topic(agg_id, "presence"), v5=shared, instance=b":" + os.urandom(6).hex().encode()
+                    ).connect(timeout)
     if not link.subscribed.wait(timeout) or link.sub_refused:
         link.close()
         raise ConnectionError(f"the broker at {link.host}:{link.port} refused the subscriptions "
@@ -30,8 +33,11 @@ def open_aggregator(url: str, agg_id: str, folder: str | Path, shared: bool = Tr
     return Aggregator(link, Store(str(Path(folder) / "aggregator.db")), agg_id, shared)
 
 
-def run_aggregator(url: str, agg_id: str, folder: str, shared: bool = True) -> int:
-    """One aggregator until SIGTERM/SIGINT; at the end its CPU seconds and chunk counts in folder/stats.json."""
+def run_aggregator(url: str, agg_id: str, folder: str, shared: bool = True, with_parent: bool = False) -> int:
+    """One aggregator until SIGTERM/SIGINT (with_parent: or until the process that started it is gone, so
+    a host killed outright leaves no worker behind to take its restarted self's place); at the end its
+    CPU seconds and chunk counts in folder/stats.json."""
+    import os
     import resource
 
     from threadpoolctl import threadpool_limits
@@ -39,10 +45,11 @@ def run_aggregator(url: str, agg_id: str, folder: str, shared: bool = True) -> i
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))
+    parent = os.getppid()
     agg = open_aggregator(url, agg_id, folder, shared)
     try:
         with threadpool_limits(limits=1):   # the host's arithmetic on one BLAS thread, as Session.run
-            while not stop:
+            while not stop and not (with_parent and os.getppid() != parent):
                 msg = agg.link.get(0.2)
                 if msg is not None:
                     agg.on_message(*msg[:2]) if msg[0] != "_rejected" else agg.session.dispatch(msg)
@@ -70,7 +77,8 @@ class Workers:
         for i in range(self.n):
             log_f = open(self.folder / f"w{i}.log", "ab")
             self.procs.append(subprocess.Popen([sys.executable, "-m", "semifl.app.aggregate", "--broker", self.url,
-                                                "--id", f"w{i}", "--dir", str(self.folder / f"w{i}"), "-v"],
+                                                "--id", f"w{i}", "--dir", str(self.folder / f"w{i}"), "--with-parent",
+                                                "-v"],
                                                stdout=log_f, stderr=subprocess.STDOUT))
             log_f.close()
             (self.folder / f"w{i}.pid").write_text(str(self.procs[-1].pid))   # who to signal, for an operator or a test
@@ -98,11 +106,12 @@ def main(argv=None) -> int:
     p.add_argument("--id", required=True)
     p.add_argument("--dir", required=True)
     p.add_argument("--edge", action="store_true", help="take every upload on the broker (no shared subscription)")
+    p.add_argument("--with-parent", action="store_true", help="end when the process that started it ends")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format=f"%(asctime)s {a.id} %(levelname)s %(message)s")
-    return run_aggregator(a.broker, a.id, a.dir, shared=not a.edge)
+    return run_aggregator(a.broker, a.id, a.dir, shared=not a.edge, with_parent=a.with_parent)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ class Edge:
             env["SEMIFL_BROKER_PASSWORD"] = (Path(self.certs) / "host.password").read_text().strip()
         with open(self.folder / "aggregator.log", "ab") as log_f:
             self.aggregator = subprocess.Popen(
-                [sys.executable, "-m", "semifl.app.aggregate", "--edge", "--broker", url, "--id", self.name,
+                [sys.executable, "-m", "semifl.app.aggregate", "--edge", "--with-parent", "--broker", url, "--id", self.name,
                  "--dir", str(self.folder / "aggregator"), "-v"], stdout=log_f, stderr=subprocess.STDOUT, env=env)
         return self
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from semifl.learn import robust
+from semifl.learn.aggregate import global_norm
 from semifl.learn.fold import PartialSum, Plan, Summand, sum_rule
 from semifl.protocol import wire
 from semifl.protocol.tensors import decode_arrays, encode_arrays
@@ -90,7 +91,7 @@ class Coordinator:
 
     def __init__(self, link, workers: int = 0, max_blob: int = 64 << 20):
         self.link, self.workers, self.max_blob = link, workers, max_blob
-        self.live: set[str] = set()
+        self.live: dict[str, str] = {}   # aggregator -> the instance that said it is online
         self.rounds = None          # the FederatedRound it serves
         self.owners: list[str] = []  # the workers the open round's context lists
         self.plan: Plan | None = None  # the fold plan it gave them
@@ -135,11 +136,15 @@ class Coordinator:
         if leaf == "up" and rest:
             return wire.dev_topic(rest[0], wire.T_UP), payload
         if leaf == "presence" or leaf == "bridge":
-            up = bytes(payload) in (b"online", b"1")
-            if up:
-                self.live.add(src)
-            elif src in self.live:
-                self.live.discard(src)
+            # presence: b"online:<instance>" / b"offline:<instance>" (its will); an edge's bridge: 1 / 0
+            state, _, inst = bytes(payload).decode(errors="replace").partition(":")
+            if state in ("online", "1"):
+                joined = src not in self.live
+                self.live[src] = inst if leaf == "presence" else self.live.get(src, inst)
+                if joined and self.rounds is not None:
+                    self.joined(src)
+            elif src in self.live and (leaf == "bridge" or self.live[src] == inst):   # not a former instance's
+                del self.live[src]
                 if self.rounds is not None:
                     self.lost(src)
         elif leaf == "acc" and self.rounds is not None:
@@ -195,6 +200,16 @@ class Coordinator:
         log.warning("round %d: aggregator %s went offline holding %d updates; asking again", s.round, src, len(gone))
         if r.train_closed:   # the context is out: again, with the workers alive
             self.open(r, self.plan)
+        r.ask_again()
+
+    def joined(self, src: str) -> None:
+        """An aggregator came (back) in a round: host workers get a context that lists it, and what the
+        round still waits for is asked again (chunks may have gone to its former instance)."""
+        r = self.rounds
+        if not self.workers or r.ingest is None or r.ingest.round != r.session.round or not r.train_closed:
+            return
+        log.info("round %d: aggregator %s joined; its context again", r.session.round, src)
+        self.open(r, self.plan)
         r.ask_again()
 
     def collect(self, plan: Plan, shares: dict[str, list[str]]) -> dict[str, PartialSum]:
@@ -273,9 +288,16 @@ class Share(Round):
         if not same:
             self.accepted = {}
             s.store.spool.drop(rnd - 2)
+            restored = [d for d, kind, _ in s.store.contribution_keys(rnd) if kind == "update" and d in self.expect]
         self.plan = plan_of(meta["plan"]) if meta.get("plan") else None
         self.mine = [d for d in self.plan.order if self.agg.holds(d, meta)] if self.plan else []
         self.sum = self.plan.empty(self.shapes) if self.plan else None
+        if not same and restored:
+            log.info("round %d: %d updates of this round in the spool (a restart): reported again", rnd, len(restored))
+        for d in [] if same else restored:   # a restarted aggregator: what its spool holds of the round
+            arrays = self.load(d)
+            self.accepted[d] = global_norm(arrays)
+            self.agg.report(d, {"norm": self.accepted[d]}, robust.view(arrays, self.index))
         self._advance(None, None)   # a context sent again (a worker gone): what is here, from the spool
 
     def on_blob(self, dev: str, kind: int, blob, crc: int | None = None) -> None:

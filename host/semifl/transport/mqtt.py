@@ -94,13 +94,14 @@ class HostLink(Link):
     def __init__(self, url: str, client_id: str = "semifl-host", inbox_size: int = 100_000,
                  max_payload: int = 1 << 20, inbox_bytes: int = 256 << 20, ca: str | None = None, cert: str | None = None,
                  key: str | None = None, password: str | None = None, subs: list[str] | None = None,
-                 presence: str | None = None, v5: bool = False):
+                 presence: str | None = None, v5: bool = False, instance: bytes = b""):
         """url: mqtt[s]://[user[:password]@]host:port; mqtts verifies the broker against `ca` (see
         tls_settings) and may present a client certificate; `password` overrides the URL's. The inbox
         holds at most `inbox_size` messages and `inbox_bytes` of payload: a flood waits in the broker
         (or is dropped and counted), not in the host's memory. subs: the topics to take (default what
-        devices send); presence: where this client says online/offline (default the host's); v5: MQTT
-        v5 (shared subscriptions, `$share/...`) instead of v3.1.1."""
+        devices send); presence: where this client says online/offline (default the host's), each
+        followed by `instance` (a process of a name that another took over says offline without
+        confusing anyone); v5: MQTT v5 (shared subscriptions, `$share/...`) instead of v3.1.1."""
         self.host, self.port = parse_broker_url(url)
         self.url = url
         self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
@@ -115,6 +116,7 @@ class HostLink(Link):
         self.subs = subs if subs is not None else [wire.ROOT + "/dev/+/" + leaf for leaf in
                                                    (wire.T_CAPS, wire.T_PRESENCE, wire.T_STATUS, wire.T_UP)]
         self.presence = presence or wire.host_topic("presence")
+        self.online, self.offline = b"online" + instance, b"offline" + instance
         if v5:
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:
@@ -127,7 +129,7 @@ class HostLink(Link):
         self.tls = tls_settings(url, ca, cert, key)
         if self.tls:
             self.client.tls_set(**self.tls)
-        self.client.will_set(self.presence, b"offline", qos=1, retain=True)
+        self.client.will_set(self.presence, self.offline, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_socket_open = no_delay
         self.client.on_message = self._on_message
@@ -141,7 +143,7 @@ class HostLink(Link):
             self._connected.set()
             return
         client.subscribe([(t, 1) for t in self.subs])
-        client.publish(self.presence, b"online", qos=1, retain=True)
+        client.publish(self.presence, self.online, qos=1, retain=True)
         self._connected.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -208,7 +210,7 @@ class HostLink(Link):
         return msg
 
     def close(self):
-        self.client.publish(self.presence, b"offline", qos=1, retain=True)
+        self.client.publish(self.presence, self.offline, qos=1, retain=True)
         time.sleep(0.05)
         self.client.disconnect()
         self.client.loop_stop()

@@ -98,6 +98,7 @@ class Coordinator:
         self.sums: dict[str, PartialSum] = {}
         self._asm: dict[str, wire.Assembler] = {}
         self.relayed = Counter()    # what aggregators report they relayed (bytes), for a benchmark
+        self.refused = Counter()    # aggregator -> its messages that did not decode
 
     def __getattr__(self, name):   # publish, publish_blob, close, dropped, ...: the link's
         return getattr(self.link, name)
@@ -128,7 +129,12 @@ class Coordinator:
         msg = self.link.get(timeout)
         if msg is None or msg[0] == "_rejected" or not msg[0].startswith(AGG + "/"):
             return msg
-        return self.on_message(msg[0], msg[1])
+        try:
+            return self.on_message(msg[0], msg[1])
+        except (wire.WireError, ValueError, KeyError, TypeError) as e:   # a broken aggregator's message: said, not fatal
+            self.refused[msg[0].split("/")[3] if msg[0].count("/") >= 3 else "?"] += 1
+            log.warning("refused a message on %s: %s", msg[0], e)
+            return None
 
     def on_message(self, topic: str, payload):
         """One aggregator message. -> a device message for the session (a relayed CL chunk) or None."""

@@ -174,7 +174,7 @@ def add_energy(summary: dict) -> None:
 
 # what a run writes into its folder; `--overwrite` replaces these and nothing else
 OUTPUTS = ("summary.json", "rounds.png", "final_model.npz", "config.json", "state.db", "state.db-wal",
-           "state.db-shm", "fleet", "workers")
+           "state.db-shm", "state.db-spool", "fleet", "workers")
 
 
 def run_folder(cfg: RunConfig, overwrite: bool = False) -> Path:

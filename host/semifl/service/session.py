@@ -48,7 +48,8 @@ class Round:
         """Take a status kind of this round's own; False: not one of them."""
         return False
 
-    def on_blob(self, dev: str, kind: int, blob) -> None:
+    def on_blob(self, dev: str, kind: int, blob, crc: int | None = None) -> None:
+        """A device's whole blob; crc: its CRC-32 (the wire checked it), so storing it costs no second pass."""
         raise NotImplementedError
 
     def expects_late(self, dev: str, rnd: int) -> bool:
@@ -354,7 +355,8 @@ class Session:
         if not complete:
             return False
         self._forget(dev, key, asm)
-        self.handler.on_blob(dev, kind, asm.buf)   # the assembled bytearray, not copied again
+        # the assembled bytearray, not copied again, and its CRC-32 as assembly computed it (the spool's)
+        self.handler.on_blob(dev, kind, asm.buf, crc=asm.crc)
         return True
 
     def _forget(self, dev: str, key: tuple, asm, empty_only: bool = False) -> None:

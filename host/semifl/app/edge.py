@@ -54,9 +54,12 @@ def bridge_config(name: str, core: str, port: int, bind: str = "127.0.0.1", pass
     host, core_port = parse_broker_url(core)
     if passwd is None and not is_loopback_host(bind):
         raise ValueError(f"an edge listening on {bind} needs the fleet's accounts (--certs): anonymous only on loopback")
-    lines = [f"# semifl edge {name}: written by `semifl edge` (service/edge.py); devices connect here as to the core",
+    lines = [f"# semifl edge {name}: written by `semifl edge` (app/edge.py); devices connect here as to the core",
              "per_listener_settings false", f"listener {port} {bind}", "persistence false",
-             "max_packet_size 4194304", "set_tcp_nodelay true"]
+             "max_packet_size 4194304", "set_tcp_nodelay true",
+             # the edge's aggregator and the bridge take every device's chunks: Mosquitto's default cap of
+             # 1,000 queued messages per client drops them once a few hundred devices upload at once
+             "max_queued_messages 0"]
     if passwd:
         lines += ["allow_anonymous false", f"password_file {passwd}", "use_username_as_clientid true"]
         if acl:

@@ -91,7 +91,7 @@ def client_fn(context):
 
 
 # ----------------------------------------------------------------------------- server side
-def run(rounds: int, seed: int, client_cpus: float, verbose: bool = False) -> dict:
+def run(rounds: int, seed: int, client_cpus: float, verbose: bool = False, init_npz: str | None = None) -> dict:
     import flwr
     from flwr.client import ClientApp
     from flwr.common import Context, ndarrays_to_parameters
@@ -129,6 +129,10 @@ def run(rounds: int, seed: int, client_cpus: float, verbose: bool = False) -> di
             results = sorted(results, key=lambda r: int(r[1].metrics["partition_id"]))
             return super().aggregate_fit(server_round, results, failures)
 
+    # the initial model: semifl's seeded Glorot draw, or one given as arr_0.. (semifl.learn.initial's layout)
+    start = mlp.init_params(seed=seed) if not init_npz else [a for _, a in sorted(
+        np.load(init_npz).items(), key=lambda kv: int(kv[0][4:]))]
+
     def server_fn(context: Context):
         strategy = SortedFedAvg(
             fraction_fit=1.0,
@@ -138,7 +142,7 @@ def run(rounds: int, seed: int, client_cpus: float, verbose: bool = False) -> di
             min_available_clients=N_CLIENTS,
             evaluate_fn=evaluate_fn,
             on_fit_config_fn=lambda r: {"server_round": r},
-            initial_parameters=ndarrays_to_parameters(mlp.init_params(seed=seed)),
+            initial_parameters=ndarrays_to_parameters(start),
         )
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
@@ -189,9 +193,10 @@ def main(argv=None) -> int:
                     help="Ray num_cpus per ClientApp worker (default: all %d CPUs / 6 clients, "
                          "rounded down, so 6 workers fit)" % ncpu)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--init-npz", help="the initial model as arr_0.. float32 arrays (default: init_params(seed))")
     a = ap.parse_args(argv)
 
-    res = run(a.rounds, a.seed, a.client_cpus, a.verbose)
+    res = run(a.rounds, a.seed, a.client_cpus, a.verbose, a.init_npz)
     if a.rounds >= 50 and not res["final_accuracy"] > 0.10:
         print(f"[flower] WARNING: final accuracy {res['final_accuracy']:.4f} is not above chance", file=sys.stderr)
     summary = {k: v for k, v in res.items() if k != "accuracy_per_round"}

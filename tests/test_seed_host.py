@@ -33,3 +33,12 @@ def test_a_pruned_host_model_holds_zeros_where_its_clients_copy_does(fashion):
         assert not b[~keep].any()
         np.testing.assert_array_equal(a[keep], b[keep])
     assert sum(int((~k).sum()) for k in masks) == int(np.ceil(0.3 * sum(p.size for p in init)))
+
+
+def test_semifl_plus_takes_its_server_step_and_the_hosts_pruning_from_the_settings(fashion):
+    cfg = RunConfig.make(**dict(BASELINES["semifl+"], rounds=1, lr=SEED_LR, int8_every=0))
+    s = run_inprocess(cfg, fashion).strategy
+    assert (s.server_lr, s.beta2) == (0.003, 0.999)
+    assert s.prune == 0.0   # the host prunes its own model: its step needs no mask
+    shipped = run_inprocess(RunConfig.make(strategy="semifl+", rounds=1, lr=SEED_LR, int8_every=0), fashion).strategy
+    assert (shipped.server_lr, shipped.beta2, shipped.prune) == (0.005, 0.99, 0.3)

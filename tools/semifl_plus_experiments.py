@@ -56,27 +56,35 @@ def wire_bytes(meta: dict, headers: list, chunk: int) -> int:
 
 
 # name -> (RunConfig overrides, SemiFLPlus kwargs or None for SemiFL, fresh-only CL uploads).
-# prune="task": the prune-consistent host step at the task's P (cfg.prune).
+# prune="task": consistent with the FL clients' pruned copy at the task's P: the masked host step (cfg.prune), or
+# nothing where the host prunes its own model each round (prune_global), as `semifl.app.build.make_round` does.
 PLUS = dict(SEMIFL_PLUS, prune="task")   # what `--strategy semifl+` runs
+HOST = {"prune_global": True}             # the host's model pruned like its clients' copy
+# semifl+ from the seed's weights, as `semifl reproduce` runs it: the host prunes its own model, and its server
+# Adam takes smaller, smoother steps (--server-lr 0.003 --server-beta2 0.999; the seed's tiny first layer)
+SEED_PLUS = dict(PLUS, server_lr=0.003, beta2=0.999)
 RUNS = {
     "semifl": ({}, None, False),
-    "semifl-pruned-host": ({"prune_global": True}, None, False),   # the host's model pruned too (reproduce's)
+    "semifl-pruned-host": (HOST, None, False),
     "semifl-fresh": ({}, None, True),     # same training; the host keeps samples, devices send only new ones
-    "plus": ({}, PLUS, True),
-    "plus-sgd": ({}, dict(PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),  # SemiFL's step
-    "plus-avgm": ({}, dict(PLUS, server_opt="avgm", server_lr=0.1), True),
-    "plus-yogi": ({}, dict(PLUS, server_opt="yogi"), True),
-    "plus-constlr": ({}, dict(PLUS, schedule="constant"), True),
-    "plus-no-clmem": ({}, dict(PLUS, cl_memory=False), False),
-    "plus-no-flmem": ({}, dict(PLUS, fl_memory=False), True),
-    "plus-no-decay": ({}, dict(PLUS, fl_decay=1.0), True),
-    "plus-no-floor": ({}, dict(PLUS, fl_floor=0.0), True),
-    "plus-unbalanced": ({}, dict(PLUS, balanced=False), True),
-    "plus-no-prune": ({}, dict(PLUS, prune=0.0), True),
-    "plus-epochs3": ({"epochs": 3}, PLUS, True),
+    "plus": (HOST, SEED_PLUS, True),
+    "plus-shipped": ({}, PLUS, True),     # `--strategy semifl+` with its defaults: masked step, Adam 0.005 / 0.99
+    "plus-masked": ({}, SEED_PLUS, True),  # the masked prune-consistent step instead of pruning the host's model
+    "plus-no-prune": ({}, dict(SEED_PLUS, prune=0.0), True),
+    "plus-sgd": (HOST, dict(SEED_PLUS, server_opt="sgd", server_lr=None, schedule="constant"), True),  # SemiFL's step
+    "plus-avgm": (HOST, dict(SEED_PLUS, server_opt="avgm", server_lr=0.1), True),
+    "plus-yogi": (HOST, dict(SEED_PLUS, server_opt="yogi"), True),
+    "plus-constlr": (HOST, dict(SEED_PLUS, schedule="constant"), True),
+    "plus-no-clmem": (HOST, dict(SEED_PLUS, cl_memory=False), False),
+    "plus-no-flmem": (HOST, dict(SEED_PLUS, fl_memory=False), True),
+    "plus-no-decay": (HOST, dict(SEED_PLUS, fl_decay=1.0), True),
+    "plus-no-floor": (HOST, dict(SEED_PLUS, fl_floor=0.0), True),
+    "plus-unbalanced": (HOST, dict(SEED_PLUS, balanced=False), True),
+    "plus-epochs3": ({"epochs": 3, **HOST}, SEED_PLUS, True),
 }
-ABLATION = ["semifl", "semifl-pruned-host", "semifl-fresh", "plus", "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem",
-            "plus-no-decay", "plus-no-floor", "plus-unbalanced", "plus-no-prune"]
+ABLATION = ["semifl", "semifl-pruned-host", "semifl-fresh", "plus", "plus-shipped", "plus-masked", "plus-no-prune",
+            "plus-sgd", "plus-constlr", "plus-no-clmem", "plus-no-flmem", "plus-no-decay", "plus-no-floor",
+            "plus-unbalanced"]
 CODE = ["host/semifl/learn/semifl_plus.py", "host/semifl/learn/strategy.py", "host/semifl/learn/mlp.py",
         "host/semifl/service/rounds/federated.py", "host/semifl/sim/fleet.py", "host/semifl/fleet/planner.py",
         "host/semifl/device/fl.py", "tools/semifl_plus_experiments.py"]
@@ -91,7 +99,7 @@ def make(cfg: RunConfig, kwargs, sizes):
     if kwargs is None:
         return SemiFL(lr=cfg.lr)
     if kwargs.get("prune") == "task":
-        kwargs = dict(kwargs, prune=cfg.federated.prune)
+        kwargs = dict(kwargs, prune=0.0 if cfg.federated.prune_global else cfg.federated.prune)
     return SemiFLPlus(lr=cfg.lr, dataset_sizes=sizes, rounds=cfg.rounds, seed=cfg.seed, **kwargs)
 
 

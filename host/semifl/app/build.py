@@ -48,7 +48,9 @@ def make_round(cfg: RunConfig, session: Session, data, ids: list[str] | None = N
     if spec.family == "split":
         return split_round(cfg, session, data, spec, init)
     fed = cfg.federated
-    strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, fed.prune, cfg.seed)
+    # a host that prunes its own model (prune_global) needs no prune-consistent step from semifl+
+    strategy = strategy or registry.federated(cfg.strategy, cfg.lr, cfg.rounds, 0.0 if fed.prune_global else fed.prune,
+                                              cfg.seed, server_lr=fed.server_lr or None, beta2=fed.server_beta2 or None)
     if cfg.trust.dp_noise > 0 or cfg.trust.dp_adaptive:   # DP-FedAvg's clip-sum-noise (learn/dp.py) clips itself
         # the clients a round merges: the top-K, or under SecAgg every tasked client (no top-K there)
         expected = math.ceil(fed.fl_uploaders * (1 + fed.over_select)) if cfg.trust.secagg else fed.fl_uploaders

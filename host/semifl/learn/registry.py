@@ -57,8 +57,10 @@ SEMIFL_PLUS = dict(server_opt="adam", server_lr=0.005, cl_memory=True, fl_memory
                    fl_floor=0.1, balanced=True, schedule="cosine")
 
 
-def federated(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed: int = 0):
-    """The aggregation strategy of a federated-family run."""
+def federated(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed: int = 0,
+              server_lr: float | None = None, beta2: float | None = None):
+    """The aggregation strategy of a federated-family run; server_lr, beta2: semifl+'s server Adam's instead of
+    its own."""
     from .semifl_plus import SemiFLPlus
     from .strategy import FedAvg, SemiFL
 
@@ -69,4 +71,5 @@ def federated(name: str, lr: float, rounds: int = 1000, prune: float = 0.0, seed
         return FedAvg()
     if name == "semifl":
         return SemiFL(lr=lr)
-    return SemiFLPlus(lr=lr, rounds=rounds, prune=prune, seed=seed, **SEMIFL_PLUS)
+    given = {k: v for k, v in (("server_lr", server_lr), ("beta2", beta2)) if v}
+    return SemiFLPlus(lr=lr, rounds=rounds, prune=prune, seed=seed, **{**SEMIFL_PLUS, **given})

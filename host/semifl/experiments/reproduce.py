@@ -72,9 +72,10 @@ def reproduce(ds: Dataset, rounds: int, out: Path, names: list[str] | None = Non
         same = lambda r: (r.get("dataset"), r.get("rounds"), r.get("seed"), r.get("lr", SEED_LR),
                           {k: v for k, v in r.get("init", initial.describe(None, r.get("seed"))).items() if k != "path"})
         if same(prev) == same(results):
-            results["baselines"] = prev["baselines"]
+            results["baselines"], results["command"] = prev["baselines"], prev.get("command") or command
     for name in names:
         results["baselines"][name] = run_baseline(name, rounds, ds, seed, on_round, lr=lr, init=init)
+        results["baselines"][name]["command"] = command   # a later run may add or replace single baselines
         (out / "results.json").write_text(json.dumps(results))   # partial results survive an interrupt
     plot(results, out, curves)
     (out / "table.md").write_text(table(results, curves))

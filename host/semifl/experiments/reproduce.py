@@ -178,8 +178,9 @@ def plot(results: dict, out: Path, curves: dict | None = None) -> None:
         ax.plot(np.arange(1, len(seed) + 1), seed, color="0.55", lw=0.8, label="seed (published)")
         ax.plot(np.arange(1, len(ours) + 1), ours, color=colors[name], lw=0.8, label="ours")
         sm = seed_mean(name, len(ours), curves)
-        ax.set(xlabel="round", title=f"{name}: ours {last_mean(list(ours / 100)):.1f} %, seed "
-               f"{'—' if sm is None else f'{sm:.1f} %'}" if len(ours) >= WINDOW else name)
+        ax.set_title(f"{name}\nours {last_mean(list(ours / 100)):.1f} %, seed {'—' if sm is None else f'{sm:.1f} %'}"
+                     if len(ours) >= WINDOW else name, fontsize=9)
+        ax.set_xlabel("round")
         axes_extra(ax)
     for a in (a1, a2):
         axes_extra(a)

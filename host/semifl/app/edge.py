@@ -58,8 +58,9 @@ def bridge_config(name: str, core: str, port: int, bind: str = "127.0.0.1", pass
              "per_listener_settings false", f"listener {port} {bind}", "persistence false",
              "max_packet_size 4194304", "set_tcp_nodelay true",
              # the edge's aggregator and the bridge take every device's chunks: Mosquitto's default cap of
-             # 1,000 queued messages per client drops them once a few hundred devices upload at once
-             "max_queued_messages 0"]
+             # 1,000 queued messages per client drops them once a few hundred devices upload at once; by
+             # bytes instead, as tools/mosquitto/semifl.conf for the core
+             "max_queued_messages 0", "max_queued_bytes 1073741824"]
     if passwd:
         lines += ["allow_anonymous false", f"password_file {passwd}", "use_username_as_clientid true"]
         if acl:

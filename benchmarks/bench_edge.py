@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,12 @@ sys.path[:0] = [str(REPO / "tests")]
 OUT = REPO / "benchmarks" / "results" / "edge.json"
 
 
-def core_broker(port: int) -> subprocess.Popen:
-    """Mosquitto as tests/conftest.py's, no cap on a client's queue (as bench_workers), $SYS every second."""
+def core_broker(port: int, d: Path) -> subprocess.Popen:
+    """Mosquitto as tests/conftest.py's, configured in `d`, no cap on a client's queue (as bench_workers)."""
     from conftest import _wait_port
 
-    d = Path(tempfile.mkdtemp())
     (d / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                                      "set_tcp_nodelay true\nmax_packet_size 4194304\nmax_queued_messages 0\n"
-                                      "sys_interval 1\n")
+                                      "set_tcp_nodelay true\nmax_packet_size 4194304\nmax_queued_messages 0\n")
     proc = subprocess.Popen(["mosquitto", "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     _wait_port(port)
@@ -110,9 +109,9 @@ def one(devices: int, rounds: int, uploaders: int, edges: int) -> dict:
     from semifl.transport.mqtt import HostLink
 
     port = free_port()
-    broker = core_broker(port)
-    core = f"mqtt://127.0.0.1:{port}"
     out = Path(tempfile.mkdtemp())
+    broker = core_broker(port, out)
+    core = f"mqtt://127.0.0.1:{port}"
     marks, cpu = [], []
     try:
         cfg = RunConfig.make(rounds=rounds, seed=1, out=str(out), broker=core, plot=False, int8_every=0,
@@ -198,8 +197,8 @@ def main() -> None:
             m = np.load(r["final_model"])
             r["max_abs_diff_vs_flat"] = float(max(np.abs(m[k] - ref[k]).max() for k in ref))
             r["same_accuracy_every_round"] = r["accuracy"] == base["accuracy"]
-    for r in rows:
-        r.pop("final_model")
+    for r in rows:   # the run's folder (fleet, spools) goes with it
+        shutil.rmtree(Path(r.pop("final_model")).parent, ignore_errors=True)
     OUT.write_text(json.dumps({
         "command": "python benchmarks/bench_edge.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_end": os.getloadavg()},

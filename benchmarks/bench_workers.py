@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def one(devices: int, rounds: int, uploaders: int, workers: int) -> dict:
     finally:
         broker.terminate()
         broker.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
     per = metrics[1:]
     stats = [json.loads((out / "workers" / f"w{i}" / "stats.json").read_text()) for i in range(workers)]
     upd = sum(s.get("own_bytes", 0) + s.get("relayed_out_bytes", 0) for s in stats)
@@ -106,8 +108,8 @@ def main() -> None:
             m = np.load(r["final_model"])
             r["max_abs_diff_vs_host_alone"] = float(max(np.abs(m[k] - ref[k]).max() for k in ref))
             r["same_accuracy_every_round"] = r["accuracy"] == base["accuracy"]
-    for r in rows:
-        r.pop("final_model")
+    for r in rows:   # the run's folder (fleet, spools) goes with it
+        shutil.rmtree(Path(r.pop("final_model")).parent, ignore_errors=True)
     OUT.write_text(json.dumps({
         "command": "python benchmarks/bench_workers.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_end": os.getloadavg()},

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -179,32 +176,10 @@ def main() -> None:
     if a.one is not None:
         print("RESULT " + json.dumps(one(a.devices, a.rounds, a.uploaders, a.one)), flush=True)
         return
-    rows = []
-    for e in (int(x) for x in a.edges.split(",")):
-        got = subprocess.run([sys.executable, __file__, "--devices", str(a.devices), "--rounds", str(a.rounds),
-                              "--uploaders", str(a.uploaders), "--one", str(e)], capture_output=True, text=True)
-        line = next((x for x in got.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"--one {e} failed:\n{got.stderr[-3000:]}")
-        rows.append(json.loads(line[7:]))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "final_model"}), flush=True)
-    import numpy as np
+    from variants import run_variants
 
-    base = next((r for r in rows if r["edges"] == 0), None)
-    if base is not None:
-        ref = np.load(base["final_model"])
-        for r in rows:
-            m = np.load(r["final_model"])
-            r["max_abs_diff_vs_flat"] = float(max(np.abs(m[k] - ref[k]).max() for k in ref))
-            r["same_accuracy_every_round"] = r["accuracy"] == base["accuracy"]
-    for r in rows:   # the run's folder (fleet, spools) goes with it
-        shutil.rmtree(Path(r.pop("final_model")).parent, ignore_errors=True)
-    OUT.write_text(json.dumps({
-        "command": "python benchmarks/bench_edge.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_end": os.getloadavg()},
-        "broker": "Mosquitto " + subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0],
-        "rows": rows}, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    run_variants(__file__, ["--devices", str(a.devices), "--rounds", str(a.rounds), "--uploaders", str(a.uploaders)],
+                 [int(x) for x in a.edges.split(",")], key="edges", diff="flat", out=OUT)
 
 
 if __name__ == "__main__":

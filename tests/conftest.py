@@ -1,6 +1,5 @@
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,14 +42,9 @@ def fashion():
 
 
 def _wait_port(port, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
+    from semifl.transport.broker import wait_port
+
+    wait_port(port, timeout)
 
 
 def start_mosquitto(port: int, d: str) -> subprocess.Popen:

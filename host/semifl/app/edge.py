@@ -23,6 +23,7 @@ from pathlib import Path
 from semifl.protocol import wire
 
 from semifl.service.aggregator import AGG, CTX
+from semifl.transport.broker import wait_port
 
 R = wire.ROOT
 IN = (f"{R}/host/#", f"{R}/dev/+/{wire.T_TASK}", f"{R}/dev/+/{wire.T_DOWN}", CTX)
@@ -98,19 +99,6 @@ def role_acl(role: str, name: str) -> str:
     return edge_acl(name) if role == "edge" else worker_acl(name)
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    import socket
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the edge broker did not listen on {port} within {timeout:.0f} s")
-
-
 class Edge:
     """`semifl edge`: the edge's Mosquitto (its config written into `folder`) and its aggregator, as
     processes of this machine, ended by their pids."""
@@ -151,7 +139,7 @@ class Edge:
         conf = self.write_config()
         with open(self.folder / "mosquitto.log", "ab") as log_f:
             self.broker = subprocess.Popen([exe, "-c", str(conf)], stdout=log_f, stderr=subprocess.STDOUT)
-        _wait_port(self.port)
+        wait_port(self.port, what="the edge broker not")
         url, env = self.url, dict(os.environ)
         if self.certs:   # the edge's aggregator logs in to the edge broker with the host's account
             from semifl.transport.certs import HOST_USER

@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, what: str = "nothing", host: str = "127.0.0.1", alive=None) -> None:
+    """Until something accepts connections on host:port (a broker started in another process), or
+    TimeoutError naming `what` after `timeout` s; alive() False ends the wait at once (the process exited)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and (alive is None or alive()):
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} listening on {host}:{port} after {timeout:.0f} s")
 
 
 class _SnapshotDict(dict):

@@ -34,23 +34,14 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from semifl.transport.mqtt import is_loopback_host
+
 from .metrics import CONTENT_TYPE, exposition, registry_for
 
 log = logging.getLogger("semifl.ui")
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "semifl_ui_token"
 EVENT_TICK_S = 0.1   # how often an open event stream looks for a new snapshot
-
-
-def is_loopback_bind(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -171,7 +162,7 @@ class UIServer:
         import uvicorn
 
         self.host, self.sources = host, sources
-        self.token = None if is_loopback_bind(host) else (token or os.environ.get("SEMIFL_UI_TOKEN") or
+        self.token = None if is_loopback_host(host) else (token or os.environ.get("SEMIFL_UI_TOKEN") or
                                                           secrets.token_urlsafe(18))
         self._stop = threading.Event()
         app = make_app(sources, self.token, should_exit=self._stop.is_set)

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -98,15 +99,35 @@ def har_dir(tmp_path_factory):
     return str(d)
 
 
+@contextlib.contextmanager
+def running_mosquitto():
+    """A real Mosquitto on a free loopback port while the block runs: its URL."""
+    port, d = free_port(), tempfile.mkdtemp()
+    proc = start_mosquitto(port, d)
+    try:
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def mosquitto():
     """A real Mosquitto on a free loopback port, for the whole session."""
-    port, d = free_port(), tempfile.mkdtemp()
-    proc = start_mosquitto(port, d)
-    yield f"mqtt://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    with running_mosquitto() as url:
+        yield url
+
+
+def stored_updates(db) -> list[tuple[int, str]]:
+    """(round, device) of the FL updates a host's or an aggregator's store accepted."""
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    try:
+        return sorted(c.execute("SELECT round, device FROM contributions WHERE kind = 'update'").fetchall())
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,12 @@ and accuracy every round, the model equal up to float32 regrouping). A device ki
 goes offline at the core (its last will crosses the bridge)."""
 import contextlib
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_mosquitto
+from conftest import running_mosquitto, stored_updates
 from semifl.app.build import limits, make_round
 from semifl.app.run import fleet_layout, fleet_specs, load_data, run_on_broker, wait_for_fleet
 from semifl.config import RunConfig
@@ -35,20 +34,8 @@ def config(tmp_path, name, broker):
 
 @pytest.fixture
 def core():
-    port, d = free_port(), tempfile.mkdtemp()
-    proc = start_mosquitto(port, d)
-    yield f"mqtt://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def held(db):
-    c = sqlite3.connect(db)
-    try:
-        return sorted(c.execute("SELECT round, device FROM contributions WHERE kind = 'update'").fetchall())
-    finally:
-        c.close()
+    with running_mosquitto() as url:
+        yield url
 
 
 def test_two_edges_fold_the_flat_fleets_model(tmp_path, core, fashion):
@@ -97,8 +84,8 @@ def test_two_edges_fold_the_flat_fleets_model(tmp_path, core, fashion):
         np.testing.assert_allclose(b, a, rtol=0, atol=TOL)
     # each edge folded its own devices' updates, the host those of the devices on the core, none twice
     ups = {(m["round"], d) for m in metrics for d in m["participants"]["fl"]}
-    own = {n: set(held(out / f"edge-{n}" / "aggregator" / "aggregator.db")) for n in ("a", "b")}
-    own["core"] = set(held(out / "state.db"))
+    own = {n: set(stored_updates(out / f"edge-{n}" / "aggregator" / "aggregator.db")) for n in ("a", "b")}
+    own["core"] = set(stored_updates(out / "state.db"))
     assert set().union(*own.values()) == ups and sum(map(len, own.values())) == len(ups)
     assert all(where[d] == n for n, rows in own.items() for _, d in rows)
     assert all(own.values())

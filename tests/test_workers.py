@@ -6,11 +6,11 @@ ends on the same model. The embedded broker (no $share) and merges that are not 
 import json
 import os
 import signal
-import sqlite3
 import time
 
 import numpy as np
 import pytest
+from conftest import stored_updates
 from semifl.app.build import make_round
 from semifl.app.run import fleet_specs, load_data, run_on_broker
 from semifl.config import ConfigError, RunConfig
@@ -38,13 +38,6 @@ def run(cfg, workers=0, on_progress=None):
     return rounds_obj.params, metrics
 
 
-def held(folder):
-    """(round, device) of the updates an aggregator's (or the host's) store accepted."""
-    db = sqlite3.connect(folder)
-    try:
-        return sorted(db.execute("SELECT round, device FROM contributions WHERE kind = 'update'").fetchall())
-    finally:
-        db.close()
 
 
 def same_run(one, many, tol):
@@ -68,8 +61,8 @@ def test_two_workers_fold_the_single_hosts_model(tmp_path, mosquitto, fashion):
     many = run(config(tmp_path, "two", mosquitto), workers=2)
     same_run(one, many, TOL)
     # the host folded nothing itself: every update is in a worker's spool, the one its owner is
-    assert held(tmp_path / "two" / "state.db") == []
-    w = {f"w{i}": held(tmp_path / "two" / "workers" / f"w{i}" / "aggregator.db") for i in range(2)}
+    assert stored_updates(tmp_path / "two" / "state.db") == []
+    w = {f"w{i}": stored_updates(tmp_path / "two" / "workers" / f"w{i}" / "aggregator.db") for i in range(2)}
     ups = {(m["round"], d) for m in many[1] for d in m["participants"]["fl"]}
     assert set(w["w0"]) | set(w["w1"]) == ups and not set(w["w0"]) & set(w["w1"])
     assert all(owner(d, ["w0", "w1"]) == k for k, rows in w.items() for _, d in rows)
@@ -93,7 +86,7 @@ def test_a_worker_killed_mid_round_is_replaced_by_the_others(tmp_path, mosquitto
     many = run(config(tmp_path, "two", mosquitto), workers=2, on_progress=progress)
     assert killed
     same_run(one, many, TOL)
-    w1 = held(tmp_path / "two" / "workers" / "w1" / "aggregator.db")
+    w1 = stored_updates(tmp_path / "two" / "workers" / "w1" / "aggregator.db")
     # from the kill on, w1 held every update: round 2's and round 3's, those w0 had taken too
     assert {d for r, d in w1 if r == ROUNDS} == set(many[1][-1]["participants"]["fl"])
     assert {d for r, d in w1 if r == 2} == set(many[1][1]["participants"]["fl"])
@@ -112,7 +105,7 @@ def test_workers_need_shared_subscriptions_and_a_sum(tmp_path, fashion):
     store.close()
 
 
-def test_a_merge_over_partial_sums_takes_back_what_a_dead_aggregator_held():
+def test_a_merge_over_partial_sums_takes_back_what_a_dead_aggregator_stored_updates():
     """Ingest's merge over aggregators' partial sums (transport-free): w0 dies at collect time; of its two
     updates one came in again at w1 (asked anew), the other never did. The merge is the list merge of
     what is left, its sum the coordinator's plan over w1's share alone, and it says what it took."""

@@ -165,7 +165,8 @@ def summary(res: dict) -> dict:
            "best": max(acc), "last50": sum(acc[-50:]) / len(acc[-50:]), "uplink_bytes": up,
            "fl_bytes": sum(res["fl_bytes"]), "cl_bytes": sum(res["cl_bytes"]),
            "pct_cl_per_round": 100.0 * up / (cl_round * rounds), "pct_cl_once": 100.0 * up / cl_round,
-           "first_round_82": first, "init": res.get("init", initial.describe(None, res.get("config", {}).get("seed", 0)))}
+           "first_round_82": first, "init": res.get("init", initial.describe(None, res.get("config", {}).get("seed", 0))),
+           "command": res.get("command")}
     if "joules" in res:
         j = res["joules"]
         out["joules"] = sum(j["pi"]) + sum(j["mcu"])

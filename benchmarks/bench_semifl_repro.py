@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         ratios["fl_inprocess_vs_flower_wall"] = res["fl_inprocess"]["wall_s"] / res["flower_fl"]["wall_s"]
         ratios["fl_inprocess_vs_flower_rss"] = res["fl_inprocess"]["peak_rss_bytes"] / res["flower_fl"]["peak_rss_bytes"]
     doc = {"benchmark": "semifl_repro", "command": "python benchmarks/bench_semifl_repro.py " + " ".join(
-               sys.argv[1:] if argv is None else argv), "rounds": a.rounds, "init": init,
+               sys.argv[1:] if argv is None else argv), "rounds": a.rounds, "init": a.init,
            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "target": "in-process <= 1.2x the bare loop's time", "blas_threads": 1, "ratios": ratios, "results": res}

@@ -185,7 +185,7 @@ def plot(results: dict, out: Path, curves: dict | None = None) -> None:
     for a in (a1, a2):
         axes_extra(a)
     a1.xaxis.set_major_locator(MaxNLocator(integer=True))   # rounds are whole: no tick at round 1.5
-    fig.suptitle(f"{results['dataset']}, from {init_text(results.get('init'))}"
+    fig.suptitle(f"{results.get('dataset', 'Fashion-MNIST')}, from {init_text(results.get('init'))}"
                  + (f"; bottom: mean of the last {WINDOW} rounds" if paired else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)

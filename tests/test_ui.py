@@ -73,6 +73,11 @@ def device_pid(folder: Path, dev: str) -> int:
     raise AssertionError(f"no process runs {want}")
 
 
+def ctrl_c_works():
+    """A child's SIGINT as from a terminal: a shell's background job (how CI may run us) ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def metric_samples(text: str) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -100,7 +105,8 @@ def test_live_run_in_the_browser(tmp_path, own_mosquitto, chromium):
     cmd = [sys.executable, "-m", "semifl.cli", "run", "--rounds", str(ROUNDS), "--broker", mosquitto, "--out", str(out),
            "--ui", "127.0.0.1:0", "--ui-linger", "120", "--pi-train-s", "0.3"]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        # SIGINT ends the linger, as Ctrl-C would
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, preexec_fn=ctrl_c_works)
     try:
         url = wait_line(log, r"UI on (http://\S+)", proc, 120).group(1)
         page = chromium.new_page(viewport={"width": 1500, "height": 900})
@@ -211,7 +217,7 @@ def test_live_run_in_the_browser(tmp_path, own_mosquitto, chromium):
 
     # the finished run's folder, read-only, beside itself (two runs compared)
     ui = subprocess.Popen([sys.executable, "-m", "semifl.cli", "ui", str(out), str(out), "--bind", "127.0.0.1:0"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_works)
     try:
         url = re.search(r"UI on (http://\S+)", ui.stdout.readline()).group(1)
         page = chromium.new_page()

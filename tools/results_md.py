@@ -1,6 +1,8 @@
 """Write docs/results.md from the JSON the experiments produced, so every number there has a source.
 
     python tools/results_md.py --reproduce benchmarks/results/semifl_seed_init \
+        --seed-curves ../shared/data/semifl-seed/published_curves.json \
+        --step-check benchmarks/results/semifl_seed_init_lr0.1_r10 \
         --ablation benchmarks/results/semifl_plus_seed_init.json --sweep benchmarks/results/semifl_sweep_seed_init \
         --perfit benchmarks/results/perfit.json
 
@@ -29,12 +31,16 @@ GLOROT = {"reproduce": DOCS / "data" / "semifl_reproduce_glorot.json",
           "sweep": DOCS / "data" / "semifl_sweep_glorot.json",
           "ablation": DOCS / "data" / "semifl_plus_ablation_glorot.json"}
 
-ABLATION_ROWS = [   # run name -> what it changes against the shipped semifl+
+ABLATION_ROWS = [   # run name -> what it changes against semifl+ as `reproduce` runs it from the seed's weights
     ("semifl", "SemiFL as the seed's script reads: the devices' work and the host's single sample-weighted step, "
                "the host's model unpruned"),
     ("semifl-pruned-host", "SemiFL with the host's model pruned each round too (`--prune-global`)"),
     ("semifl-fresh", "SemiFL, but CL devices send only samples the host does not hold yet (traffic only)"),
-    ("plus", "**semifl+ as shipped**: all of the below"),
+    ("plus", "**semifl+ from the seed's weights** (`--prune-global --server-lr 0.003 --server-beta2 0.999`): all "
+             "of the below"),
+    ("plus-shipped", "`--strategy semifl+` with its defaults (masked step, Adam 0.005 / 0.99: chosen from "
+                     "Glorot-uniform weights)"),
+    ("plus-masked", "the host's step masked to the clients' unpruned entries instead of pruning the host's model"),
     ("plus-sgd", "without the server Adam step (SemiFL's step on the same mix)"),
     ("plus-constlr", "without the cosine schedule"),
     ("plus-no-clmem", "without the CL sample memory (gradient on this round's uploads only)"),
@@ -118,10 +124,25 @@ def plus_summary(ab: dict, b: dict) -> list[str]:
             f"{mean:.2f} % over the three. The host prunes its own model each round instead of masking its step "
             "(`--prune-global`) and its server Adam takes smaller, smoother steps (`--server-lr 0.003 --server-beta2 "
             "0.999`); `semifl run --strategy semifl+` keeps its defaults (masked step, 0.005, 0.99), chosen from "
-            "Glorot-uniform weights: the `plus-shipped` row of the ablation below. Uplink under the fresh-samples rule, "
+            "Glorot-uniform weights: the `plus-shipped` row of the ablation below." + glorot_settings()
+            + " Uplink under the fresh-samples rule (costed here, not yet a device rule: see the ablation), "
             "against the `cl` row above; joules: the virtual meter's active energy to that round (Pis as rpi4, MCUs as "
             "esp32; training seconds measured on this machine, no idle: in-process rounds take no simulated time).")
     return [text, ""] + rows
+
+
+def glorot_settings() -> str:
+    """The seed-weight settings from Glorot-uniform weights: why they are not the defaults."""
+    path = DOCS / "data" / "semifl_plus_seed_settings_glorot.json"
+    if not path.exists() or not GLOROT["ablation"].exists():
+        return ""
+    mine = {r["run"]: r for r in json.loads(path.read_text())["runs"]}.get("plus")
+    shipped = {r["run"]: r for r in json.loads(GLOROT["ablation"].read_text())["runs"]}.get("plus")
+    if not (mine and shipped):
+        return ""
+    return (f" From Glorot-uniform weights these settings give {100 * mine['last50']:.2f} % over rounds 951–1000 "
+            f"where the defaults give {100 * shipped['last50']:.2f} % (seed 0; `{rel(path)}`), so each start keeps "
+            "its own.")
 
 
 def pruning_table(res: dict) -> str:
@@ -142,9 +163,13 @@ def ablation_section(ab: dict, path: str, title: str) -> list[str]:
     n = ab["rounds"]
     by = {r["run"]: r for r in ab["runs"]}
     ran = sorted({r["command"] for r in ab["runs"] if r.get("command")})
+    if len(ran) > 2:   # one command a row and seed: show their common form; each run's JSON keeps its own
+        ran = [ran[0].split(" --runs ")[0] + " --runs RUN [--seed N]"]
     out = [f"## {title}", "",
            (" and ".join(f"`{c}`" for c in ran) if ran else f"`python tools/semifl_plus_experiments.py --rounds {n} "
                                                                "--runs ablation`")
+           + (" for each row and seed (each run's JSON in the folder keeps its exact command)" if len(ran) == 1 and
+              "RUN [--seed N]" in ran[0] else "")
            + f", then `{ab.get('command') or '--table --summary'}` (summary: `{path}`). Uplink under the fresh-samples rule (a CL device never re-sends a sample the host "
            "holds) except where the row keeps SemiFL's re-sends; % of CL's uplink (all 60,000 samples every round).", "",
            f"| run | what it changes | mean of rounds {n - 49}–{n} | acc @300 | acc @{n} | best | first round ≥ 82 % | "
@@ -155,7 +180,7 @@ def ablation_section(ab: dict, path: str, title: str) -> list[str]:
             out.append(f"| {name} | {what} | {100 * r['last50']:.2f} % | {pct(r['acc@300'])} | {pct(r[f'acc@{n}'])} | "
                        f"{pct(r['best'])} | {r['first_round_82'] or '—'} | {r['uplink_bytes'] / 1e9:.2f} GB | "
                        f"{r['pct_cl_per_round']:.2f} % |")
-    for run, label in (("plus", "semifl+"), ("semifl", "SemiFL")):
+    for run, label in (("plus", "semifl+"), ("semifl", "SemiFL"), ("semifl-pruned-host", "SemiFL with the host's model pruned")):
         seeds = [by[k] for k in (run, f"{run}.s1", f"{run}.s2") if k in by]
         if len(seeds) > 1:
             out += ["", f"{label} over seeds {', '.join(str(i) for i in range(len(seeds)))}: "
@@ -205,6 +230,8 @@ def glorot_section(lines: list[str], note: str) -> None:
         sw = json.loads(GLOROT["sweep"].read_text())
         lines += [f"S × P from Glorot-uniform weights, final accuracy at round {sw['rounds']} "
                   f"(`{rel(GLOROT['sweep'])}`):", ""] + sweep_table(sw, "final_accuracy") + [""]
+        if (DOCS / "img" / "semifl_sweep_glorot.png").exists():
+            lines += ["![sweep heatmaps from Glorot-uniform weights](img/semifl_sweep_glorot.png)", ""]
     if GLOROT["ablation"].exists():
         ab = json.loads(GLOROT["ablation"].read_text())
         by, m = {r["run"]: r for r in ab["runs"]}, ab["rounds"]
@@ -228,6 +255,23 @@ whose update norms stray from the round's median) and mains-powered MCUs (`--mcu
 default 2000 J, 1 uJ a byte, an MCU that sends all 6,000 of its samples every round runs flat after about
 400 rounds, and CL and SemiFL-ideal stop learning there). CL uplink is counted as the seed models it:
 every sample, every round."""
+
+
+def step_check(res: dict, check: Path, published: dict) -> list[str]:
+    """Which step size is the seed's: CL from its weights, rounds 1-5, at ours and at its nominal lr."""
+    other = json.loads((check / "results.json").read_text())
+    ours, nominal, seed = res["baselines"]["cl"], other["baselines"]["cl"], published["cl"]
+    k = 5
+    row = lambda name, c, acc: (f"| {name} | " + " | ".join(f"{v:.2f}" for v in c["loss"][:k])
+                                + f" | {100 * acc[min(9, len(acc) - 1)]:.1f} % |")
+    return [f"**Which step size.** Checked, not assumed: CL from the seed's weights, one full-batch step a round, "
+            f"loss on the 60,000 training images (the seed's) or the 10,000 test images (ours) after each of rounds "
+            f"1–{k}, and test accuracy at round 10 (`{other['command']}` → `{rel(check)}/results.json`):", "",
+            "| run | " + " | ".join(f"round {i}" for i in range(1, k + 1)) + " | accuracy at round 10 |",
+            "|---|" + "---|" * (k + 1),
+            row("the seed (MATLAB, lr 0.1 on `crossentropy`)", seed, seed["accuracy"]),
+            row(f"ours, lr {res['lr']}", ours, ours["accuracy"]),
+            row(f"ours, lr {other['lr']}", nominal, nominal["accuracy"]), ""]
 
 
 def pruning_text(res: dict, curves: dict | None) -> str:
@@ -397,7 +441,7 @@ def iotsl_section(d: dict) -> dict:
                      f"generators of width {setting(d, 'gen_dim')} trained *steps* steps, batch {setting(d, 'gen_batch')}, "
                      f"sigma {setting(d, 'sigma')}, clip 1; the host's pre-training on their generated set; imputation "
                      f"of missing classes), {setting(d, 'epochs')} SL epochs each, best accuracy on "
-                     f"{setting(d, 'test_n')} test images; in-process, the same SplitClient/SplitServer code "
+                     f"{setting(d, 'test_n')} test images; in-process, the split-learning round object and device code "
                      "`semifl run --strategy sl|iotsl` runs over MQTT. The device part is the seed's (VGG-16's first "
                      "block: two 3x3 convolutions of 64, smashed data 64x14x14); the host part is one 128-channel "
                      "convolution, a pool and a dense layer (136,586 parameters, 14.5 M multiply-adds an image) in "
@@ -653,8 +697,9 @@ def perfit_section(d: dict, path: str) -> list[str]:
             f"alone, {c['local_epochs']} epochs, nothing sent. The CNN is the seed's layers over the 91 features as a "
             "zero-padded 10x10 grid (WISDM-2019 ships features, not the raw 20 Hz series): "
             f"{d['models']['cnn']:,} parameters here, the seed's 33,698 on its 20x20x3 input; the 3NN has "
-            f"{d['models']['3nn']:,} on 91 inputs (the seed's 521,510 on 1200). Transport-free (`semifl.learn.perfit`, "
-            "`semifl.experiments.perfit`); the same classes run over the broker (next section).", ""]
+            f"{d['models']['3nn']:,} on 91 inputs (the seed's 521,510 on 1200). Transport-free classes (`semifl.learn.perfit`), "
+            "run by `semifl.experiments.perfit` in-process with the personalization round object a broker run uses "
+            "(next section).", ""]
     return out
 
 
@@ -741,6 +786,8 @@ def main(argv=None):
     ap.add_argument("--ablation", help="JSON from tools/semifl_plus_experiments.py --table --summary")
     ap.add_argument("--seed-curves", help="the seed's published curves (../shared/data/semifl-seed/published_curves.json): "
                                           "window means beside ours in the text")
+    ap.add_argument("--step-check", help="`semifl reproduce semifl --rounds 10 --lr 0.1 --baselines cl --init ...` "
+                                         "output folder: CL's first rounds at the seed's nominal step beside ours")
     ap.add_argument("--perfit", help="JSON from benchmarks/bench_perfit.py (benchmarks/results/perfit.json)")
     a = ap.parse_args(argv)
     (DOCS / "img").mkdir(parents=True, exist_ok=True)
@@ -749,9 +796,11 @@ def main(argv=None):
              "Every number here comes from a JSON file written by the command next to it; "
              "`python tools/results_md.py` rebuilds this page from them.", ""]
     ab = json.loads(Path(a.ablation).read_text()) if a.ablation else None
-    curves = ({k: v["accuracy"] for k, v in json.loads(Path(a.seed_curves).read_text()).items()}
-              if a.seed_curves else None)
+    published = json.loads(Path(a.seed_curves).read_text()) if a.seed_curves else None
+    curves = {k: v["accuracy"] for k, v in published.items()} if published else None
     res = reproduce_section(Path(a.reproduce).resolve(), ab, lines, READING)
+    if a.step_check and published:
+        lines += step_check(res, Path(a.step_check).resolve(), published)
     if "pruned_model" in res["baselines"].get("semifl", {}):
         lines += [pruning_text(res, curves), ""]
     if ab:

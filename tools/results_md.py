@@ -3,6 +3,7 @@
     python tools/results_md.py --reproduce benchmarks/results/semifl_seed_init \
         --seed-curves ../shared/data/semifl-seed/published_curves.json \
         --step-check benchmarks/results/semifl_seed_init_lr0.1_r10 \
+        --matlab-check benchmarks/results/semifl_bare_matlab_s0.json benchmarks/results/semifl_bare_matlab_s1.json \
         --ablation benchmarks/results/semifl_plus_seed_init.json --sweep benchmarks/results/semifl_sweep_seed_init \
         --perfit benchmarks/results/perfit.json
 
@@ -274,7 +275,7 @@ def step_check(res: dict, check: Path, published: dict) -> list[str]:
             row(f"ours, lr {other['lr']}", nominal, nominal["accuracy"]), ""]
 
 
-def pruning_text(res: dict, curves: dict | None) -> str:
+def pruning_text(res: dict, curves: dict | None, checks: list[dict]) -> str:
     """SemiFL at P = 0.3 with the host's model unpruned (the script as it reads) and pruned (prune_global)."""
     b = res["baselines"]
     plain, host = last50(b["semifl"]["accuracy"]), last50(b["semifl-pruned-host"]["accuracy"]) if "semifl-pruned-host" in b else None
@@ -301,6 +302,15 @@ def pruning_text(res: dict, curves: dict | None) -> str:
                                                        else "Only one") + f" reading of its code lands within 3 points "
                    f"of it over rounds 951–1000; the {near} host is the nearer. We cannot run its MATLAB here to say "
                    "which its published curve came from.")
+    if checks:
+        runs = ", ".join(f"{100 * c['last50_accuracy']:.2f} %" for c in checks)
+        undone = sum(c["steps_undone"]["undone"] for c in checks)
+        steps = sum(c["steps_undone"]["steps"] for c in checks)
+        out.append(f"The script as MATLAB would run it, outside the service (`{checks[0]['command']}` and the same "
+                   f"for the other seeds: float64, each device's step as MATLAB's `train` takes it, on a random 70 % "
+                   f"of the batch and undone where the loss on another 15 % did not fall) gives {runs} over rounds "
+                   f"951–1000 for seeds {', '.join(str(i) for i in range(len(checks)))}, {undone} of {steps:,} "
+                   "steps undone: neither float32 nor MATLAB's data division closes the gap.")
     out += ["", "Per class (test accuracy at round 1000):", "", pruning_table(res)]
     return "\n".join(out)
 
@@ -788,6 +798,8 @@ def main(argv=None):
                                           "window means beside ours in the text")
     ap.add_argument("--step-check", help="`semifl reproduce semifl --rounds 10 --lr 0.1 --baselines cl --init ...` "
                                          "output folder: CL's first rounds at the seed's nominal step beside ours")
+    ap.add_argument("--matlab-check", nargs="*", help="JSON of `benchmarks/bare_semifl_loop.py --matlab --init ...` "
+                                                      "(one a seed): the script as MATLAB runs it, outside the service")
     ap.add_argument("--perfit", help="JSON from benchmarks/bench_perfit.py (benchmarks/results/perfit.json)")
     a = ap.parse_args(argv)
     (DOCS / "img").mkdir(parents=True, exist_ok=True)
@@ -802,7 +814,8 @@ def main(argv=None):
     if a.step_check and published:
         lines += step_check(res, Path(a.step_check).resolve(), published)
     if "pruned_model" in res["baselines"].get("semifl", {}):
-        lines += [pruning_text(res, curves), ""]
+        checks = [json.loads(Path(p).read_text()) for p in a.matlab_check or []]
+        lines += [pruning_text(res, curves, checks), ""]
     if ab:
         shutil.copy(a.ablation, DOCS / "data" / "semifl_plus_ablation.json")
         lines += ablation_section(ab, "docs/data/semifl_plus_ablation.json",

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, help="target accuracy (default: a point under sync-all's final one)")
     ap.add_argument("--modes", default="sync-all,quorum,async")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from the seed")
     ap.add_argument("--out", default=str(HERE / "results" / "async.json"))
     a = ap.parse_args(argv)
     ds = load_idx_dataset()
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="semifl-async-"))
     broker, url = mosquitto(tmp)
     common = dict(strategy="fedavg", fl_devices=DEVICES, cl_devices=0, partition="dirichlet", alpha=0.5, prune=0.0,
-                  fl_fraction=0.3, lr=0.1, seed=a.seed, int8_every=0, plot=False, latency_s=a.latency_s,
+                  fl_fraction=0.3, lr=0.1, seed=a.seed, init=a.init, int8_every=0, plot=False, latency_s=a.latency_s,
                   bandwidth_bps=a.bandwidth_bps, pi_train_s=a.train_s, pi_slowdown=SLOW, silent=[SILENT],
                   ready_timeout_s=5.0, broker=url)
     runs = {}
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
             broker.wait(10)
     ref = runs["sync-all"] if "sync-all" in runs else min(runs.values(), key=lambda r: r["rounds"][-1]["accuracy"])
     target = a.target or round(ref["rounds"][-1]["accuracy"] - 0.01, 4)
-    doc = {"benchmark": "async", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    doc = {"benchmark": "async", "init": a.init, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "broker": "mosquitto" if url else "embedded", "fleet": {"devices": DEVICES, "slowdown_cycle": SLOW,
                                                                   "silent": SILENT, "partition": "dirichlet 0.5"},

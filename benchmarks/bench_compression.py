@@ -34,13 +34,15 @@ RUNS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from the seed")
     a = ap.parse_args(argv)
     ds = load_dataset(None)
-    out = {"rounds": a.rounds, "setup": __doc__.split("\n\n")[1].replace("\n", " "), "runs": {}}
+    out = {"rounds": a.rounds, "init": a.init, "setup": __doc__.split("\n\n")[1].replace("\n", " "), "runs": {}}
     for strategy in ("semifl", "semifl+"):
         for name, over in RUNS.items():
             t = time.perf_counter()
-            c = run_baseline(strategy, a.rounds, ds, **over)
+            c = run_baseline(strategy, a.rounds, ds, init=a.init, **over)
             fl_up = sum(c["bytes_up_by_role"]["fl"])
             out["runs"][f"{strategy} | {name}"] = {"final_accuracy": c["accuracy"][-1], "best": max(c["accuracy"]),
                                                    "fl_uplink_bytes": fl_up, "uplink_bytes": sum(c["bytes_up"]),

@@ -25,18 +25,20 @@ RUNS = {"fedavg": dict(strategy="fedavg", fl_uploaders=6), "semifl": dict(strate
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from the seed")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         dirs = []
         for name, over in RUNS.items():
             out = Path(d) / name
-            run_experiment(RunConfig.make(rounds=a.rounds, out=str(out), plot=False, int8_every=10, **over))
+            run_experiment(RunConfig.make(rounds=a.rounds, out=str(out), plot=False, int8_every=10, init=a.init, **over))
             dirs.append(out)
         rows = energy_table(dirs)
         for r in rows:
             r["run"] = Path(r["run"]).name
         plot_energy_vs_accuracy(rows, HERE.parent / "docs" / "img" / "energy_vs_accuracy.png")
-    (HERE / "results" / "energy.json").write_text(json.dumps({"rounds": a.rounds, "runs": rows}, indent=1) + "\n")
+    (HERE / "results" / "energy.json").write_text(json.dumps({"rounds": a.rounds, "init": a.init, "runs": rows}, indent=1) + "\n")
     for r in rows:
         print(r, flush=True)
     return 0

@@ -92,10 +92,12 @@ def role_joules(s: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from the seed")
     a = ap.parse_args(argv)
     ds = load_idx_dataset()
     t0 = time.time()
-    out = {"rounds": a.rounds, "fleet": "6 Pi 4 (battery) + 4 ESP32 (CL), one Fashion-MNIST class each, semifl",
+    out = {"rounds": a.rounds, "init": a.init, "fleet": "6 Pi 4 (battery) + 4 ESP32 (CL), one Fashion-MNIST class each, semifl",
            "pi_charge_start": CHARGES, "capacity_j": CAPACITY_J, "min_battery": PlannerConfig().min_battery,
            "thresholds": list(THRESHOLDS), "int8_every": 0,
            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "models": {}}
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
             for th in THRESHOLDS:
                 cfg = RunConfig.make(rounds=a.rounds, out=str(Path(d) / f"{model}-{th}"), plot=False, int8_every=0,
                                 pi_battery_j=str(cap), pi_charge=CHARGES, pi_battery_idle=model == "idle",
-                                fl_min_battery=th)
+                                fl_min_battery=th, init=a.init)
                 s = run_experiment(cfg, ds=ds)
                 row = analyse(s, PlannerConfig().min_battery)
                 if th == 0.0:

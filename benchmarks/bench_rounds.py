@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -32,9 +34,9 @@ WORKLOAD = ["--strategy", "fedavg", "--fl-devices", "6", "--cl-devices", "0", "-
             "--prune", "0", "--fl-fraction", "0.3", "--lr", "0.1", "--seed", "0", "--no-plot"]
 
 
-def semifl_cmd(rounds: int, out: Path, broker: str | None) -> list[str]:
+def semifl_cmd(rounds: int, out: Path, broker: str | None, init: str | None = None) -> list[str]:
     cmd = [shutil.which("semifl") or "semifl", "run", "--rounds", str(rounds), "--out", str(out)] + WORKLOAD
-    return cmd + (["--broker", broker] if broker else [])
+    return cmd + (["--broker", broker] if broker else []) + (["--init", init] if init else [])
 
 
 def with_mosquitto(cmd: list[str], tmp: Path) -> tuple[list[str], str]:
@@ -61,7 +63,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--skip-flower", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "fl_baseline_rounds.json"))
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from seed 0")
     args = ap.parse_args(argv)
+    init = str(Path(args.init).resolve()) if args.init else None
     tmp = Path(tempfile.mkdtemp(prefix="semifl-bench-"))
     results: dict[str, dict] = {}
 
@@ -76,15 +81,19 @@ def main(argv=None) -> int:
               f"peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB, accuracy {m['final_accuracy']:.4f}", flush=True)
 
     out = tmp / "semifl-embedded"
-    record("semifl_embedded", semifl_cmd(args.rounds, out, None), lambda: summarize_semifl(out))
+    record("semifl_embedded", semifl_cmd(args.rounds, out, None, init), lambda: summarize_semifl(out))
     out_m = tmp / "semifl-mosquitto"
-    cmd, _ = with_mosquitto(semifl_cmd(args.rounds, out_m, None), tmp)
+    cmd, _ = with_mosquitto(semifl_cmd(args.rounds, out_m, None, init), tmp)
     record("semifl_mosquitto", cmd, lambda: summarize_semifl(out_m))
     if not args.skip_flower:
         subprocess.run(["bash", str(HERE / "setup_flower.sh")], check=True, cwd=REPO)
         fjson = tmp / "flower.json"
         fcmd = [str(REPO / ".venv-flwr" / "bin" / "python"), str(HERE / "flower_fl_baseline.py"),
                 "--rounds", str(args.rounds), "--out", str(fjson)]
+        if init:   # the Flower venv has no h5py: the model goes as the .npz of what semifl read
+            from semifl.learn import initial
+            np.savez(tmp / "init.npz", *initial.load(init))
+            fcmd += ["--init-npz", str(tmp / "init.npz")]
 
         def summarize_flower():
             f = json.loads(fjson.read_text())
@@ -97,7 +106,7 @@ def main(argv=None) -> int:
                 "wall_ratio": results[name]["wall_s"] / results["flower"]["wall_s"],
                 "s_per_round_ratio": results[name]["s_per_round"] / results["flower"]["s_per_round"],
                 "peak_rss_ratio": results[name]["peak_rss_bytes"] / results["flower"]["peak_rss_bytes"]}
-    doc = {"benchmark": "fl_baseline_rounds", "rounds": args.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    doc = {"benchmark": "fl_baseline_rounds", "rounds": args.rounds, "init": args.init, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
            "target": "wall time and peak RSS each <= 0.5x Flower's", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,9 @@ ATTACKS = ("sign_flip", "scale100", "label_flip", "free_rider")
 FRACTIONS = (0.1, 0.2, 0.3)
 
 
-def one(workload: str, rule: str, rounds: int, attack: str | None = None, fraction: float = 0.0, data=None):
-    cfg = RunConfig.make(rounds=rounds, int8_every=0, aggregation=rule, **WORKLOADS[workload])
+def one(workload: str, rule: str, rounds: int, attack: str | None = None, fraction: float = 0.0, data=None,
+        init: str | None = None):
+    cfg = RunConfig.make(rounds=rounds, int8_every=0, aggregation=rule, init=init, **WORKLOADS[workload])
     data = data if data is not None else load_data(cfg)
     specs = fleet_specs(cfg, data)
     bad = attacks.pick([s.id for s in specs if s.device_class == "pi"], fraction) if attack else []
@@ -69,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules (mean always runs)")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--init", help="initial model of every run (the seed's get_initial_model.mat or an .npz); "
+                                   "default: Glorot-uniform from the seed")
     ap.add_argument("--dry", action="store_true", help="print, do not write trust.json")
     ap.add_argument("--save", default="", help="also write the results to this file (trust.json is shared)")
     a = ap.parse_args(argv)
@@ -77,13 +80,13 @@ def main(argv=None):
     rules = ["mean"] + [r for r in a.rules.split(",") if r and r != "mean"]
     cells = [c for c in a.only.split(",") if c] or [f"{x}@{f}" for x in ATTACKS for f in FRACTIONS
                                                    if not a.quick or f == 0.2]
-    out = {"setup": {"rounds": rounds, "rules": rules, "workloads": {w: WORKLOADS[w] for w in workloads},
+    out = {"setup": {"rounds": rounds, "init": a.init, "rules": rules, "workloads": {w: WORKLOADS[w] for w in workloads},
                      "acc_drop": "clean plain-mean accuracy minus attacked accuracy (fraction)",
                      "machine": platform.platform(), "python": sys.version.split()[0]}, "clean": {}}
     t0 = time.time()
     for w in workloads:
         data = load_data(RunConfig.make(**WORKLOADS[w]))
-        clean = {r: one(w, r, rounds, data=data)["accuracy"] for r in rules}
+        clean = {r: one(w, r, rounds, data=data, init=a.init)["accuracy"] for r in rules}
         out["clean"][w] = clean
         print(f"{w}: clean {clean}", flush=True)
         res = out[w] = {}
@@ -91,7 +94,7 @@ def main(argv=None):
             attack, frac = cell.split("@")
             by = {}
             for r in rules:
-                x = one(w, r, rounds, attack, float(frac), data)
+                x = one(w, r, rounds, attack, float(frac), data, a.init)
                 x["acc_drop"] = round(clean["mean"] - x["accuracy"], 4)
                 by[r] = x
             best = max(rules, key=lambda r: (by[r]["accuracy"], -rules.index(r)))

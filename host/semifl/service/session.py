@@ -151,6 +151,12 @@ class Session:
         mac = hmac.new(self._task_key, f"{rnd}/{dev}".encode(), hashlib.sha256).digest()
         return int.from_bytes(mac[:7], "little") & ((1 << 52) - 1)
 
+    def run_word(self, label: str) -> int:
+        """A non-zero uint32 of the run, derived from its secret (the same after a restart, another in
+        another run): e.g. the `fresh` id of CL tasks, which tells devices whose memory of sent samples holds."""
+        mac = hmac.new(self._task_key, b"word/" + label.encode(), hashlib.sha256).digest()
+        return int.from_bytes(mac[:4], "little") or 1
+
     def send_task(self, dev: str, task: dict) -> None:
         payload = wire.encode_json(dict(task, v=wire.VERSION))
         self.bytes_down[dev] += len(payload)

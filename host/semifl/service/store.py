@@ -150,6 +150,15 @@ class Store:
         return [(d, k, n, b or self.spool.get(rnd, (d, k)) or b"") for d, k, n, b in self.db.execute(
                 "SELECT device, kind, n, blob FROM contributions WHERE round=? ORDER BY device, kind", (rnd,))]
 
+    def last_samples_rounds(self) -> dict[str, int]:
+        """device -> the latest round whose CL samples the store holds from it (a late batch, kept in the
+        round after its own, counts for its own)."""
+        out: dict[str, int] = {}
+        for d, k, r in self.db.execute("SELECT device, kind, MAX(round) FROM contributions WHERE kind IN "
+                                       "('samples', 'late_samples') GROUP BY device, kind"):
+            out[d] = max(out.get(d, 0), r - (k == "late_samples"))
+        return out
+
     def contribution_keys(self, rnd: int) -> list[tuple[str, str, int]]:
         """(device, kind, n) of what round `rnd` accepted, without the payloads."""
         return self.db.execute("SELECT device, kind, n FROM contributions WHERE round=? ORDER BY device, kind",

@@ -183,6 +183,10 @@ class FederatedRound(Round):
         self.asked: dict[str, float] = {}
         self.train_closed = False
         self.calib: list[np.ndarray] = []     # CL samples the host holds anyway: the int8 calibration set
+        # the fresh-samples rule: where the strategy keeps every CL sample it is sent, a CL uploader sends only
+        # those the host does not hold; it learns which of its uploads the host holds from `got` in its tasks
+        self.fresh = session.run_word("fresh") if cfg.fresh_samples and getattr(strategy, "cl_memory", False) else 0
+        self.cl_got: dict[str, int] = session.store.last_samples_rounds() if self.fresh else {}
 
     @property
     def fl_budget(self) -> int:
@@ -295,6 +299,8 @@ class FederatedRound(Round):
         s = self.session
         crc = crc.result() if hasattr(crc, "result") else crc
         s.store.accept(s.round, dev, kind, meta["n"], blob, *(() if crc is None else (crc,)))
+        if self.fresh and kind in ("samples", "late_samples"):
+            self.cl_got[dev] = max(self.cl_got.get(dev, 0), meta["round"])
 
     def take(self, dev: str, kind: str, meta: dict, arrays, norm: float, ctx: Context):
         """An accepted update into the round's ingest (its arrays may be views of the blob received)."""
@@ -438,8 +444,11 @@ class FederatedRound(Round):
         return self.merge(rnd, fl, cl, self.ingest, trained=sorted(self.norms), idle=plan.idle, tasked=list(plan.fl))
 
     def cl_task(self, rnd: int, dev: str) -> dict:
-        return {"round": rnd, "lr": self.lr, "role": "cl", "task": self.session.task_id(rnd, dev),
+        task = {"round": rnd, "lr": self.lr, "role": "cl", "task": self.session.task_id(rnd, dev),
                 "seed": task_seed(self.seed, rnd, dev), "fraction": self.cfg.cl_fraction}
+        if self.fresh:   # docs/protocol.md §5: send only what is new since the upload of round `got`
+            task.update(fresh=self.fresh, got=self.cl_got.get(dev, 0))
+        return task
 
     def ask_again(self) -> None:
         """Ask once more for every upload the open round still waits for (an aggregator died, and chunks

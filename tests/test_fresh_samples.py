@@ -27,6 +27,16 @@ def test_cl_uploaders_send_only_new_samples_and_the_model_is_the_same(fashion):
     assert sum(up_new) < 0.5 * sum(up_all)
 
 
+def test_an_uploader_with_nothing_new_sends_an_empty_batch(fashion):
+    """S = 1: from its second upload on an MCU's every sample is held; it says so with n = 0, which the
+    host takes (a round waits for every tasked uploader)."""
+    p_all, up_all = run(fashion, rounds=3, fresh_samples=False, cl_fraction=1.0)
+    p_new, up_new = run(fashion, rounds=3, cl_fraction=1.0)
+    for a, b in zip(p_all, p_new):
+        assert np.array_equal(a, b)
+    assert up_new[0] > 4 * 6000 * 784 and max(up_new[1:]) < 10_000
+
+
 def test_only_a_host_that_keeps_the_samples_asks_for_fresh_ones(fashion):
     for strategy, fresh in (("semifl", False), ("semifl+", True)):
         r = run_inprocess(RunConfig.make(strategy=strategy, rounds=1, int8_every=0), fashion)

@@ -94,7 +94,8 @@ def test_node_sends_only_the_samples_the_host_does_not_hold(tmp_path, fashion):
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
     t = lambda rnd, seed, got, fresh=7: {"round": rnd, "task": 100 + rnd, "seed": seed, "fraction": 0.3,
                                           "fresh": fresh, "got": got}
-    tasks = [t(1, 11, 0), t(2, 22, 1), t(2, 22, 1), t(4, 44, 1), t(5, 55, 4), t(6, 11, 0, fresh=9)]
+    tasks = [t(1, 11, 0), t(2, 22, 1), t(2, 22, 1), t(4, 44, 1), t(5, 55, 4), t(6, 11, 0, fresh=9),
+             t(7, 11, 6, fresh=9)]
     (tmp_path / "tasks.json").write_text(json.dumps(tasks))
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_fresh.py"),
                         str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
@@ -104,12 +105,13 @@ def test_node_sends_only_the_samples_the_host_does_not_hold(tmp_path, fashion):
     sel = {s: set(select(6000, 1800, s)) for s in (11, 22, 44, 55)}
     # round 1: all 1800; round 2 (the host holds round 1): what round 1 did not send; asked again: the same;
     # round 4 says the host still holds only round 1 (round 2's upload never arrived): round 2's go again;
-    # round 5 (the host holds round 4's); then a new run's id: everything again
+    # round 5 (the host holds round 4's); then a new run's id: everything again; the same selection once
+    # the host holds it: nothing (n = 0)
     held = sel[11]
     want = [sel[11], sel[22] - held, sel[22] - held, sel[44] - held]
     held = held | want[3]
-    want += [sel[55] - held, sel[11]]
-    assert [m["round"] for m, _, _ in got] == [1, 2, 2, 4, 5, 6]
+    want += [sel[55] - held, sel[11], set()]
+    assert [m["round"] for m, _, _ in got] == [1, 2, 2, 4, 5, 6, 7]
     for (m, xs, ys), w in zip(got, want):
         w = sorted(w)
         assert m["n"] == len(w) and np.array_equal(xs, x[w]) and np.array_equal(ys, y[w]), m

@@ -65,7 +65,7 @@ class Node:
         self.first = int(cfg.get("first", 0))
         self.n = int(cfg["rows"]) if "rows" in cfg else file_size(self.labels_path) - self.first
         self.max_chunk = int(cfg.get("max_chunk", 4096))
-        self.fresh_id, self.sent, self.unconf, self.unconf_round = 0, None, None, -1   # fresh-samples rule
+        self.fresh = None   # the fresh-samples rule's state (semifl_node/fresh.py), from the first task that asks
         self.queue = []
         self.stopped = False
         self.bytes_up = 0
@@ -280,28 +280,6 @@ class Node:
             except Exception:
                 pass
 
-    def fresh_only(self, task, idx):
-        """The fresh-samples rule (docs/protocol.md §5): of `idx`, those not in an upload the host said it
-        holds. Two bitsets of n bits: `sent` (held by the host) and `unconf` (the last upload, until a task's
-        `got` names its round). A new `fresh` id (another run) forgets both; asked again for the same round,
-        the same samples go again."""
-        if task["fresh"] != self.fresh_id:
-            self.fresh_id, self.sent, self.unconf, self.unconf_round = task["fresh"], bytearray((self.n + 7) >> 3), None, -1
-        sent = self.sent
-        if self.unconf is not None and self.unconf_round == task.get("got", 0):
-            u = self.unconf
-            for j in range(len(sent)):
-                sent[j] |= u[j]
-        u = self.unconf = bytearray(len(sent))
-        self.unconf_round = task["round"]
-        w = 0   # kept in place at the front of idx (select's memoryview: no list of boxed ints in the heap)
-        for i in idx:
-            if not sent[i >> 3] & (1 << (i & 7)):
-                idx[w] = i
-                w += 1
-                u[i >> 3] |= 1 << (i & 7)
-        return idx[:w]
-
     def upload_samples(self, task):
         """Stream ceil(fraction*n) samples chosen by the task's seed, straight from flash (with `fresh`:
         only those the host does not hold yet)."""
@@ -309,7 +287,8 @@ class Node:
         gc.collect()
         idx = sampling.select(self.n, sampling.ceil_fraction(self.n, task["fraction"]), task["seed"])
         if task.get("fresh"):
-            idx = self.fresh_only(task, idx)
+            from semifl_node.fresh import only_fresh   # docs/protocol.md §5
+            idx = only_fresh(self, task, idx)
         gc.collect()  # select's n-sized scratch arrays are garbage now: free them before the chunk buffers
         k = len(idx)
         meta = {"kind": "samples", "round": task["round"], "task": task["task"], "device": self.id, "n": k}

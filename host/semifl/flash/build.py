@@ -24,6 +24,7 @@ APP = [
     (MP_DIR / "semifl_node" / "int8.py", "semifl_node/int8"),
     (MP_DIR / "semifl_node" / "download.py", "semifl_node/download"),
     (MP_DIR / "semifl_node" / "mqtt.py", "semifl_node/mqtt"),
+    (MP_DIR / "semifl_node" / "fresh.py", "semifl_node/fresh"),
     (REPO / "host" / "semifl" / "protocol" / "wire.py", "wire"),
     (REPO / "host" / "semifl" / "protocol" / "sampling.py", "sampling"),
     (REPO / "host" / "semifl" / "protocol" / "report.py", "report"),

@@ -404,7 +404,7 @@ class Session:
 
     def check_blob(self, dev: str, meta: dict, rnd: int | None = None) -> None:
         """What every kind of blob must hold: round `rnd` (default: the session's), this device, its
-        task for that round, a positive sample count n."""
+        task for that round, a positive sample count n (CL samples may be none: the fresh-samples rule)."""
         want = self.round if rnd is None else rnd
         if meta.get("round") != want:
             raise Rejected("stale_round", f"blob for round {meta.get('round')} during round {want}")
@@ -413,8 +413,8 @@ class Session:
         if meta.get("task") != self.task_id(want, dev):
             raise Rejected("replay", f"task {meta.get('task')} is not this round's task for {dev}")
         n = meta.get("n")
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise Rejected("schema", "blob needs a positive integer n")
+        if not isinstance(n, int) or isinstance(n, bool) or n < (meta.get("kind") != "samples"):
+            raise Rejected("schema", "blob needs a positive integer n (samples: non-negative)")
 
     def gone(self, dev: str) -> bool:
         """A device nobody waits for any more this round: it reported an error, or it went offline."""

@@ -176,6 +176,19 @@ def kill_mid_round_and_restart(start, state, log_path, poll_s: float = 0.005, re
     return before
 
 
+def node_env(app: Path) -> dict:
+    """The environment that runs the MCU node under the MicroPython unix port as a board runs it (built into
+    `app` as .mpy: compiling its source costs heap a board never spends), with tests/mp's harness."""
+    from semifl.flash.build import build_app
+    from semifl.sim.fleet import micropython_env
+
+    if not app.exists():
+        build_app(app, "unix", sim=True)
+    env = micropython_env(dict(os.environ), app)
+    env["MICROPYPATH"] += os.pathsep + str(Path(__file__).resolve().parent / "mp")
+    return env
+
+
 def read_records(path):
     """(topic, payload) records as tests/mp/harness.py's RecordingClient writes them."""
     import struct

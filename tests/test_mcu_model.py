@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_records
+from conftest import node_env, read_records
 
-from semifl.flash.build import build_app
 from semifl.learn import int8
 from semifl.protocol import wire
 
@@ -35,10 +34,7 @@ def records(msgs):
 
 def replay(tmp_path, msgs, burst=False):
     (tmp_path / "messages.bin").write_bytes(records(msgs))
-    app = tmp_path / "app"
-    if not app.exists():   # the node as a board runs it: .mpy (compiling its source costs heap a board never spends)
-        build_app(app, "unix", sim=True)
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
+    env = node_env(tmp_path / "app")
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_replay.py"),
                         str(tmp_path)] + (["burst"] if burst else []), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("OK"), r.stdout + r.stderr

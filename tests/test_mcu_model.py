@@ -2,7 +2,6 @@
 flash, the whole-blob CRC checked before the swap, a corrupt or cut-off download never replaces the
 last good model, and the node reports its on-device accuracy, which is what the host's int8
 reference predicts on the same samples."""
-import os
 import shutil
 import struct
 import subprocess

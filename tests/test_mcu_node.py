@@ -11,7 +11,6 @@ import pytest
 from conftest import node_env, read_records
 
 from semifl.device import CLUploader, Device
-from semifl.flash.build import build_app
 from semifl.fleet.registry import validate_caps
 from semifl.protocol import wire
 from semifl.protocol.sampling import ceil_fraction, select

@@ -24,10 +24,10 @@ def open_aggregator(url: str, agg_id: str, folder: str | Path, shared: bool = Tr
     link = HostLink(url, client_id=f"semifl-agg-{agg_id}", subs=subscriptions(agg_id, shared),
                     presence=agg_topic(agg_id, "presence"), v5=shared, instance=b":" + os.urandom(6).hex().encode()
                     ).connect(timeout)
-    if not link.subscribed.wait(timeout) or link.sub_refused:
+    if link.sub_refused:   # connect() waited for the broker's answer
         link.close()
         raise ConnectionError(f"the broker at {link.host}:{link.port} refused the subscriptions "
-                              f"{link.sub_refused or '(no answer)'}: host workers need MQTT v5 shared "
+                              f"{link.sub_refused}: host workers need MQTT v5 shared "
                               f"subscriptions (Mosquitto 2; the embedded broker has none)")
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Aggregator(link, Store(str(Path(folder) / "aggregator.db")), agg_id, shared)

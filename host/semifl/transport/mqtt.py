@@ -189,6 +189,11 @@ class HostLink(Link):
         if self._refused:
             self.close()
             raise BrokerError(f"{where} refused the host: {self._refused} (check the user and password in --broker)")
+        # listening once this returns: a device's message sent before the broker took the subscription
+        # (a non-retained caps or status) would be lost to the host (seen under load, test_bad_input)
+        if not self.subscribed.wait(timeout):
+            self.close()
+            raise BrokerError(f"{where} did not answer the host's subscription within {timeout:.0f} s")
         return self
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):

@@ -152,11 +152,12 @@ class Store:
 
     def last_samples_rounds(self) -> dict[str, int]:
         """device -> the latest round whose CL samples the store holds from it (a late batch, kept in the
-        round after its own, counts for its own)."""
+        round after its own, counts for its own; an async run's "samples/<version>" for its version)."""
         out: dict[str, int] = {}
         for d, k, r in self.db.execute("SELECT device, kind, MAX(round) FROM contributions WHERE kind IN "
-                                       "('samples', 'late_samples') GROUP BY device, kind"):
-            out[d] = max(out.get(d, 0), r - (k == "late_samples"))
+                                       "('samples', 'late_samples') OR kind LIKE 'samples/%' GROUP BY device, kind"):
+            r = int(k[8:]) if k.startswith("samples/") else r - (k == "late_samples")
+            out[d] = max(out.get(d, 0), r)
         return out
 
     def contribution_keys(self, rnd: int) -> list[tuple[str, str, int]]:

@@ -151,8 +151,7 @@ class BufferedRound(FederatedRound):
                  and "cl" in reg.devices[d].get("roles", ["cl"]) and d not in self.cl_asked]
         rssi = lambda d: reg.link.get(d, {}).get("rssi") or reg.devices[d].get("rssi") or -200.0
         for d in sorted(sorted(cands, key=lambda d: (-rssi(d), d))[:self.cfg.cl_uploaders]):
-            s.send_task(d, {"round": v, "role": "cl", "task": s.task_id(v, d), "seed": task_seed(self.seed, v, d),
-                            "fraction": self.cfg.cl_fraction, "lr": self.lr})
+            s.send_task(d, self.cl_task(v, d))
             self.cl_asked[d] = v
 
     def _expire(self):

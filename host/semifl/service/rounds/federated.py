@@ -299,7 +299,7 @@ class FederatedRound(Round):
         s = self.session
         crc = crc.result() if hasattr(crc, "result") else crc
         s.store.accept(s.round, dev, kind, meta["n"], blob, *(() if crc is None else (crc,)))
-        if self.fresh and kind in ("samples", "late_samples"):
+        if self.fresh and kind.split("/")[0] in ("samples", "late_samples"):   # async: "samples/<version>"
             self.cl_got[dev] = max(self.cl_got.get(dev, 0), meta["round"])
 
     def take(self, dev: str, kind: str, meta: dict, arrays, norm: float, ctx: Context):

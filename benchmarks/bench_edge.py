@@ -162,24 +162,15 @@ def one(devices: int, rounds: int, uploaders: int, edges: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--devices", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--uploaders", type=int, default=50)
-    ap.add_argument("--edges", default="0,2")
-    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)   # a child: one configuration, JSON on stdout
+    import variants
+
+    ap = variants.parser(__doc__, "--edges", "0,2")
     ap.add_argument("--spy", nargs=2, help=argparse.SUPPRESS)    # a child: the core's traffic counter
     a = ap.parse_args()
     if a.spy:
         spy(int(a.spy[0]), a.spy[1])
         return
-    if a.one is not None:
-        print("RESULT " + json.dumps(one(a.devices, a.rounds, a.uploaders, a.one)), flush=True)
-        return
-    from variants import run_variants
-
-    run_variants(__file__, ["--devices", str(a.devices), "--rounds", str(a.rounds), "--uploaders", str(a.uploaders)],
-                 [int(x) for x in a.edges.split(",")], key="edges", diff="flat", out=OUT)
+    variants.main(__file__, a, one, "edges", key="edges", diff="flat", out=OUT)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ connections, caches) is left out of the per-round figures. Writes benchmarks/res
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -78,20 +77,10 @@ def one(devices: int, rounds: int, uploaders: int, workers: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--devices", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--uploaders", type=int, default=50)
-    ap.add_argument("--workers", default="0,1,2")
-    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)   # a child: one configuration, JSON on stdout
-    a = ap.parse_args()
-    if a.one is not None:
-        print("RESULT " + json.dumps(one(a.devices, a.rounds, a.uploaders, a.one)), flush=True)
-        return
-    from variants import run_variants
+    import variants
 
-    run_variants(__file__, ["--devices", str(a.devices), "--rounds", str(a.rounds), "--uploaders", str(a.uploaders)],
-                 [int(x) for x in a.workers.split(",")], key="host_workers", diff="host_alone", out=OUT)
+    variants.main(__file__, variants.parser(__doc__, "--workers", "0,1,2").parse_args(), one, "workers",
+                  key="host_workers", diff="host_alone", out=OUT)
 
 
 if __name__ == "__main__":

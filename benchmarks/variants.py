@@ -4,11 +4,13 @@ names its run's `final_model` (.npz); rows are compared with the row whose `key`
 largest difference and whether every round's accuracy is the same), the runs' folders are removed, and
 the rows written to `out` with the command and the machine.
 
-    from variants import run_variants
-    run_variants(__file__, ["--devices", "200"], [0, 1, 2], key="host_workers", diff="host_alone", out=OUT)
+    import variants
+    ap = variants.parser(__doc__, "--workers", "0,1,2")   # the shared flags, the values, --one
+    variants.main(__file__, ap.parse_args(), one, "workers", key="host_workers", diff="host_alone", out=OUT)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,6 +18,28 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+
+def parser(doc: str, values: str, default: str) -> argparse.ArgumentParser:
+    """The flags both benchmarks take: the fleet (--devices, --rounds, --uploaders), the values to compare
+    (`values`, a comma list) and, hidden, --one VALUE for a child."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--uploaders", type=int, default=50)
+    ap.add_argument(values, default=default)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)   # a child: one configuration, JSON on stdout
+    return ap
+
+
+def main(script: str, a: argparse.Namespace, one, values: str, key: str, diff: str, out: Path) -> None:
+    """A child (--one V) prints its row from one(devices, rounds, uploaders, V); else every value runs
+    as a child and the rows are compared (`run_variants`)."""
+    if a.one is not None:
+        print("RESULT " + json.dumps(one(a.devices, a.rounds, a.uploaders, a.one)), flush=True)
+        return
+    run_variants(script, ["--devices", str(a.devices), "--rounds", str(a.rounds), "--uploaders", str(a.uploaders)],
+                 [int(x) for x in getattr(a, values).split(",")], key=key, diff=diff, out=out)
 
 
 def run_variants(script: str, args: list[str], values: list[int], key: str, diff: str, out: Path) -> list[dict]:

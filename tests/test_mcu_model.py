@@ -133,3 +133,26 @@ def test_a_model_that_arrives_during_an_upload_waits_in_flash_not_the_heap(setup
     assert sum(len(p) for p in ups) > 30 * 784   # ceil(0.05 * 600) samples went up
     # with every chunk delivered and none acted on, the heap holds at most a chunk of them
     assert blob > 50_000 and heap_held(tmp_path) < 8_000, heap_held(tmp_path)
+
+
+def test_a_cl_task_with_a_bad_fresh_field_is_refused_and_a_good_one_is_served(setup):
+    """The node checks `fresh` and `got` (docs/protocol.md §5) before it acts: a task with either out of
+    range is counted and ignored (a malformed command is not answered) and nothing is sent; the well-formed
+    one after it is served, fresh samples only (none held yet: its whole selection)."""
+    tmp_path, model, x, y = setup
+    topic = wire.dev_topic("mcu-t", wire.T_TASK)
+    task = lambda **kw: (topic, wire.encode_json({"v": 1, "role": "cl", "round": 2, "task": 5, "seed": 3,
+                                                  "fraction": 0.05, **kw}))
+    status = replay(tmp_path, [task(fresh="x", got=0), task(fresh=7, got=-1), task(fresh=1 << 32, got=0),
+                               task(fresh=7, got=0)])
+    ignored = [x for x in (tmp_path / "replay.out").read_text().splitlines() if x.startswith("semifl-node: ignored")]
+    assert [x.split("schema: ")[1].split(" out of range")[0] for x in ignored] == ["fresh", "got", "fresh"]
+    assert not [s for s in status if s["kind"] == "error"]
+    ups = [p for t, p in read_records(tmp_path / "published.bin") if t.endswith("/up")]
+    assert sum(wire.decode_chunk(c, 1 << 24)[2] == 0 for c in ups) == 1   # one blob went up
+    asm = None
+    for c in ups:
+        parts = wire.decode_chunk(c, 1 << 24)
+        asm = asm or wire.Assembler(*parts[:2], parts[3], parts[4])
+        done = asm.add(*parts)
+    assert done and wire.decode_blob(bytes(asm.buf))[0]["n"] == 30   # ceil(0.05 * 600), one upload

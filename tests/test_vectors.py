@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semifl.protocol import sampling, tensors, wire
+from semifl.protocol import checks, sampling, tensors, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from make_vectors import run_invalid  # noqa: E402  (one definition of how an invalid case is applied)
@@ -156,6 +156,8 @@ def test_json(case):
     assert wire.decode_json(b) == case["obj"]
     # canonical: key order of the input does not matter (MicroPython's dicts keep none)
     assert wire.encode_json(dict(reversed(list(case["obj"].items())))) == b
+    if case["name"].startswith("task_"):   # a task the host sends passes the devices' field checks
+        assert checks.task(wire.decode_json(b)) == case["obj"]
 
 
 @cases("sampling")

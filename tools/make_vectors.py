@@ -171,6 +171,8 @@ def blob_cases():
          [tensor("uint8", [3, 4], [0, 17, 255, 128, 1, 2, 3, 4, 250, 251, 252, 253]), tensor("uint8", [3], [9, 0, 4])]),
         ("samples_784", {"kind": "samples", "round": 7, "task": 4294967295, "device": "mcu-06", "n": 3},
          [tensor("uint8", [3, 784], pixels, fill="pixel i = (37 * i + 11) % 256"), tensor("uint8", [3], [6, 6, 2])]),
+        ("samples_none", {"kind": "samples", "round": 9, "task": 77, "device": "mcu-06", "n": 0},   # nothing new
+         [tensor("uint8", [0, 784], []), tensor("uint8", [0], [])]),
         ("no_tensors", {"kind": "model", "round": 0}, []),
         ("message_fd", {"kind": "message", "round": 4, "task": 918273645, "version": 4},
          [tensor("int32", [3], [2, 17, 499]), tensor("int32", [2], [5, 9]), tensor("float32", [2, 3], [0.5, -1.0, 2.0, 0.0, 0.25, -0.125])]),
@@ -255,6 +257,8 @@ def json_cases():
         ("task_fl", {"v": 1, "round": 4, "role": "fl", "task": 918273645, "seed": 305419896, "prune": 0.3,
                      "fraction": 0.3, "epochs": 1, "lr": 0.1}),
         ("task_cl", {"v": 1, "round": 4, "role": "cl", "task": 77, "seed": 0, "fraction": 0.3, "lr": 0.1}),
+        ("task_cl_fresh", {"v": 1, "round": 9, "role": "cl", "task": 77, "seed": 12345, "fraction": 0.3, "lr": 0.1,
+                           "fresh": 4294967295, "got": 4}),
         ("task_upload", {"v": 1, "round": 4, "role": "upload", "task": 918273645}),
         ("trained", {"v": 1, "kind": "trained", "round": 4, "task": 918273645, "n": 1800, "norm": 0.52}),
         ("phase", {"v": 1, "kind": "phase", "round": 4, "phase": "upload", "t_ms": 81234}),

@@ -69,10 +69,10 @@ def update_chunks(engine, arrays=None, rnd=RND, device="pi-x", task=None, chunk=
     return list(wire.iter_chunks(wire.KIND_UPDATE, rnd, encode_arrays(m, arrays), chunk))
 
 
-def samples_chunks(engine, k=3, device="mcu-y"):
+def samples_chunks(engine, k=3, device="mcu-y", **meta):
     x = np.arange(k * 784, dtype=np.uint32).astype(np.uint8).reshape(k, 784)
     y = np.array([0, 1, 2][:k], np.uint8)
-    m = {"kind": "samples", "round": RND, "task": engine.session.task_id(RND, device), "device": device, "n": k}
+    m = {"kind": "samples", "round": RND, "task": engine.session.task_id(RND, device), "device": device, "n": k, **meta}
     return list(wire.iter_chunks(wire.KIND_SAMPLES, RND, encode_arrays(m, [x, y]), 4096))
 
 
@@ -115,6 +115,8 @@ def test_each_bad_input_is_rejected_and_nothing_else_is_lost(rig):
     bad("unknown_device", "ghost", wire.T_STATUS, [wire.encode_json({"v": 1, "kind": "ready", "round": RND})])
     bad("unknown_device", "ghost", wire.T_UP, update_chunks(engine, device="ghost"))
     bad("schema", "pi-x", wire.T_UP, update_chunks(engine, device="mcu-y"))  # blob claims another device
+    bad("schema", "pi-x", wire.T_UP, update_chunks(engine, n=0))            # an update trained on nothing
+    bad("schema", "mcu-y", wire.T_UP, samples_chunks(engine, k=0, n=-1))    # samples: none is the least
     bad("oversized", "pi-x", wire.T_UP, [bytes(300 * 1024)])               # over the host's payload limit
     big = bytearray(update_chunks(engine)[0])
     big[12:16] = (1 << 30).to_bytes(4, "little")                            # declares a 1 GiB blob
